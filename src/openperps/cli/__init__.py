@@ -1,0 +1,1 @@
+"""The ``openperps`` command line."""

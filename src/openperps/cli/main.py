@@ -1,0 +1,80 @@
+"""The ``openperps`` command: a thin layer over the library.
+
+Errors print their code and a one-line explanation and exit non-zero; no tracebacks for
+anything a user can get wrong.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from openperps import __version__
+from openperps.core.errors import OpenPerpsError
+from openperps.core.markets import MarketConfig, default_markets, parse_markets
+from openperps.core.numbers import format_scaled
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="OpenPerps exchange and feed")
+console = Console()
+
+
+def fail(error: OpenPerpsError) -> None:
+    Console(stderr=True).print(f"[red]error {int(error.code)}[/red]: {error.detail}")
+    raise typer.Exit(1)
+
+
+@app.command()
+def version() -> None:
+    """Print the OpenPerps version."""
+    console.print(__version__)
+
+
+@app.command()
+def markets(
+    config: Annotated[
+        Path | None, typer.Option(help="TOML file of [[market]] tables (default: packaged)")
+    ] = None,
+    network: Annotated[str, typer.Option(help="mainnet or testnet market ids")] = "testnet",
+) -> None:
+    """List the markets a deployment would trade, with their figures."""
+    if network not in ("mainnet", "testnet"):
+        Console(stderr=True).print("[red]error[/red]: --network is mainnet or testnet")
+        raise typer.Exit(2)
+    net: Literal["mainnet", "testnet"] = "mainnet" if network == "mainnet" else "testnet"
+    try:
+        listed: list[MarketConfig] = (
+            parse_markets(config.read_text("utf-8"), net) if config else default_markets(net)
+        )
+    except OSError as exc:
+        Console(stderr=True).print(f"[red]error[/red]: cannot read {config}: {exc.strerror}")
+        raise typer.Exit(1) from None
+    except OpenPerpsError as exc:
+        fail(exc)
+        return
+    table = Table(title=f"markets ({net})")
+    for column in ("id", "symbol", "tick", "lot", "min size", "max lev", "maint.", "taker fee"):
+        table.add_column(column)
+    for m in listed:
+        table.add_row(
+            str(m.market_id),
+            m.symbol,
+            format_scaled(m.tick, m.price_decimals),
+            format_scaled(m.lot, m.size_decimals),
+            format_scaled(m.min_size, m.size_decimals),
+            f"{m.max_leverage}x",
+            format_scaled(m.maintenance_margin_bps, 2) + " %",
+            format_scaled(m.taker_fee_bps, 2) + " %",
+        )
+    console.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,1503 @@
+"""The exchange engine: ``Engine.handle(command) -> list[Event]``, a pure state machine.
+
+It implements ``shared/spec/exchange-rules.md``; the rules it had to choose where the file is
+silent are written down in ``docs/exchange-rules.md``. Time and ids come in with the command
+or from the engine's own counters; there is no clock, randomness or I/O, so one command log
+always yields one event log, byte for byte, and one ``state_hash()``.
+
+Every event takes the next ``version`` (the exchange-wide ``transaction_version``). A command
+the rules refuse yields a single ``Rejected`` event with its code and changes nothing else.
+Position and balance changes are coalesced per command: after the command's own events come
+one ``PositionChanged`` per position it touched and one ``BalanceChanged`` per account whose
+free or reserved balance moved.
+
+Money flows between accounts only; system accounts hold what belongs to nobody:
+``FEES_ACCOUNT`` (trading fees), ``INSURANCE_FUND`` (liquidation proceeds; covers shortfalls,
+may hold positions it took over) and ``HOUSE_ACCOUNT`` (rounding remainders). So
+deposits - withdrawals always equals every free, reserved and margin balance plus the net
+cost basis of open positions, to the unit (see ``core.invariants``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from functools import partial
+from typing import Any, Final
+
+import msgspec
+
+from openperps.core import commands as c
+from openperps.core import events as e
+from openperps.core.book import Book, Order
+from openperps.core.errors import MESSAGES, ErrorCode, InvalidInput
+from openperps.core.margin import bankruptcy_price, is_liquidatable
+from openperps.core.markets import MarketConfig
+from openperps.core.numbers import (
+    BPS_ONE,
+    MAX_INPUT,
+    RATE_ONE,
+    ceil_div,
+    floor_div,
+    is_valid_int,
+)
+
+INSURANCE_FUND: Final = "0x" + "0" * 63 + "1"
+FEES_ACCOUNT: Final = "0x" + "0" * 63 + "2"
+HOUSE_ACCOUNT: Final = "0x" + "0" * 63 + "3"
+SYSTEM_ACCOUNTS: Final = frozenset({INSURANCE_FUND, FEES_ACCOUNT, HOUSE_ACCOUNT})
+
+MAX_BATCH: Final = 20
+PREMIUM_CLAMP: Final = 5 * RATE_ONE // BPS_ONE  # the +-0.05 % bound on (interest - premium)
+LIQUIDATION_SPLIT: Final = (50, 30, 20)  # user, liquidator, insurance fund (percent)
+_HEX: Final = frozenset("0123456789abcdef")
+
+# order_type codes (exchange-rules.md): odd = long side, even = short side
+OPEN, INCREASE, DECREASE, CLOSE, TPSL, LIQUIDATION = 1, 3, 5, 7, 9, 11
+IOC: Final = int(c.Restriction.IMMEDIATE_OR_CANCEL)
+
+
+def order_type_code(base: int, trade_side: bool) -> int:
+    return base if trade_side else base + 1
+
+
+def is_address(value: object) -> bool:
+    """A normalised profile address: ``0x`` and 64 lower-case hex digits."""
+    return (
+        type(value) is str
+        and len(value) == 66
+        and value.startswith("0x")
+        and _HEX.issuperset(value[2:])
+    )
+
+
+def normalise_public_key(value: object) -> str | None:
+    """An Ed25519 public key as ``0x`` + 64 lower-case hex digits, or None if malformed."""
+    if type(value) is not str:
+        return None
+    text = value.lower()
+    text = text.removeprefix("0x")
+    if len(text) != 64 or not _HEX.issuperset(text):
+        return None
+    return "0x" + text
+
+
+class Account:
+    __slots__ = ("deposited", "free", "reserved", "withdrawn")
+
+    def __init__(self, free: int = 0, reserved: int = 0, deposited: int = 0, withdrawn: int = 0):
+        self.free = free
+        self.reserved = reserved
+        self.deposited = deposited
+        self.withdrawn = withdrawn
+
+
+class Position:
+    """One isolated position, keyed by (profile, market, side); hedge mode holds two.
+
+    A slot lives while the position is open or orders rest on it: ``pending_open`` and
+    ``pending_reduce`` are the remaining sizes of its resting opening and reducing orders.
+    """
+
+    __slots__ = (
+        "entry_value",
+        "leverage",
+        "margin",
+        "market_id",
+        "pending_open",
+        "pending_reduce",
+        "profile",
+        "size",
+        "stop_loss",
+        "take_profit",
+        "trade_id",
+        "trade_side",
+    )
+
+    def __init__(
+        self, profile: str, market_id: int, trade_side: bool, trade_id: int, leverage: int
+    ) -> None:
+        self.profile = profile
+        self.market_id = market_id
+        self.trade_side = trade_side
+        self.trade_id = trade_id
+        self.leverage = leverage
+        self.size = 0
+        self.entry_value = 0
+        self.margin = 0
+        self.take_profit: int | None = None
+        self.stop_loss: int | None = None
+        self.pending_open = 0
+        self.pending_reduce = 0
+
+
+class MarketState:
+    __slots__ = (
+        "book",
+        "config",
+        "funding_rate",
+        "index_price",
+        "interval_start",
+        "last_funding_ts",
+        "last_premium",
+        "last_sample_ts",
+        "last_trade_price",
+        "paused",
+        "position_counter",
+        "premium_acc",
+        "slots",
+    )
+
+    def __init__(self, config: MarketConfig, timestamp: int) -> None:
+        self.config = config
+        self.book = Book()
+        self.paused = False
+        self.index_price: int | None = None
+        self.last_trade_price: int | None = None
+        self.premium_acc = 0  # sum of premium x milliseconds over the running interval
+        self.last_premium = 0
+        self.last_sample_ts = timestamp
+        self.interval_start = timestamp
+        self.last_funding_ts = 0
+        self.funding_rate = 0  # the last settled rate
+        self.position_counter = 0
+        self.slots: dict[tuple[str, bool], Position] = {}
+
+    def mark_price(self) -> int | None:
+        """median(index, best bid, best ask) when both sides exist, else the index."""
+        index = self.index_price
+        if index is None:
+            return None
+        bid, ask = self.book.best_bid(), self.book.best_ask()
+        if bid is None or ask is None:
+            return index
+        return sorted((index, bid, ask))[1]
+
+    def premium(self) -> int:
+        """(mid - index) / index in rate units; 0 without an index or a two-sided book."""
+        index = self.index_price
+        bid, ask = self.book.best_bid(), self.book.best_ask()
+        if index is None or bid is None or ask is None:
+            return 0
+        return floor_div((bid + ask - 2 * index) * RATE_ONE, 2 * index)
+
+    def predicted_rate(self, now: int) -> int:
+        """The funding rate the running interval would settle at ``now``."""
+        acc = self.premium_acc + self.last_premium * (now - self.last_sample_ts)
+        elapsed = now - self.interval_start
+        twap = floor_div(acc, elapsed) if elapsed > 0 else self.last_premium
+        return funding_rate(twap, self.config)
+
+
+def funding_rate(premium_twap: int, config: MarketConfig) -> int:
+    """F = clamp(P + clamp(I - P, -0.05 %, 0.05 %), -cap, cap)."""
+    interest = config.interest_per_interval
+    adjust = min(max(interest - premium_twap, -PREMIUM_CLAMP), PREMIUM_CLAMP)
+    cap = config.funding_cap
+    return min(max(premium_twap + adjust, -cap), cap)
+
+
+class _Reject(Exception):
+    """Internal control flow: abandon a command before it changed anything."""
+
+    def __init__(self, code: ErrorCode, detail: str | None = None) -> None:
+        self.code = code
+        self.detail = detail or MESSAGES[code]
+
+
+# ---------------------------------------------------------------------------------------------
+# snapshot shapes
+
+
+class OrderSnap(msgspec.Struct, frozen=True, array_like=True):
+    order_id: int
+    profile: str
+    trade_side: bool
+    direction: bool
+    order_type: int
+    price: int
+    size: int
+    remaining: int
+    leverage: int
+    trade_id: int
+    timestamp: int
+    restriction: int
+    reserved: int
+    take_profit: int | None
+    stop_loss: int | None
+
+
+class PositionSnap(msgspec.Struct, frozen=True, array_like=True):
+    profile: str
+    trade_side: bool
+    trade_id: int
+    leverage: int
+    size: int
+    entry_value: int
+    margin: int
+    take_profit: int | None
+    stop_loss: int | None
+    pending_open: int
+    pending_reduce: int
+
+
+class MarketSnap(msgspec.Struct, frozen=True):
+    config: MarketConfig
+    paused: bool
+    index_price: int | None
+    last_trade_price: int | None
+    premium_acc: int
+    last_premium: int
+    last_sample_ts: int
+    interval_start: int
+    last_funding_ts: int
+    funding_rate: int
+    position_counter: int
+    orders: list[OrderSnap]
+    positions: list[PositionSnap]
+
+
+class AccountSnap(msgspec.Struct, frozen=True, array_like=True):
+    profile: str
+    free: int
+    reserved: int
+    deposited: int
+    withdrawn: int
+
+
+class DelegationSnap(msgspec.Struct, frozen=True, array_like=True):
+    profile: str
+    public_key: str
+    expires_at: int
+
+
+class EngineSnapshot(msgspec.Struct, frozen=True):
+    """The whole engine state at ``version``, in a canonical (sorted) order."""
+
+    version: int
+    last_timestamp: int
+    order_counter: int
+    markets: list[MarketSnap]
+    accounts: list[AccountSnap]
+    delegations: list[DelegationSnap]
+
+
+# JSON rather than msgpack: ids are 128-bit integers, which msgpack cannot carry.
+_snapshot_encoder = msgspec.json.Encoder()
+_snapshot_decoder = msgspec.json.Decoder(EngineSnapshot)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class Engine:
+    """The exchange: markets, books, accounts and positions, changed only by ``handle``."""
+
+    def __init__(self, markets: list[MarketConfig], *, timestamp: int = 0) -> None:
+        self.version = 0
+        self.last_timestamp = timestamp
+        self.order_counter = 0
+        self.markets: dict[int, MarketState] = {}
+        for config in markets:
+            config.validate()
+            if config.market_id in self.markets:
+                raise InvalidInput(ErrorCode.INVALID_MARKET_CONFIG, "duplicate market ids")
+            self.markets[config.market_id] = MarketState(config, timestamp)
+        self.accounts: dict[str, Account] = {}
+        self.delegations: dict[str, tuple[str, int]] = {}
+        self._out: list[e.Event] = []
+        self._ts = timestamp
+        self._dirty_positions: dict[int, Position] = {}
+        self._dirty_accounts: dict[str, Account] = {}
+        self._liquidation_pot = 0
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            c.Deposit: self._deposit,
+            c.Withdraw: self._withdraw,
+            c.PlaceLimitOrder: self._place_limit,
+            c.PlaceMarketOrder: self._place_market,
+            c.CancelOrder: self._cancel,
+            c.PlaceMultipleOrders: self._place_multiple,
+            c.CancelMultipleOrders: self._cancel_multiple,
+            c.CancelAndPlaceMultipleOrders: self._cancel_and_place,
+            c.UpdateTakeProfit: self._update_take_profit,
+            c.UpdateStopLoss: self._update_stop_loss,
+            c.AddMargin: self._add_margin,
+            c.CollapsePosition: self._collapse,
+            c.EnableDelegation: self._enable_delegation,
+            c.DisableDelegation: self._disable_delegation,
+            c.SetOraclePrice: self._set_oracle_price,
+            c.SettleFunding: self._settle_funding,
+            c.Liquidate: self._liquidate,
+            c.ListMarket: self._list_market,
+            c.PauseMarket: self._pause_market,
+        }
+
+    # -- entry point ----------------------------------------------------------------------------
+
+    def handle(self, command: c.Command) -> list[e.Event]:
+        """Apply one command; return the events it produced, in version order."""
+        out: list[e.Event] = []
+        self._out = out
+        name = type(command).__name__
+        handler = self._handlers.get(type(command))
+        ts = command.timestamp
+        try:
+            if handler is None:
+                raise _Reject(ErrorCode.UNKNOWN_COMMAND)
+            if type(ts) is not int or not 0 <= ts <= MAX_INPUT:
+                raise _Reject(ErrorCode.INVALID_NUMBER, "timestamp must be a non-negative int")
+            if ts < self.last_timestamp:
+                raise _Reject(ErrorCode.TIMESTAMP_REGRESSED)
+            self.last_timestamp = ts
+            self._ts = ts
+            if isinstance(command, c.UserCommand):
+                self._authorise(command)
+            handler(command)
+        except _Reject as rejection:
+            self._dirty_positions.clear()
+            self._dirty_accounts.clear()
+            self._reject(name, command, rejection.code, rejection.detail)
+        self._flush()
+        return out
+
+    def _authorise(self, command: c.UserCommand) -> None:
+        profile = command.profile
+        if not is_address(profile):
+            raise _Reject(ErrorCode.INVALID_ADDRESS, "profile must be 0x followed by 64 hex digits")
+        if profile in SYSTEM_ACCOUNTS:
+            raise _Reject(ErrorCode.NOT_AUTHORISED, "system accounts take no user commands")
+        delegate = command.delegate
+        if delegate is None:
+            return
+        if isinstance(command, (c.Withdraw, c.EnableDelegation, c.DisableDelegation)):
+            raise _Reject(ErrorCode.NOT_AUTHORISED, "a delegate cannot withdraw or delegate")
+        granted = self.delegations.get(profile)
+        if granted is None or granted[0] != normalise_public_key(delegate):
+            raise _Reject(ErrorCode.NOT_AUTHORISED, "key is not this profile's delegate")
+        if granted[1] <= self._ts:
+            raise _Reject(ErrorCode.NOT_AUTHORISED, "delegation has expired")
+
+    def _next_version(self) -> int:
+        self.version += 1
+        return self.version
+
+    def _reject(
+        self, name: str, command: c.Command, code: ErrorCode, detail: str | None = None
+    ) -> None:
+        profile = getattr(command, "profile", None)
+        market_id = getattr(command, "market_id", None)
+        self._out.append(
+            e.Rejected(
+                self._next_version(),
+                self._ts,
+                name,
+                profile if type(profile) is str else None,
+                market_id if is_valid_int(market_id) else None,
+                int(code),
+                detail or MESSAGES[code],
+            )
+        )
+
+    def _flush(self) -> None:
+        out = self._out
+        ts = self._ts
+        if self._dirty_positions:
+            for pos in self._dirty_positions.values():
+                out.append(
+                    e.PositionChanged(
+                        self._next_version(),
+                        ts,
+                        pos.profile,
+                        pos.market_id,
+                        pos.trade_side,
+                        pos.trade_id,
+                        pos.size,
+                        pos.entry_value,
+                        pos.margin,
+                        pos.leverage,
+                        pos.take_profit,
+                        pos.stop_loss,
+                        pos.size - pos.pending_reduce,
+                    )
+                )
+            self._dirty_positions.clear()
+        if self._dirty_accounts:
+            for profile, account in self._dirty_accounts.items():
+                out.append(
+                    e.BalanceChanged(
+                        self._next_version(), ts, profile, account.free, account.reserved
+                    )
+                )
+            self._dirty_accounts.clear()
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _market(self, market_id: object) -> MarketState:
+        market = self.markets.get(market_id) if type(market_id) is int else None
+        if market is None:
+            raise _Reject(ErrorCode.MARKET_NOT_FOUND)
+        return market
+
+    def _account(self, profile: str) -> Account:
+        account = self.accounts.get(profile)
+        if account is None:
+            account = self.accounts[profile] = Account()
+        return account
+
+    def _touch(self, profile: str, account: Account) -> None:
+        self._dirty_accounts[profile] = account
+
+    def _touch_position(self, pos: Position) -> None:
+        self._dirty_positions[id(pos)] = pos
+
+    @staticmethod
+    def _check_flag(value: object) -> bool:
+        if type(value) is not bool:
+            raise _Reject(ErrorCode.INVALID_FLAG)
+        return value
+
+    @staticmethod
+    def _check_amount(value: object) -> int:
+        if not is_valid_int(value):
+            raise _Reject(ErrorCode.INVALID_NUMBER)
+        assert isinstance(value, int)
+        if value <= 0:
+            raise _Reject(ErrorCode.INVALID_AMOUNT)
+        return value
+
+    @staticmethod
+    def _check_price(value: object, config: MarketConfig) -> int:
+        if not is_valid_int(value):
+            raise _Reject(ErrorCode.INVALID_NUMBER, "price must be an integer of price units")
+        assert isinstance(value, int)
+        if value <= 0 or value % config.tick:
+            raise _Reject(ErrorCode.INVALID_PRICE)
+        return value
+
+    @staticmethod
+    def _check_size(value: object, config: MarketConfig) -> int:
+        if not is_valid_int(value):
+            raise _Reject(ErrorCode.INVALID_NUMBER, "size must be an integer of size units")
+        assert isinstance(value, int)
+        if value <= 0 or value % config.lot:
+            raise _Reject(ErrorCode.INVALID_SIZE)
+        if value < config.min_size:
+            raise _Reject(ErrorCode.SIZE_BELOW_MINIMUM)
+        if value > config.max_size:
+            raise _Reject(ErrorCode.SIZE_ABOVE_MAXIMUM)
+        return value
+
+    def _release(self, order: Order) -> None:
+        """Return what an order still reserves to its account's free balance."""
+        if order.reserved:
+            account = self.accounts[order.profile]
+            account.reserved -= order.reserved
+            account.free += order.reserved
+            order.reserved = 0
+            self._touch(order.profile, account)
+
+    def _drop_slot_if_idle(self, market: MarketState, pos: Position) -> None:
+        if pos.size == 0 and pos.pending_open == 0 and pos.pending_reduce == 0:
+            market.slots.pop((pos.profile, pos.trade_side), None)
+
+    def _cancel_resting(self, market: MarketState, order: Order, reason: e.CancelReason) -> None:
+        market.book.remove(order)
+        pos = market.slots[(order.profile, order.trade_side)]
+        if order.direction:
+            pos.pending_reduce -= order.remaining
+            self._touch_position(pos)
+        else:
+            pos.pending_open -= order.remaining
+        self._release(order)
+        self._out.append(
+            e.OrderCancelled(
+                self._next_version(),
+                self._ts,
+                order.order_id,
+                order.profile,
+                order.market_id,
+                order.remaining,
+                int(reason),
+            )
+        )
+        self._drop_slot_if_idle(market, pos)
+
+    def _cancel_slot_orders(
+        self, market: MarketState, pos: Position, reason: e.CancelReason, *, reduce_only: bool
+    ) -> None:
+        """Cancel the resting orders of one position slot (reducing ones, or all)."""
+        mine = [
+            o
+            for o in market.book.orders.values()
+            if o.profile == pos.profile
+            and o.trade_side == pos.trade_side
+            and (o.direction or not reduce_only)
+        ]
+        for order in sorted(mine, key=lambda o: o.order_id):
+            self._cancel_resting(market, order, reason)
+
+    def _set_triggers(
+        self, pos: Position, take_profit: int | None, stop_loss: int | None, reference: int
+    ) -> None:
+        """Validate TP/SL against a reference price (long: TP above, SL below)."""
+        long = pos.trade_side
+        if take_profit is not None and (take_profit > reference) != long:
+            raise _Reject(ErrorCode.INVALID_TRIGGER_PRICE, "take-profit on the wrong side")
+        if stop_loss is not None and (stop_loss < reference) != long:
+            raise _Reject(ErrorCode.INVALID_TRIGGER_PRICE, "stop-loss on the wrong side")
+
+    # -- deposits, withdrawals, delegation ------------------------------------------------------
+
+    def _deposit(self, cmd: c.Deposit) -> None:
+        amount = self._check_amount(cmd.amount)
+        account = self._account(cmd.profile)
+        account.free += amount
+        account.deposited += amount
+        self._out.append(
+            e.Deposited(self._next_version(), self._ts, cmd.profile, amount, account.free)
+        )
+
+    def _withdraw(self, cmd: c.Withdraw) -> None:
+        amount = self._check_amount(cmd.amount)
+        account = self.accounts.get(cmd.profile)
+        if account is None:
+            raise _Reject(ErrorCode.NOT_ENOUGH_DEPOSITS)
+        if amount > account.free:
+            total = account.free + account.reserved + self._margin_of(cmd.profile)
+            if amount > total:
+                raise _Reject(ErrorCode.NOT_ENOUGH_DEPOSITS)
+            raise _Reject(ErrorCode.NOT_ENOUGH_TRADING_BALANCE)
+        account.free -= amount
+        account.withdrawn += amount
+        self._out.append(
+            e.Withdrawn(self._next_version(), self._ts, cmd.profile, amount, account.free)
+        )
+
+    def _margin_of(self, profile: str) -> int:
+        return sum(
+            pos.margin
+            for market in self.markets.values()
+            for side in (True, False)
+            if (pos := market.slots.get((profile, side))) is not None
+        )
+
+    def _enable_delegation(self, cmd: c.EnableDelegation) -> None:
+        key = normalise_public_key(cmd.delegate_public_key)
+        if key is None:
+            raise _Reject(ErrorCode.INVALID_DELEGATION, "delegate key must be 32 bytes of hex")
+        if not is_valid_int(cmd.expires_at) or cmd.expires_at <= self._ts:
+            raise _Reject(ErrorCode.INVALID_DELEGATION, "expiry must be a future time (ms)")
+        self.delegations[cmd.profile] = (key, cmd.expires_at)
+        self._out.append(
+            e.DelegationEnabled(self._next_version(), self._ts, cmd.profile, key, cmd.expires_at)
+        )
+
+    def _disable_delegation(self, cmd: c.DisableDelegation) -> None:
+        if self.delegations.pop(cmd.profile, None) is None:
+            raise _Reject(ErrorCode.INVALID_DELEGATION, "no delegation to disable")
+        self._out.append(e.DelegationDisabled(self._next_version(), self._ts, cmd.profile))
+
+    # -- orders ----------------------------------------------------------------------------------
+
+    def _place_limit(self, cmd: c.PlaceLimitOrder) -> None:
+        market = self._market(cmd.market_id)
+        price = self._check_price(cmd.price, market.config)
+        restriction = cmd.restriction
+        if type(restriction) not in (int, c.Restriction) or not 0 <= restriction <= 3:
+            raise _Reject(ErrorCode.INVALID_RESTRICTION)
+        restriction = int(restriction)
+        self._place(market, cmd, price, restriction, cmd.take_profit, cmd.stop_loss)
+
+    def _place_market(self, cmd: c.PlaceMarketOrder) -> None:
+        market = self._market(cmd.market_id)
+        self._place(market, cmd, None, IOC, cmd.take_profit, cmd.stop_loss)
+
+    def _place(
+        self,
+        market: MarketState,
+        cmd: c.PlaceLimitOrder | c.PlaceMarketOrder,
+        price: int | None,
+        restriction: int,
+        take_profit: int | None,
+        stop_loss: int | None,
+    ) -> None:
+        config = market.config
+        if market.paused:
+            raise _Reject(ErrorCode.MARKET_PAUSED)
+        trade_side = self._check_flag(cmd.trade_side)
+        direction = self._check_flag(cmd.direction)
+        size = self._check_size(cmd.size, config)
+        leverage = cmd.leverage
+        if not is_valid_int(leverage):
+            raise _Reject(ErrorCode.INVALID_NUMBER, "leverage must be an integer")
+        if not 1 <= leverage <= config.max_leverage:
+            raise _Reject(ErrorCode.INVALID_LEVERAGE)
+        profile = cmd.profile
+        is_buy = trade_side != direction
+        book = market.book
+        pos = market.slots.get((profile, trade_side))
+        mul = config.notional_multiplier
+        reserve = 0
+        if direction:
+            if take_profit is not None or stop_loss is not None:
+                raise _Reject(ErrorCode.INVALID_TRIGGER_PRICE, "TP/SL go with opening orders")
+            if pos is None or pos.size == 0:
+                raise _Reject(ErrorCode.REDUCE_OVER_POSITION, "no position to reduce")
+            if leverage != pos.leverage:
+                raise _Reject(ErrorCode.LEVERAGE_DIFFERS_ON_CLOSE)
+            if size > pos.size - pos.pending_reduce:
+                raise _Reject(ErrorCode.REDUCE_OVER_POSITION)
+            base = CLOSE if size == pos.size else DECREASE
+        else:
+            if pos is not None and (pos.size or pos.pending_open) and pos.leverage != leverage:
+                raise _Reject(ErrorCode.LEVERAGE_DIFFERS_ON_INCREASE)
+            base = INCREASE if pos is not None and pos.size else OPEN
+            reference = price if price is not None else market.mark_price()
+            if take_profit is not None or stop_loss is not None:
+                for trigger in (take_profit, stop_loss):
+                    if trigger is not None:
+                        self._check_price(trigger, config)
+                if reference is not None:
+                    probe = Position(profile, 0, trade_side, 0, leverage)
+                    self._set_triggers(probe, take_profit, stop_loss, reference)
+            if reference is not None:
+                held = (pos.size + pos.pending_open) if pos is not None else 0
+                if (held + size) * reference * mul > config.max_position_value:
+                    raise _Reject(ErrorCode.MAX_POSITION_VALUE)
+            account = self.accounts.get(profile)
+            if price is not None:
+                notional = price * size * mul
+                fee_bps = (
+                    config.maker_fee_bps
+                    if restriction == c.Restriction.POST_ONLY
+                    else config.taker_fee_bps
+                )
+                reserve = ceil_div(notional, leverage) + ceil_div(notional * fee_bps, BPS_ONE)
+                if account is None or account.free < reserve:
+                    raise _Reject(ErrorCode.INVALID_INITIAL_MARGIN)
+            elif account is None or account.free <= 0:
+                raise _Reject(ErrorCode.INVALID_INITIAL_MARGIN)
+        # restrictions that refuse before anything happens
+        opposite = book.best_ask() if is_buy else book.best_bid()
+        if price is None:
+            if opposite is None:
+                raise _Reject(ErrorCode.NOT_ENOUGH_LIQUIDITY)
+        elif restriction == c.Restriction.POST_ONLY:
+            if opposite is not None and (price >= opposite if is_buy else price <= opposite):
+                raise _Reject(ErrorCode.POST_ONLY_WOULD_TAKE)
+        elif (
+            restriction == c.Restriction.FILL_OR_KILL
+            and self._fillable(market, profile, is_buy, price, size) < size
+        ):
+            raise _Reject(ErrorCode.NOT_ENOUGH_LIQUIDITY, "fill-or-kill cannot fill in full")
+        # accepted
+        if pos is None:
+            market.position_counter += 1
+            trade_id = (market.position_counter << 64) | config.market_id
+            pos = market.slots[(profile, trade_side)] = Position(
+                profile, config.market_id, trade_side, trade_id, leverage
+            )
+        elif not direction and pos.size == 0 and pos.pending_open == 0:
+            pos.leverage = leverage
+        self.order_counter += 1
+        order = Order(
+            (self.order_counter << 64) | config.market_id,
+            profile,
+            config.market_id,
+            trade_side,
+            direction,
+            order_type_code(base, trade_side),
+            price if price is not None else 0,
+            size,
+            leverage,
+            pos.trade_id,
+            self._ts,
+            is_market=price is None,
+            restriction=restriction,
+            reserved=reserve,
+        )
+        order.take_profit = take_profit
+        order.stop_loss = stop_loss
+        self._out.append(
+            e.OrderAccepted(
+                self._next_version(),
+                self._ts,
+                order.order_id,
+                profile,
+                config.market_id,
+                trade_side,
+                direction,
+                order.order_type,
+                price is None,
+                restriction,
+                price,
+                size,
+                leverage,
+                pos.trade_id,
+                take_profit,
+                stop_loss,
+            )
+        )
+        if reserve:
+            account = self.accounts[profile]
+            account.free -= reserve
+            account.reserved += reserve
+            self._touch(profile, account)
+        self._execute_taker(market, order, pos, price)
+
+    def _execute_taker(
+        self, market: MarketState, order: Order, pos: Position, limit: int | None
+    ) -> None:
+        """Match an accepted order against the book, then rest or cancel what is left."""
+        book = market.book
+        if order.is_buy:
+            if book.ask_keys and (limit is None or -book.ask_keys[-1] <= limit):
+                self._match(market, order, limit)
+        elif book.bid_keys and (limit is None or book.bid_keys[-1] >= limit):
+            self._match(market, order, limit)
+        if order.remaining:
+            if order.is_market or order.restriction == c.Restriction.IMMEDIATE_OR_CANCEL:
+                self._release(order)
+                reason = (
+                    e.CancelReason.IMMEDIATE_OR_CANCEL
+                    if not order.is_market
+                    else e.CancelReason.NO_LIQUIDITY
+                )
+                self._out.append(
+                    e.OrderCancelled(
+                        self._next_version(),
+                        self._ts,
+                        order.order_id,
+                        order.profile,
+                        order.market_id,
+                        order.remaining,
+                        int(reason),
+                    )
+                )
+            else:
+                book.add(order)
+                if order.direction:
+                    pos.pending_reduce += order.remaining
+                    self._touch_position(pos)
+                else:
+                    pos.pending_open += order.remaining
+                    config = market.config
+                    notional = order.price * order.remaining * config.notional_multiplier
+                    needed = ceil_div(notional, order.leverage) + ceil_div(
+                        notional * config.maker_fee_bps, BPS_ONE
+                    )
+                    excess = order.reserved - needed
+                    if excess > 0:
+                        account = self.accounts[order.profile]
+                        order.reserved = needed
+                        account.reserved -= excess
+                        account.free += excess
+                        self._touch(order.profile, account)
+        else:
+            self._release(order)
+        self._drop_slot_if_idle(market, pos)
+
+    def _fillable(
+        self, market: MarketState, profile: str, is_buy: bool, limit: int, wanted: int
+    ) -> int:
+        """Size other profiles offer at ``limit`` or better (own orders would be cancelled)."""
+        total = 0
+        for price, level in market.book.levels(not is_buy):
+            if (price > limit) if is_buy else (price < limit):
+                break
+            for maker in level.values():
+                if maker.profile != profile:
+                    total += maker.remaining
+                    if total >= wanted:
+                        return total
+        return total
+
+    def _affordable(self, market: MarketState, order: Order, price: int, wanted: int) -> int:
+        """For a market order opening a position: the largest size the free balance pays."""
+        config = market.config
+        free = self.accounts[order.profile].free
+        unit = price * config.notional_multiplier
+        lot = config.lot
+        fee_bps = config.taker_fee_bps
+        lev = order.leverage
+
+        def cost(size: int) -> int:
+            notional = unit * size
+            return ceil_div(notional, lev) + ceil_div(notional * fee_bps, BPS_ONE)
+
+        if cost(wanted) <= free:
+            return wanted
+        size = free * lev * BPS_ONE // (unit * (BPS_ONE + lev * fee_bps))
+        size -= size % lot
+        while size > 0 and cost(size) > free:
+            size -= lot
+        return max(size, 0)
+
+    def _match(self, market: MarketState, taker: Order, limit: int | None) -> None:
+        book = market.book
+        is_buy = taker.is_buy
+        levels = book.asks if is_buy else book.bids
+        keys = book.ask_keys if is_buy else book.bid_keys
+        opening_market = taker.is_market and not taker.direction
+        while taker.remaining and keys:
+            price = -keys[-1] if is_buy else keys[-1]
+            if limit is not None and ((price > limit) if is_buy else (price < limit)):
+                break
+            level = levels[price]
+            maker = next(iter(level.values()))
+            if maker.profile == taker.profile:
+                self._cancel_resting(market, maker, e.CancelReason.SELF_MATCH)
+                continue
+            qty = min(taker.remaining, maker.remaining)
+            if opening_market:
+                qty = self._affordable(market, taker, price, qty)
+                if qty == 0:
+                    break
+            self._trade(market, maker, taker, price, qty)
+
+    def _trade(self, market: MarketState, maker: Order, taker: Order, price: int, qty: int) -> None:
+        config = market.config
+        notional = price * qty * config.notional_multiplier
+        maker_pos = market.slots[(maker.profile, maker.trade_side)]
+        if maker.direction:
+            maker_pos.pending_reduce -= qty
+        else:
+            maker_pos.pending_open -= qty
+        maker_leg = self._fill(market, maker, maker_pos, qty, notional, config.maker_fee_bps)
+        taker_pos = market.slots[(taker.profile, taker.trade_side)]
+        taker_leg = self._fill(market, taker, taker_pos, qty, notional, config.taker_fee_bps)
+        if maker.remaining == 0:
+            market.book.remove(maker)
+            self._release(maker)
+            self._drop_slot_if_idle(market, maker_pos)
+        market.last_trade_price = price
+        self._out.append(
+            e.TradeExecuted(
+                self._next_version(), self._ts, config.market_id, price, qty, maker_leg, taker_leg
+            )
+        )
+
+    def _fill(
+        self, market: MarketState, order: Order, pos: Position, qty: int, notional: int,
+        fee_bps: int,
+    ) -> e.FillLeg:
+        """Apply one side of a trade to its order, position and account."""
+        profile = order.profile
+        account = self.accounts[profile]
+        fee = ceil_div(notional * fee_bps, BPS_ONE) if fee_bps else 0
+        order.remaining -= qty
+        if not order.direction:
+            margin = ceil_div(notional, pos.leverage)
+            cost = margin + fee
+            held = order.reserved
+            if held >= cost:
+                order.reserved = held - cost
+                account.reserved -= cost
+            else:
+                # A limit order reserved at its own price; fills at better prices round up
+                # part by part and can need a few units more than the whole. Those come from
+                # free balance, and what free balance lacks is margin the position goes without.
+                order.reserved = 0
+                account.reserved -= held
+                extra = min(cost - held, max(account.free, 0))
+                account.free -= extra
+                margin -= cost - held - extra
+            opened = pos.size == 0
+            pos.size += qty
+            pos.entry_value += notional
+            pos.margin += margin
+            if order.take_profit is not None or order.stop_loss is not None or opened:
+                if order.take_profit is not None or opened:
+                    pos.take_profit = order.take_profit
+                if order.stop_loss is not None or opened:
+                    pos.stop_loss = order.stop_loss
+            pnl = -fee
+        else:
+            size = pos.size
+            long = pos.trade_side
+            if qty == size:
+                removed = pos.entry_value
+                released = pos.margin
+            else:
+                share = pos.entry_value * qty
+                removed = ceil_div(share, size) if long else floor_div(share, size)
+                released = floor_div(pos.margin * qty, size)
+            realised = notional - removed if long else removed - notional
+            pos.size = size - qty
+            pos.entry_value -= removed
+            pos.margin -= released
+            credit = released + realised - fee
+            if order.order_type >= LIQUIDATION:
+                self._liquidation_pot += credit
+            elif credit >= 0:
+                account.free += credit
+            else:
+                self._cover(pos, -credit)
+            if pos.size == 0:
+                pos.take_profit = pos.stop_loss = None
+            pnl = realised - fee
+        self._touch(profile, account)
+        self._touch_position(pos)
+        if fee:
+            fees = self._account(FEES_ACCOUNT)
+            fees.free += fee
+            self._touch(FEES_ACCOUNT, fees)
+        return e.FillLeg(
+            profile,
+            order.order_id,
+            order.order_type,
+            order.trade_id,
+            order.leverage,
+            order.is_buy,
+            fee,
+            pnl,
+            order.remaining,
+        )
+
+    def _cover(self, pos: Position, deficit: int) -> int:
+        """Take a loss from what is left of the position's margin, then from the insurance
+        fund. Returns the shortfall the fund covered."""
+        from_margin = min(deficit, pos.margin)
+        pos.margin -= from_margin
+        shortfall = deficit - from_margin
+        if shortfall:
+            fund = self._account(INSURANCE_FUND)
+            fund.free -= shortfall
+            self._touch(INSURANCE_FUND, fund)
+        return shortfall
+
+    def _cancel(self, cmd: c.CancelOrder) -> None:
+        market = self._market(cmd.market_id)
+        self._cancel_one(market, cmd.profile, cmd.order_id)
+
+    def _cancel_one(self, market: MarketState, profile: str, order_id: object) -> None:
+        order = market.book.orders.get(order_id) if type(order_id) is int else None
+        if order is None or order.profile != profile:
+            raise _Reject(ErrorCode.ORDER_NOT_FOUND)
+        self._cancel_resting(market, order, e.CancelReason.USER)
+
+    def _run_nested(self, name: str, command: c.Command, action: Callable[[], None]) -> None:
+        """Run one part of a batch: a refusal rejects that part only."""
+        try:
+            action()
+        except _Reject as rejection:
+            self._reject(name, command, rejection.code, rejection.detail)
+
+    def _place_batch(self, cmd: c.UserCommand, orders: list[Any]) -> None:
+        for sub in orders:
+            if isinstance(sub, c.PlaceLimitOrder):
+                handler: Callable[[Any], None] = self._place_limit
+            elif isinstance(sub, c.PlaceMarketOrder):
+                handler = self._place_market
+            else:
+                self._reject(type(sub).__name__, sub, ErrorCode.UNKNOWN_COMMAND)
+                continue
+            if sub.profile != cmd.profile:
+                self._reject(type(sub).__name__, sub, ErrorCode.NOT_AUTHORISED)
+                continue
+            self._run_nested(type(sub).__name__, sub, partial(handler, sub))
+
+    def _check_batch(self, items: object) -> list[Any]:
+        if not isinstance(items, list) or not items:
+            raise _Reject(ErrorCode.TOO_MANY_ORDERS, "a batch needs 1..20 items")
+        if len(items) > MAX_BATCH:
+            raise _Reject(ErrorCode.TOO_MANY_ORDERS)
+        return items
+
+    def _place_multiple(self, cmd: c.PlaceMultipleOrders) -> None:
+        self._place_batch(cmd, self._check_batch(cmd.orders))
+
+    def _cancel_multiple(self, cmd: c.CancelMultipleOrders) -> None:
+        market = self._market(cmd.market_id)
+        for order_id in self._check_batch(cmd.order_ids):
+            self._run_nested(
+                "CancelOrder",
+                cmd,
+                partial(self._cancel_one, market, cmd.profile, order_id),
+            )
+
+    def _cancel_and_place(self, cmd: c.CancelAndPlaceMultipleOrders) -> None:
+        market = self._market(cmd.market_id)
+        cancels = self._check_batch(cmd.cancel_order_ids) if cmd.cancel_order_ids else []
+        orders = self._check_batch(cmd.orders)
+        for order_id in cancels:
+            self._run_nested(
+                "CancelOrder",
+                cmd,
+                partial(self._cancel_one, market, cmd.profile, order_id),
+            )
+        self._place_batch(cmd, orders)
+
+    # -- positions -------------------------------------------------------------------------------
+
+    def _open_position(self, cmd: Any) -> tuple[MarketState, Position]:
+        market = self._market(cmd.market_id)
+        side = self._check_flag(cmd.trade_side)
+        pos = market.slots.get((cmd.profile, side))
+        if pos is None or pos.size == 0:
+            raise _Reject(ErrorCode.NO_POSITION)
+        return market, pos
+
+    def _trigger_reference(self, market: MarketState, pos: Position) -> int:
+        mark = market.mark_price()
+        if mark is not None:
+            return mark
+        return pos.entry_value // (pos.size * market.config.notional_multiplier)
+
+    def _update_take_profit(self, cmd: c.UpdateTakeProfit) -> None:
+        market, pos = self._open_position(cmd)
+        if cmd.price is not None:
+            price = self._check_price(cmd.price, market.config)
+            self._set_triggers(pos, price, None, self._trigger_reference(market, pos))
+        pos.take_profit = cmd.price
+        self._touch_position(pos)
+
+    def _update_stop_loss(self, cmd: c.UpdateStopLoss) -> None:
+        market, pos = self._open_position(cmd)
+        if cmd.price is not None:
+            price = self._check_price(cmd.price, market.config)
+            self._set_triggers(pos, None, price, self._trigger_reference(market, pos))
+        pos.stop_loss = cmd.price
+        self._touch_position(pos)
+
+    def _add_margin(self, cmd: c.AddMargin) -> None:
+        market, pos = self._open_position(cmd)
+        amount = self._check_amount(cmd.amount)
+        account = self.accounts[cmd.profile]
+        if account.free < amount:
+            raise _Reject(ErrorCode.INSUFFICIENT_BALANCE)
+        account.free -= amount
+        pos.margin += amount
+        self._touch(cmd.profile, account)
+        self._touch_position(pos)
+        self._out.append(
+            e.MarginAdded(
+                self._next_version(), self._ts, cmd.profile, market.config.market_id,
+                pos.trade_side, amount,
+            )
+        )
+
+    def _collapse(self, cmd: c.CollapsePosition) -> None:
+        market = self._market(cmd.market_id)
+        long = market.slots.get((cmd.profile, True))
+        short = market.slots.get((cmd.profile, False))
+        if long is None or short is None or not long.size or not short.size:
+            raise _Reject(ErrorCode.NO_POSITION, "collapsing needs a long and a short")
+        self._cancel_slot_orders(market, long, e.CancelReason.POSITION_CLOSED, reduce_only=True)
+        self._cancel_slot_orders(market, short, e.CancelReason.POSITION_CLOSED, reduce_only=True)
+        qty = min(long.size, short.size)
+        released_total = realised = 0
+        for pos in (long, short):
+            if qty == pos.size:
+                removed, released = pos.entry_value, pos.margin
+            else:
+                share = pos.entry_value * qty
+                rounding = ceil_div if pos.trade_side else floor_div
+                removed = rounding(share, pos.size)
+                released = floor_div(pos.margin * qty, pos.size)
+            pos.size -= qty
+            pos.entry_value -= removed
+            pos.margin -= released
+            released_total += released
+            realised += -removed if pos.trade_side else removed
+            if pos.size == 0:
+                pos.take_profit = pos.stop_loss = None
+            self._touch_position(pos)
+        credit = released_total + realised
+        pnl = realised
+        account = self.accounts[cmd.profile]
+        if credit >= 0:
+            account.free += credit
+        else:
+            remaining = long if long.size else short
+            self._cover(remaining, -credit)
+        self._touch(cmd.profile, account)
+        self._out.append(
+            e.PositionsCollapsed(
+                self._next_version(), self._ts, cmd.profile, market.config.market_id, qty, pnl
+            )
+        )
+        for pos in (long, short):
+            self._drop_slot_if_idle(market, pos)
+
+    # -- prices, funding, liquidation -------------------------------------------------------------
+
+    def _set_oracle_price(self, cmd: c.SetOraclePrice) -> None:
+        market = self._market(cmd.market_id)
+        price = cmd.price
+        if not is_valid_int(price):
+            raise _Reject(ErrorCode.INVALID_NUMBER)
+        assert isinstance(price, int)
+        if price <= 0:
+            raise _Reject(ErrorCode.INVALID_PRICE)
+        now = self._ts
+        market.premium_acc += market.last_premium * (now - market.last_sample_ts)
+        market.last_sample_ts = now
+        market.index_price = price
+        market.last_premium = market.premium()
+        mark = market.mark_price()
+        assert mark is not None
+        self._out.append(
+            e.OraclePriceSet(
+                self._next_version(), now, market.config.market_id, price, mark,
+                market.predicted_rate(now),
+            )
+        )
+        self._fire_triggers(market, mark)
+
+    def _fire_triggers(self, market: MarketState, mark: int) -> None:
+        armed = sorted(
+            (key, pos)
+            for key, pos in market.slots.items()
+            if pos.size and (pos.take_profit is not None or pos.stop_loss is not None)
+        )
+        for _key, pos in armed:
+            if not pos.size:
+                continue
+            long = pos.trade_side
+            tp, sl = pos.take_profit, pos.stop_loss
+            if tp is not None and (mark >= tp if long else mark <= tp):
+                hit, price = True, tp
+            elif sl is not None and (mark <= sl if long else mark >= sl):
+                hit, price = False, sl
+            else:
+                continue
+            book = market.book
+            if (book.best_bid() if long else book.best_ask()) is None:
+                continue  # nothing to close into: stay armed until there is
+            self._out.append(
+                e.TpSlTriggered(
+                    self._next_version(), self._ts, pos.profile, market.config.market_id,
+                    long, hit, price, mark,
+                )
+            )
+            pos.take_profit = pos.stop_loss = None
+            self._touch_position(pos)
+            self._close_position(market, pos, TPSL, None)
+
+    def _close_position(
+        self, market: MarketState, pos: Position, base: int, limit: int | None
+    ) -> Order:
+        """Close a whole position with a reduce-only taker order (TP/SL or liquidation)."""
+        self._cancel_slot_orders(
+            market, pos, e.CancelReason.POSITION_CLOSED if base == TPSL
+            else e.CancelReason.LIQUIDATION, reduce_only=base == TPSL,
+        )
+        config = market.config
+        self.order_counter += 1
+        order = Order(
+            (self.order_counter << 64) | config.market_id,
+            pos.profile,
+            config.market_id,
+            pos.trade_side,
+            True,
+            order_type_code(base, pos.trade_side),
+            limit or 0,
+            pos.size,
+            pos.leverage,
+            pos.trade_id,
+            self._ts,
+            is_market=limit is None,
+            restriction=IOC,
+        )
+        self._out.append(
+            e.OrderAccepted(
+                self._next_version(), self._ts, order.order_id, pos.profile, config.market_id,
+                pos.trade_side, True, order.order_type, limit is None,
+                IOC, limit, pos.size, pos.leverage,
+                pos.trade_id, None, None,
+            )
+        )
+        if base == LIQUIDATION:
+            # book the unfilled rest in _liquidate; keep the slot alive until then
+            self._match(market, order, limit)
+            return order
+        self._execute_taker(market, order, pos, limit)
+        return order
+
+    def _settle_funding(self, cmd: c.SettleFunding) -> None:
+        market = self._market(cmd.market_id)
+        config = market.config
+        now = self._ts
+        if now < market.interval_start + config.funding_interval_ms:
+            raise _Reject(ErrorCode.FUNDING_NOT_DUE)
+        mark = market.mark_price()
+        if mark is None:
+            raise _Reject(ErrorCode.NO_ORACLE_PRICE)
+        rate = market.predicted_rate(now)
+        mul = config.notional_multiplier
+        payments: list[e.FundingPayment] = []
+        paid = received = 0
+        if rate:
+            longs_pay = rate > 0
+            magnitude = abs(rate)
+            for (profile, side), pos in sorted(market.slots.items()):
+                if not pos.size:
+                    continue
+                owed = magnitude * pos.size * mark * mul
+                if side == longs_pay:
+                    amount = ceil_div(owed, RATE_ONE)
+                    paid += amount
+                    if profile == INSURANCE_FUND:
+                        fund = self._account(INSURANCE_FUND)
+                        fund.free -= amount
+                        self._touch(INSURANCE_FUND, fund)
+                    else:
+                        self._cover(pos, amount)
+                    signed = -amount
+                else:
+                    amount = floor_div(owed, RATE_ONE)
+                    received += amount
+                    if profile == INSURANCE_FUND:
+                        fund = self._account(INSURANCE_FUND)
+                        fund.free += amount
+                        self._touch(INSURANCE_FUND, fund)
+                    else:
+                        pos.margin += amount
+                    signed = amount
+                self._touch_position(pos)
+                payments.append(e.FundingPayment(profile, side, pos.trade_id, pos.size, signed))
+        remainder = paid - received
+        if remainder:
+            house = self._account(HOUSE_ACCOUNT)
+            house.free += remainder
+            self._touch(HOUSE_ACCOUNT, house)
+        market.premium_acc = 0
+        market.last_sample_ts = now
+        market.interval_start = now
+        market.last_funding_ts = now
+        market.funding_rate = rate
+        self._out.append(
+            e.FundingSettled(
+                self._next_version(), now, config.market_id, rate, mark, payments, remainder
+            )
+        )
+
+    def liquidatable(self, market_id: int) -> list[tuple[str, bool]]:
+        """(profile, side) of every position of a market a keeper may liquidate now."""
+        market = self.markets[market_id]
+        mark = market.mark_price()
+        if mark is None:
+            return []
+        config = market.config
+        mul = config.notional_multiplier
+        return sorted(
+            key
+            for key, pos in market.slots.items()
+            if key[0] != INSURANCE_FUND
+            and is_liquidatable(
+                pos.trade_side, pos.size, pos.entry_value, pos.margin, mark, mul,
+                config.maintenance_margin_bps,
+            )
+        )
+
+    def _liquidate(self, cmd: c.Liquidate) -> None:
+        market = self._market(cmd.market_id)
+        if not is_address(cmd.profile) or not is_address(cmd.liquidator):
+            raise _Reject(ErrorCode.INVALID_ADDRESS)
+        side = self._check_flag(cmd.trade_side)
+        pos = market.slots.get((cmd.profile, side))
+        if pos is None or not pos.size or cmd.profile == INSURANCE_FUND:
+            raise _Reject(ErrorCode.NO_POSITION)
+        mark = market.mark_price()
+        if mark is None:
+            raise _Reject(ErrorCode.NO_ORACLE_PRICE)
+        config = market.config
+        mul = config.notional_multiplier
+        if not is_liquidatable(
+            side, pos.size, pos.entry_value, pos.margin, mark, mul, config.maintenance_margin_bps
+        ):
+            raise _Reject(ErrorCode.NOT_LIQUIDATABLE)
+        size = pos.size
+        bankrupt = bankruptcy_price(side, pos.size, pos.entry_value, pos.margin, mul)
+        tick = config.tick
+        if side:  # a long sells no lower than its bankruptcy price
+            limit = max(ceil_div(bankrupt.numerator, bankrupt.denominator * tick) * tick, tick)
+        else:
+            limit = max(floor_div(bankrupt.numerator, bankrupt.denominator * tick) * tick, tick)
+        self._liquidation_pot = 0
+        order = self._close_position(market, pos, LIQUIDATION, limit)
+        taken_over = pos.size
+        if order.remaining:
+            self._out.append(
+                e.OrderCancelled(
+                    self._next_version(), self._ts, order.order_id, pos.profile,
+                    config.market_id, order.remaining, int(e.CancelReason.LIQUIDATION),
+                )
+            )
+        if taken_over:
+            # the insurance fund takes the rest over at the bankruptcy price: its cost basis is
+            # the position's, less (long) or plus (short) the margin that backed it
+            fund_pos = market.slots.get((INSURANCE_FUND, side))
+            if fund_pos is None:
+                market.position_counter += 1
+                fund_pos = market.slots[(INSURANCE_FUND, side)] = Position(
+                    INSURANCE_FUND, config.market_id, side,
+                    (market.position_counter << 64) | config.market_id, 1,
+                )
+            fund_pos.size += taken_over
+            fund_pos.entry_value += pos.entry_value - pos.margin if side else (
+                pos.entry_value + pos.margin
+            )
+            self._touch_position(fund_pos)
+            pos.size = pos.entry_value = pos.margin = 0
+        pos.take_profit = pos.stop_loss = None
+        self._touch_position(pos)
+        pot = self._liquidation_pot
+        self._liquidation_pot = 0
+        to_user = to_liquidator = to_insurance = to_house = shortfall = 0
+        if pot > 0:
+            to_user = pot * LIQUIDATION_SPLIT[0] // 100
+            to_liquidator = pot * LIQUIDATION_SPLIT[1] // 100
+            to_insurance = pot * LIQUIDATION_SPLIT[2] // 100
+            to_house = pot - to_user - to_liquidator - to_insurance
+            for profile, amount in (
+                (cmd.profile, to_user),
+                (cmd.liquidator, to_liquidator),
+                (INSURANCE_FUND, to_insurance),
+                (HOUSE_ACCOUNT, to_house),
+            ):
+                if amount:
+                    account = self._account(profile)
+                    account.free += amount
+                    self._touch(profile, account)
+        elif pot < 0:
+            shortfall = -pot
+            fund = self._account(INSURANCE_FUND)
+            fund.free -= shortfall
+            self._touch(INSURANCE_FUND, fund)
+        self._out.append(
+            e.PositionLiquidated(
+                self._next_version(), self._ts, cmd.profile, config.market_id, side,
+                pos.trade_id, cmd.liquidator, mark, size, taken_over, pot, to_user,
+                to_liquidator, to_insurance, to_house, shortfall,
+            )
+        )
+        self._drop_slot_if_idle(market, pos)
+
+    # -- operator --------------------------------------------------------------------------------
+
+    def _list_market(self, cmd: c.ListMarket) -> None:
+        config = cmd.market
+        if not isinstance(config, MarketConfig):
+            raise _Reject(ErrorCode.INVALID_MARKET_CONFIG)
+        try:
+            config.validate()
+        except InvalidInput as exc:
+            raise _Reject(ErrorCode.INVALID_MARKET_CONFIG, exc.detail) from None
+        if config.market_id in self.markets:
+            raise _Reject(ErrorCode.MARKET_EXISTS)
+        self.markets[config.market_id] = MarketState(config, self._ts)
+        self._out.append(e.MarketListed(self._next_version(), self._ts, config))
+
+    def _pause_market(self, cmd: c.PauseMarket) -> None:
+        market = self._market(cmd.market_id)
+        market.paused = self._check_flag(cmd.paused)
+        self._out.append(
+            e.MarketPaused(self._next_version(), self._ts, market.config.market_id, market.paused)
+        )
+
+    # -- state: snapshot, restore, hash ----------------------------------------------------------
+
+    def snapshot(self) -> EngineSnapshot:
+        markets = []
+        for market_id in sorted(self.markets):
+            m = self.markets[market_id]
+            orders = [
+                OrderSnap(
+                    o.order_id, o.profile, o.trade_side, o.direction, o.order_type, o.price,
+                    o.size, o.remaining, o.leverage, o.trade_id, o.timestamp, o.restriction,
+                    o.reserved, o.take_profit, o.stop_loss,
+                )
+                for o in sorted(m.book.orders.values(), key=lambda o: o.order_id)
+            ]
+            positions = [
+                PositionSnap(
+                    p.profile, p.trade_side, p.trade_id, p.leverage, p.size, p.entry_value,
+                    p.margin, p.take_profit, p.stop_loss, p.pending_open, p.pending_reduce,
+                )
+                for _, p in sorted(m.slots.items())
+            ]
+            markets.append(
+                MarketSnap(
+                    m.config, m.paused, m.index_price, m.last_trade_price, m.premium_acc,
+                    m.last_premium, m.last_sample_ts, m.interval_start, m.last_funding_ts,
+                    m.funding_rate, m.position_counter, orders, positions,
+                )
+            )
+        accounts = [
+            AccountSnap(p, a.free, a.reserved, a.deposited, a.withdrawn)
+            for p, a in sorted(self.accounts.items())
+        ]
+        delegations = [
+            DelegationSnap(p, key, expiry) for p, (key, expiry) in sorted(self.delegations.items())
+        ]
+        return EngineSnapshot(
+            self.version, self.last_timestamp, self.order_counter, markets, accounts, delegations
+        )
+
+    def snapshot_bytes(self) -> bytes:
+        return _snapshot_encoder.encode(self.snapshot())
+
+    def state_hash(self) -> str:
+        """SHA-256 of the canonical snapshot: equal states hash equal, whatever the history."""
+        return hashlib.sha256(self.snapshot_bytes()).hexdigest()
+
+    @classmethod
+    def restore(cls, data: bytes | EngineSnapshot) -> Engine:
+        snap = data if isinstance(data, EngineSnapshot) else _snapshot_decoder.decode(data)
+        engine = cls([], timestamp=snap.last_timestamp)
+        engine.version = snap.version
+        engine.order_counter = snap.order_counter
+        for ms in snap.markets:
+            m = MarketState(ms.config, 0)
+            m.paused = ms.paused
+            m.index_price = ms.index_price
+            m.last_trade_price = ms.last_trade_price
+            m.premium_acc = ms.premium_acc
+            m.last_premium = ms.last_premium
+            m.last_sample_ts = ms.last_sample_ts
+            m.interval_start = ms.interval_start
+            m.last_funding_ts = ms.last_funding_ts
+            m.funding_rate = ms.funding_rate
+            m.position_counter = ms.position_counter
+            for ps in ms.positions:
+                pos = Position(ps.profile, ms.config.market_id, ps.trade_side, ps.trade_id,
+                               ps.leverage)
+                pos.size = ps.size
+                pos.entry_value = ps.entry_value
+                pos.margin = ps.margin
+                pos.take_profit = ps.take_profit
+                pos.stop_loss = ps.stop_loss
+                pos.pending_open = ps.pending_open
+                pos.pending_reduce = ps.pending_reduce
+                m.slots[(ps.profile, ps.trade_side)] = pos
+            for os_ in ms.orders:
+                order = Order(
+                    os_.order_id, os_.profile, ms.config.market_id, os_.trade_side,
+                    os_.direction, os_.order_type, os_.price, os_.size, os_.leverage,
+                    os_.trade_id, os_.timestamp, restriction=os_.restriction,
+                    reserved=os_.reserved,
+                )
+                order.remaining = os_.remaining
+                order.take_profit = os_.take_profit
+                order.stop_loss = os_.stop_loss
+                m.book.add(order)
+            engine.markets[ms.config.market_id] = m
+        for a in snap.accounts:
+            engine.accounts[a.profile] = Account(a.free, a.reserved, a.deposited, a.withdrawn)
+        for d in snap.delegations:
+            engine.delegations[d.profile] = (d.public_key, d.expires_at)
+        return engine
+
+    # -- read access for keepers and tests --------------------------------------------------------
+
+    def position(self, profile: str, market_id: int, trade_side: bool) -> Position | None:
+        market = self.markets.get(market_id)
+        if market is None:
+            return None
+        pos = market.slots.get((profile, trade_side))
+        return pos if pos is not None and pos.size else None
+
+    def account(self, profile: str) -> Account | None:
+        return self.accounts.get(profile)
