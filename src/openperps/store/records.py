@@ -1,0 +1,144 @@
+"""Record integrity, shared by every backend and free of I/O.
+
+Each stored event row carries, besides the envelope, ``batch_last`` (the last version of the
+``append`` that wrote it) and a CRC-32 over all of its fields. Together they let a backend tell,
+without trusting the storage engine, that
+
+- a row is intact (``event_checksum``), and
+- the rows at the end of the log form whole batches (``TailScanner``): a batch is visible
+  entirely or not at all, even if a crash or a lying disk tore the last write.
+
+CRC-32 is enough here: it guards against torn writes and bit rot, not against an adversary, and
+``zlib.crc32`` costs well under a microsecond for an event, which keeps replay fast.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Sequence
+
+from openperps.store.envelope import Envelope
+from openperps.store.errors import CorruptLog, VersionGap
+
+_EVENT_HEADER = struct.Struct("<qqqI")
+_SNAPSHOT_HEADER = struct.Struct("<qI")
+
+
+def event_checksum(
+    version: int, timestamp: int, batch_last: int, type_: bytes, payload: bytes
+) -> int:
+    """CRC-32 of every field of an event row; the type's length keeps field boundaries fixed."""
+    crc = zlib.crc32(_EVENT_HEADER.pack(version, timestamp, batch_last, len(type_)))
+    return zlib.crc32(payload, zlib.crc32(type_, crc))
+
+
+def snapshot_checksum(version: int, state_hash: str, blob: bytes) -> int:
+    hash_bytes = state_hash.encode()
+    crc = zlib.crc32(_SNAPSHOT_HEADER.pack(version, len(hash_bytes)))
+    return zlib.crc32(blob, zlib.crc32(hash_bytes, crc))
+
+
+EventRow = tuple[int, int, str, bytes, int, int]
+"""How a backend stores an event: version, timestamp, type, payload, batch_last, checksum."""
+
+
+def check_batch(batch: Sequence[Envelope], expected_first: int) -> None:
+    """Raise ``VersionGap`` unless ``batch`` holds ``expected_first``, +1, +2, ... exactly."""
+    expected = expected_first
+    for envelope in batch:
+        if envelope.version != expected:
+            raise VersionGap(expected, envelope.version)
+        expected += 1
+
+
+def to_rows(batch: Sequence[Envelope]) -> list[EventRow]:
+    """Rows for one ``append``: every row records the batch's last version."""
+    batch_last = batch[-1].version
+    return [
+        (
+            e.version,
+            e.timestamp,
+            e.type,
+            e.payload,
+            batch_last,
+            event_checksum(e.version, e.timestamp, batch_last, e.type.encode(), e.payload),
+        )
+        for e in batch
+    ]
+
+
+def from_rows(rows: Sequence[EventRow], expected_first: int) -> list[Envelope]:
+    """Envelopes for rows read in version order, starting at ``expected_first``.
+
+    Raises ``CorruptLog`` on a checksum mismatch or a missing version: a corrupt record is
+    never served.
+    """
+    envelopes: list[Envelope] = []
+    expected = expected_first
+    for version, timestamp, type_, payload, batch_last, checksum in rows:
+        if version != expected:
+            raise CorruptLog(expected, f"version missing (next stored version is {version})")
+        if event_checksum(version, timestamp, batch_last, type_.encode(), payload) != checksum:
+            raise CorruptLog(version, "checksum mismatch")
+        envelopes.append(Envelope(version, timestamp, type_, payload))
+        expected += 1
+    return envelopes
+
+
+def row_is_intact(row: EventRow) -> bool:
+    version, timestamp, type_, payload, batch_last, checksum = row
+    return event_checksum(version, timestamp, batch_last, type_.encode(), payload) == checksum
+
+
+class TailScanner:
+    """Finds the end of the log's verified prefix, reading rows from the newest down.
+
+    Feed rows in descending version order. The scanner groups them into batches (a batch's
+    newest row has ``batch_last == version``) and answers with the last version of the newest
+    batch whose rows are all intact, contiguous and agree on ``batch_last``. Everything above
+    that version is the torn tail. ``feed`` returns that version as soon as it is known, which
+    on a healthy log is after the newest batch and one more row; ``finish`` answers when the
+    rows run out.
+
+    Only the tail is judged here: a corrupt row below the newest good batch is left for
+    ``from_rows`` to refuse when someone reads it, since cutting the log there would throw away
+    acknowledged events that are still intact.
+    """
+
+    def __init__(self) -> None:
+        self._batch_last: int | None = None  # newest version of the batch being checked
+        self._batch_ok = False
+        self._expected: int | None = None  # the version the next row must have
+        self.rows_seen = 0
+
+    def feed(self, row: EventRow) -> int | None:
+        version, batch_last = row[0], row[4]
+        self.rows_seen += 1
+        contiguous = self._expected is None or version == self._expected
+        self._expected = version - 1
+        intact = row_is_intact(row)
+        if intact and batch_last == version:
+            # The newest row of a batch: the batch above it, if any, is complete.
+            if self._batch_last is not None and self._batch_ok and contiguous:
+                return self._batch_last
+            self._batch_last = version
+            self._batch_ok = True
+        elif not intact or not contiguous or batch_last != self._batch_last:
+            self._batch_ok = False
+        return None
+
+    def finish(self) -> int:
+        """The verified end once every row down to version 1 has been fed.
+
+        Raises ``CorruptLog`` when not one batch verifies: that is no torn tail but a broken
+        database, and it is for an operator, not for start-up, to decide what to throw away.
+        """
+        if self.rows_seen == 0:
+            return 0
+        if self._batch_last is not None and self._batch_ok and self._expected == 0:
+            return self._batch_last
+        raise CorruptLog(
+            self._expected + 1 if self._expected is not None else 0,
+            "no intact batch found anywhere in the log",
+        )
