@@ -54,7 +54,9 @@ _HEX: Final = frozenset("0123456789abcdef")
 
 # order_type codes (exchange-rules.md): odd = long side, even = short side
 OPEN, INCREASE, DECREASE, CLOSE, TPSL, LIQUIDATION = 1, 3, 5, 7, 9, 11
+FOK: Final = int(c.Restriction.FILL_OR_KILL)
 IOC: Final = int(c.Restriction.IMMEDIATE_OR_CANCEL)
+POST_ONLY: Final = int(c.Restriction.POST_ONLY)
 
 
 def order_type_code(base: int, trade_side: bool) -> int:
@@ -142,6 +144,7 @@ class MarketState:
         "last_premium",
         "last_sample_ts",
         "last_trade_price",
+        "mul",
         "paused",
         "position_counter",
         "premium_acc",
@@ -150,6 +153,7 @@ class MarketState:
 
     def __init__(self, config: MarketConfig, timestamp: int) -> None:
         self.config = config
+        self.mul = config.notional_multiplier
         self.book = Book()
         self.paused = False
         self.index_price: int | None = None
@@ -338,26 +342,29 @@ class Engine:
         """Apply one command; return the events it produced, in version order."""
         out: list[e.Event] = []
         self._out = out
-        name = type(command).__name__
         handler = self._handlers.get(type(command))
-        ts = command.timestamp
         try:
             if handler is None:
                 raise _Reject(ErrorCode.UNKNOWN_COMMAND)
-            if type(ts) is not int or not 0 <= ts <= MAX_INPUT:
-                raise _Reject(ErrorCode.INVALID_NUMBER, "timestamp must be a non-negative int")
-            if ts < self.last_timestamp:
+            ts = command.timestamp
+            if type(ts) is not int or not self.last_timestamp <= ts <= MAX_INPUT:
+                if type(ts) is not int or not 0 <= ts <= MAX_INPUT:
+                    raise _Reject(ErrorCode.INVALID_NUMBER, "timestamp must be a non-negative int")
                 raise _Reject(ErrorCode.TIMESTAMP_REGRESSED)
-            self.last_timestamp = ts
-            self._ts = ts
-            if isinstance(command, c.UserCommand):
+            self.last_timestamp = self._ts = ts
+            if isinstance(command, c.UserCommand) and (
+                command.delegate is not None
+                or command.profile not in self.accounts
+                or command.profile in SYSTEM_ACCOUNTS
+            ):
                 self._authorise(command)
             handler(command)
         except _Reject as rejection:
             self._dirty_positions.clear()
             self._dirty_accounts.clear()
-            self._reject(name, command, rejection.code, rejection.detail)
-        self._flush()
+            self._reject(type(command).__name__, command, rejection.code, rejection.detail)
+        if self._dirty_positions or self._dirty_accounts:
+            self._flush()
         return out
 
     def _authorise(self, command: c.UserCommand) -> None:
@@ -494,7 +501,7 @@ class Engine:
             account.reserved -= order.reserved
             account.free += order.reserved
             order.reserved = 0
-            self._touch(order.profile, account)
+            self._dirty_accounts[order.profile] = account
 
     def _drop_slot_if_idle(self, market: MarketState, pos: Position) -> None:
         if pos.size == 0 and pos.pending_open == 0 and pos.pending_reduce == 0:
@@ -505,7 +512,7 @@ class Engine:
         pos = market.slots[(order.profile, order.trade_side)]
         if order.direction:
             pos.pending_reduce -= order.remaining
-            self._touch_position(pos)
+            self._dirty_positions[id(pos)] = pos
         else:
             pos.pending_open -= order.remaining
         self._release(order)
@@ -624,19 +631,33 @@ class Engine:
         config = market.config
         if market.paused:
             raise _Reject(ErrorCode.MARKET_PAUSED)
-        trade_side = self._check_flag(cmd.trade_side)
-        direction = self._check_flag(cmd.direction)
-        size = self._check_size(cmd.size, config)
+        trade_side = cmd.trade_side
+        direction = cmd.direction
+        if type(trade_side) is not bool or type(direction) is not bool:
+            raise _Reject(ErrorCode.INVALID_FLAG)
+        size = cmd.size
+        if (
+            type(size) is not int
+            or size % config.lot
+            or not config.min_size <= size <= config.max_size
+        ):
+            self._check_size(size, config)  # raises with the precise code
         leverage = cmd.leverage
-        if not is_valid_int(leverage):
-            raise _Reject(ErrorCode.INVALID_NUMBER, "leverage must be an integer")
-        if not 1 <= leverage <= config.max_leverage:
+        if type(leverage) is not int or not 1 <= leverage <= config.max_leverage:
+            if not is_valid_int(leverage):
+                raise _Reject(ErrorCode.INVALID_NUMBER, "leverage must be an integer")
             raise _Reject(ErrorCode.INVALID_LEVERAGE)
         profile = cmd.profile
         is_buy = trade_side != direction
         book = market.book
+        if is_buy:
+            opposite = -book.ask_keys[-1] if book.ask_keys else None
+        else:
+            opposite = book.bid_keys[-1] if book.bid_keys else None
+        crosses = opposite is not None and (
+            price is None or (price >= opposite if is_buy else price <= opposite)
+        )
         pos = market.slots.get((profile, trade_side))
-        mul = config.notional_multiplier
         reserve = 0
         if direction:
             if take_profit is not None or stop_loss is not None:
@@ -662,88 +683,84 @@ class Engine:
                     self._set_triggers(probe, take_profit, stop_loss, reference)
             if reference is not None:
                 held = (pos.size + pos.pending_open) if pos is not None else 0
-                if (held + size) * reference * mul > config.max_position_value:
+                if (held + size) * reference * market.mul > config.max_position_value:
                     raise _Reject(ErrorCode.MAX_POSITION_VALUE)
             account = self.accounts.get(profile)
             if price is not None:
-                notional = price * size * mul
-                fee_bps = (
-                    config.maker_fee_bps
-                    if restriction == c.Restriction.POST_ONLY
-                    else config.taker_fee_bps
-                )
-                reserve = ceil_div(notional, leverage) + ceil_div(notional * fee_bps, BPS_ONE)
+                # An order that cannot take rests whole and pays at most the maker fee.
+                notional = price * size * market.mul
+                fee_bps = config.taker_fee_bps if crosses else config.maker_fee_bps
+                reserve = -(-notional // leverage) + -(-(notional * fee_bps) // BPS_ONE)
                 if account is None or account.free < reserve:
                     raise _Reject(ErrorCode.INVALID_INITIAL_MARGIN)
             elif account is None or account.free <= 0:
                 raise _Reject(ErrorCode.INVALID_INITIAL_MARGIN)
         # restrictions that refuse before anything happens
-        opposite = book.best_ask() if is_buy else book.best_bid()
         if price is None:
             if opposite is None:
                 raise _Reject(ErrorCode.NOT_ENOUGH_LIQUIDITY)
-        elif restriction == c.Restriction.POST_ONLY:
-            if opposite is not None and (price >= opposite if is_buy else price <= opposite):
+        elif restriction == POST_ONLY:
+            if crosses:
                 raise _Reject(ErrorCode.POST_ONLY_WOULD_TAKE)
         elif (
-            restriction == c.Restriction.FILL_OR_KILL
+            restriction == FOK
             and self._fillable(market, profile, is_buy, price, size) < size
         ):
             raise _Reject(ErrorCode.NOT_ENOUGH_LIQUIDITY, "fill-or-kill cannot fill in full")
         # accepted
+        market_id = config.market_id
         if pos is None:
             market.position_counter += 1
-            trade_id = (market.position_counter << 64) | config.market_id
             pos = market.slots[(profile, trade_side)] = Position(
-                profile, config.market_id, trade_side, trade_id, leverage
+                profile, market_id, trade_side, (market.position_counter << 64) | market_id,
+                leverage,
             )
         elif not direction and pos.size == 0 and pos.pending_open == 0:
             pos.leverage = leverage
         self.order_counter += 1
+        order_type = base if trade_side else base + 1
+        ts = self._ts
         order = Order(
-            (self.order_counter << 64) | config.market_id,
+            (self.order_counter << 64) | market_id,
             profile,
-            config.market_id,
+            market_id,
             trade_side,
             direction,
-            order_type_code(base, trade_side),
+            order_type,
             price if price is not None else 0,
             size,
             leverage,
             pos.trade_id,
-            self._ts,
+            ts,
             is_market=price is None,
             restriction=restriction,
             reserved=reserve,
         )
-        order.take_profit = take_profit
-        order.stop_loss = stop_loss
+        if take_profit is not None or stop_loss is not None:
+            order.take_profit = take_profit
+            order.stop_loss = stop_loss
+        self.version += 1
         self._out.append(
             e.OrderAccepted(
-                self._next_version(),
-                self._ts,
-                order.order_id,
-                profile,
-                config.market_id,
-                trade_side,
-                direction,
-                order.order_type,
-                price is None,
-                restriction,
-                price,
-                size,
-                leverage,
-                pos.trade_id,
-                take_profit,
-                stop_loss,
+                self.version, ts, order.order_id, profile, market_id, trade_side, direction,
+                order_type, price is None, restriction, price, size, leverage, pos.trade_id,
+                take_profit, stop_loss,
             )
         )
         if reserve:
             account = self.accounts[profile]
             account.free -= reserve
             account.reserved += reserve
-            self._touch(profile, account)
-        self._execute_taker(market, order, pos, price)
+            self._dirty_accounts[profile] = account
+        if crosses or restriction == IOC:
+            self._execute_taker(market, order, pos, price)
+        else:  # the common case: a passive order rests at once
+            book.add(order)
+            if direction:
+                pos.pending_reduce += size
+                self._dirty_positions[id(pos)] = pos
+            else:
+                pos.pending_open += size
 
     def _execute_taker(
         self, market: MarketState, order: Order, pos: Position, limit: int | None
@@ -756,7 +773,7 @@ class Engine:
         elif book.bid_keys and (limit is None or book.bid_keys[-1] >= limit):
             self._match(market, order, limit)
         if order.remaining:
-            if order.is_market or order.restriction == c.Restriction.IMMEDIATE_OR_CANCEL:
+            if order.is_market or order.restriction == IOC:
                 self._release(order)
                 reason = (
                     e.CancelReason.IMMEDIATE_OR_CANCEL
@@ -778,11 +795,11 @@ class Engine:
                 book.add(order)
                 if order.direction:
                     pos.pending_reduce += order.remaining
-                    self._touch_position(pos)
+                    self._dirty_positions[id(pos)] = pos
                 else:
                     pos.pending_open += order.remaining
                     config = market.config
-                    notional = order.price * order.remaining * config.notional_multiplier
+                    notional = order.price * order.remaining * market.mul
                     needed = ceil_div(notional, order.leverage) + ceil_div(
                         notional * config.maker_fee_bps, BPS_ONE
                     )
@@ -792,7 +809,7 @@ class Engine:
                         order.reserved = needed
                         account.reserved -= excess
                         account.free += excess
-                        self._touch(order.profile, account)
+                        self._dirty_accounts[order.profile] = account
         else:
             self._release(order)
         self._drop_slot_if_idle(market, pos)
@@ -816,7 +833,7 @@ class Engine:
         """For a market order opening a position: the largest size the free balance pays."""
         config = market.config
         free = self.accounts[order.profile].free
-        unit = price * config.notional_multiplier
+        unit = price * market.mul
         lot = config.lot
         fee_bps = config.taker_fee_bps
         lev = order.leverage
@@ -857,7 +874,7 @@ class Engine:
 
     def _trade(self, market: MarketState, maker: Order, taker: Order, price: int, qty: int) -> None:
         config = market.config
-        notional = price * qty * config.notional_multiplier
+        notional = price * qty * market.mul
         maker_pos = market.slots[(maker.profile, maker.trade_side)]
         if maker.direction:
             maker_pos.pending_reduce -= qty
@@ -936,12 +953,12 @@ class Engine:
             if pos.size == 0:
                 pos.take_profit = pos.stop_loss = None
             pnl = realised - fee
-        self._touch(profile, account)
-        self._touch_position(pos)
+        self._dirty_accounts[profile] = account
+        self._dirty_positions[id(pos)] = pos
         if fee:
             fees = self._account(FEES_ACCOUNT)
             fees.free += fee
-            self._touch(FEES_ACCOUNT, fees)
+            self._dirty_accounts[FEES_ACCOUNT] = fees
         return e.FillLeg(
             profile,
             order.order_id,
@@ -963,7 +980,7 @@ class Engine:
         if shortfall:
             fund = self._account(INSURANCE_FUND)
             fund.free -= shortfall
-            self._touch(INSURANCE_FUND, fund)
+            self._dirty_accounts[INSURANCE_FUND] = fund
         return shortfall
 
     def _cancel(self, cmd: c.CancelOrder) -> None:
@@ -1042,7 +1059,7 @@ class Engine:
         mark = market.mark_price()
         if mark is not None:
             return mark
-        return pos.entry_value // (pos.size * market.config.notional_multiplier)
+        return pos.entry_value // (pos.size * market.mul)
 
     def _update_take_profit(self, cmd: c.UpdateTakeProfit) -> None:
         market, pos = self._open_position(cmd)
@@ -1050,7 +1067,7 @@ class Engine:
             price = self._check_price(cmd.price, market.config)
             self._set_triggers(pos, price, None, self._trigger_reference(market, pos))
         pos.take_profit = cmd.price
-        self._touch_position(pos)
+        self._dirty_positions[id(pos)] = pos
 
     def _update_stop_loss(self, cmd: c.UpdateStopLoss) -> None:
         market, pos = self._open_position(cmd)
@@ -1058,7 +1075,7 @@ class Engine:
             price = self._check_price(cmd.price, market.config)
             self._set_triggers(pos, None, price, self._trigger_reference(market, pos))
         pos.stop_loss = cmd.price
-        self._touch_position(pos)
+        self._dirty_positions[id(pos)] = pos
 
     def _add_margin(self, cmd: c.AddMargin) -> None:
         market, pos = self._open_position(cmd)
@@ -1068,8 +1085,8 @@ class Engine:
             raise _Reject(ErrorCode.INSUFFICIENT_BALANCE)
         account.free -= amount
         pos.margin += amount
-        self._touch(cmd.profile, account)
-        self._touch_position(pos)
+        self._dirty_accounts[cmd.profile] = account
+        self._dirty_positions[id(pos)] = pos
         self._out.append(
             e.MarginAdded(
                 self._next_version(), self._ts, cmd.profile, market.config.market_id,
@@ -1102,7 +1119,7 @@ class Engine:
             realised += -removed if pos.trade_side else removed
             if pos.size == 0:
                 pos.take_profit = pos.stop_loss = None
-            self._touch_position(pos)
+            self._dirty_positions[id(pos)] = pos
         credit = released_total + realised
         pnl = realised
         account = self.accounts[cmd.profile]
@@ -1111,7 +1128,7 @@ class Engine:
         else:
             remaining = long if long.size else short
             self._cover(remaining, -credit)
-        self._touch(cmd.profile, account)
+        self._dirty_accounts[cmd.profile] = account
         self._out.append(
             e.PositionsCollapsed(
                 self._next_version(), self._ts, cmd.profile, market.config.market_id, qty, pnl
@@ -1172,7 +1189,7 @@ class Engine:
                 )
             )
             pos.take_profit = pos.stop_loss = None
-            self._touch_position(pos)
+            self._dirty_positions[id(pos)] = pos
             self._close_position(market, pos, TPSL, None)
 
     def _close_position(
@@ -1225,7 +1242,7 @@ class Engine:
         if mark is None:
             raise _Reject(ErrorCode.NO_ORACLE_PRICE)
         rate = market.predicted_rate(now)
-        mul = config.notional_multiplier
+        mul = market.mul
         payments: list[e.FundingPayment] = []
         paid = received = 0
         if rate:
@@ -1241,7 +1258,7 @@ class Engine:
                     if profile == INSURANCE_FUND:
                         fund = self._account(INSURANCE_FUND)
                         fund.free -= amount
-                        self._touch(INSURANCE_FUND, fund)
+                        self._dirty_accounts[INSURANCE_FUND] = fund
                     else:
                         self._cover(pos, amount)
                     signed = -amount
@@ -1251,17 +1268,17 @@ class Engine:
                     if profile == INSURANCE_FUND:
                         fund = self._account(INSURANCE_FUND)
                         fund.free += amount
-                        self._touch(INSURANCE_FUND, fund)
+                        self._dirty_accounts[INSURANCE_FUND] = fund
                     else:
                         pos.margin += amount
                     signed = amount
-                self._touch_position(pos)
+                self._dirty_positions[id(pos)] = pos
                 payments.append(e.FundingPayment(profile, side, pos.trade_id, pos.size, signed))
         remainder = paid - received
         if remainder:
             house = self._account(HOUSE_ACCOUNT)
             house.free += remainder
-            self._touch(HOUSE_ACCOUNT, house)
+            self._dirty_accounts[HOUSE_ACCOUNT] = house
         market.premium_acc = 0
         market.last_sample_ts = now
         market.interval_start = now
@@ -1280,7 +1297,7 @@ class Engine:
         if mark is None:
             return []
         config = market.config
-        mul = config.notional_multiplier
+        mul = market.mul
         return sorted(
             key
             for key, pos in market.slots.items()
@@ -1303,7 +1320,7 @@ class Engine:
         if mark is None:
             raise _Reject(ErrorCode.NO_ORACLE_PRICE)
         config = market.config
-        mul = config.notional_multiplier
+        mul = market.mul
         if not is_liquidatable(
             side, pos.size, pos.entry_value, pos.margin, mark, mul, config.maintenance_margin_bps
         ):
@@ -1339,10 +1356,10 @@ class Engine:
             fund_pos.entry_value += pos.entry_value - pos.margin if side else (
                 pos.entry_value + pos.margin
             )
-            self._touch_position(fund_pos)
+            self._dirty_positions[id(fund_pos)] = fund_pos
             pos.size = pos.entry_value = pos.margin = 0
         pos.take_profit = pos.stop_loss = None
-        self._touch_position(pos)
+        self._dirty_positions[id(pos)] = pos
         pot = self._liquidation_pot
         self._liquidation_pot = 0
         to_user = to_liquidator = to_insurance = to_house = shortfall = 0
@@ -1360,12 +1377,12 @@ class Engine:
                 if amount:
                     account = self._account(profile)
                     account.free += amount
-                    self._touch(profile, account)
+                    self._dirty_accounts[profile] = account
         elif pot < 0:
             shortfall = -pot
             fund = self._account(INSURANCE_FUND)
             fund.free -= shortfall
-            self._touch(INSURANCE_FUND, fund)
+            self._dirty_accounts[INSURANCE_FUND] = fund
         self._out.append(
             e.PositionLiquidated(
                 self._next_version(), self._ts, cmd.profile, config.market_id, side,
