@@ -98,13 +98,24 @@ def to_commands(ops: list[Op], accounts: int) -> list[c.Command]:
             )
         elif op.kind == "limit":
             command = c.PlaceLimitOrder(
-                timestamp=ts, profile=op.profile, market_id=MARKET, trade_side=op.is_buy,
-                direction=False, size=op.size, price=op.price, leverage=10,
+                timestamp=ts,
+                profile=op.profile,
+                market_id=MARKET,
+                trade_side=op.is_buy,
+                direction=False,
+                size=op.size,
+                price=op.price,
+                leverage=10,
             )
         else:
             command = c.PlaceMarketOrder(
-                timestamp=ts, profile=op.profile, market_id=MARKET, trade_side=op.is_buy,
-                direction=False, size=op.size, leverage=10,
+                timestamp=ts,
+                profile=op.profile,
+                market_id=MARKET,
+                trade_side=op.is_buy,
+                direction=False,
+                size=op.size,
+                leverage=10,
             )
         for event in engine.handle(command):
             if isinstance(event, OrderAccepted):
@@ -142,7 +153,9 @@ def run_baseline(ops: list[Op]) -> float:
             continue
         next_id += 1
         limit = op.price if op.kind == "limit" else None
-        taker = Order(next_id, op.profile, MARKET, op.is_buy, False, 1, limit or 0, op.size, 1, 0, 0)
+        taker = Order(
+            next_id, op.profile, MARKET, op.is_buy, False, 1, limit or 0, op.size, 1, 0, 0
+        )
         keys = book.ask_keys if op.is_buy else book.bid_keys
         levels = book.asks if op.is_buy else book.bids
         while taker.remaining and keys:
@@ -190,16 +203,22 @@ def main() -> None:
     baseline_per_s = args.commands / baseline_best
     print(f"workload: {args.commands} commands, {args.accounts} accounts, mix {mix}")
     print(f"events:   {dict(kinds.most_common())}")
-    print(f"engine:   {engine_best:.3f} s  {commands_per_s:,.0f} commands/s  "
-          f"{engine_events / engine_best:,.0f} events/s ({engine_events} events)")
+    print(
+        f"engine:   {engine_best:.3f} s  {commands_per_s:,.0f} commands/s  "
+        f"{engine_events / engine_best:,.0f} events/s ({engine_events} events)"
+    )
     print(f"baseline: {baseline_best:.3f} s  {baseline_per_s:,.0f} ops/s (bare book)")
     print(f"resting orders at the end: {len(engine.markets[MARKET].book.orders)}")
-    print(json.dumps({
-        "bench": "engine",
-        "commands_per_s": round(commands_per_s),
-        "baseline_ops_per_s": round(baseline_per_s),
-        "ratio": round(commands_per_s / baseline_per_s, 3),
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "engine",
+                "commands_per_s": round(commands_per_s),
+                "baseline_ops_per_s": round(baseline_per_s),
+                "ratio": round(commands_per_s / baseline_per_s, 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -25,9 +25,7 @@ def test_core_imports_nothing_impure() -> None:
     core = Path(openperps.core.__file__).parent
     files = sorted(core.glob("*.py"))
     assert files
-    offenders = {
-        f.name: sorted(_imports(f) & FORBIDDEN) for f in files if _imports(f) & FORBIDDEN
-    }
+    offenders = {f.name: sorted(_imports(f) & FORBIDDEN) for f in files if _imports(f) & FORBIDDEN}
     assert offenders == {}
 
 

@@ -702,17 +702,17 @@ class Engine:
         elif restriction == POST_ONLY:
             if crosses:
                 raise _Reject(ErrorCode.POST_ONLY_WOULD_TAKE)
-        elif (
-            restriction == FOK
-            and self._fillable(market, profile, is_buy, price, size) < size
-        ):
+        elif restriction == FOK and self._fillable(market, profile, is_buy, price, size) < size:
             raise _Reject(ErrorCode.NOT_ENOUGH_LIQUIDITY, "fill-or-kill cannot fill in full")
         # accepted
         market_id = config.market_id
         if pos is None:
             market.position_counter += 1
             pos = market.slots[(profile, trade_side)] = Position(
-                profile, market_id, trade_side, (market.position_counter << 64) | market_id,
+                profile,
+                market_id,
+                trade_side,
+                (market.position_counter << 64) | market_id,
                 leverage,
             )
         elif not direction and pos.size == 0 and pos.pending_open == 0:
@@ -742,9 +742,22 @@ class Engine:
         self.version += 1
         self._out.append(
             e.OrderAccepted(
-                self.version, ts, order.order_id, profile, market_id, trade_side, direction,
-                order_type, price is None, restriction, price, size, leverage, pos.trade_id,
-                take_profit, stop_loss,
+                self.version,
+                ts,
+                order.order_id,
+                profile,
+                market_id,
+                trade_side,
+                direction,
+                order_type,
+                price is None,
+                restriction,
+                price,
+                size,
+                leverage,
+                pos.trade_id,
+                take_profit,
+                stop_loss,
             )
         )
         if reserve:
@@ -895,7 +908,12 @@ class Engine:
         )
 
     def _fill(
-        self, market: MarketState, order: Order, pos: Position, qty: int, notional: int,
+        self,
+        market: MarketState,
+        order: Order,
+        pos: Position,
+        qty: int,
+        notional: int,
         fee_bps: int,
     ) -> e.FillLeg:
         """Apply one side of a trade to its order, position and account."""
@@ -1089,8 +1107,12 @@ class Engine:
         self._dirty_positions[id(pos)] = pos
         self._out.append(
             e.MarginAdded(
-                self._next_version(), self._ts, cmd.profile, market.config.market_id,
-                pos.trade_side, amount,
+                self._next_version(),
+                self._ts,
+                cmd.profile,
+                market.config.market_id,
+                pos.trade_side,
+                amount,
             )
         )
 
@@ -1156,7 +1178,11 @@ class Engine:
         assert mark is not None
         self._out.append(
             e.OraclePriceSet(
-                self._next_version(), now, market.config.market_id, price, mark,
+                self._next_version(),
+                now,
+                market.config.market_id,
+                price,
+                mark,
                 market.predicted_rate(now),
             )
         )
@@ -1184,8 +1210,14 @@ class Engine:
                 continue  # nothing to close into: stay armed until there is
             self._out.append(
                 e.TpSlTriggered(
-                    self._next_version(), self._ts, pos.profile, market.config.market_id,
-                    long, hit, price, mark,
+                    self._next_version(),
+                    self._ts,
+                    pos.profile,
+                    market.config.market_id,
+                    long,
+                    hit,
+                    price,
+                    mark,
                 )
             )
             pos.take_profit = pos.stop_loss = None
@@ -1197,8 +1229,10 @@ class Engine:
     ) -> Order:
         """Close a whole position with a reduce-only taker order (TP/SL or liquidation)."""
         self._cancel_slot_orders(
-            market, pos, e.CancelReason.POSITION_CLOSED if base == TPSL
-            else e.CancelReason.LIQUIDATION, reduce_only=base == TPSL,
+            market,
+            pos,
+            e.CancelReason.POSITION_CLOSED if base == TPSL else e.CancelReason.LIQUIDATION,
+            reduce_only=base == TPSL,
         )
         config = market.config
         self.order_counter += 1
@@ -1219,10 +1253,22 @@ class Engine:
         )
         self._out.append(
             e.OrderAccepted(
-                self._next_version(), self._ts, order.order_id, pos.profile, config.market_id,
-                pos.trade_side, True, order.order_type, limit is None,
-                IOC, limit, pos.size, pos.leverage,
-                pos.trade_id, None, None,
+                self._next_version(),
+                self._ts,
+                order.order_id,
+                pos.profile,
+                config.market_id,
+                pos.trade_side,
+                True,
+                order.order_type,
+                limit is None,
+                IOC,
+                limit,
+                pos.size,
+                pos.leverage,
+                pos.trade_id,
+                None,
+                None,
             )
         )
         if base == LIQUIDATION:
@@ -1303,7 +1349,12 @@ class Engine:
             for key, pos in market.slots.items()
             if key[0] != INSURANCE_FUND
             and is_liquidatable(
-                pos.trade_side, pos.size, pos.entry_value, pos.margin, mark, mul,
+                pos.trade_side,
+                pos.size,
+                pos.entry_value,
+                pos.margin,
+                mark,
+                mul,
                 config.maintenance_margin_bps,
             )
         )
@@ -1338,8 +1389,13 @@ class Engine:
         if order.remaining:
             self._out.append(
                 e.OrderCancelled(
-                    self._next_version(), self._ts, order.order_id, pos.profile,
-                    config.market_id, order.remaining, int(e.CancelReason.LIQUIDATION),
+                    self._next_version(),
+                    self._ts,
+                    order.order_id,
+                    pos.profile,
+                    config.market_id,
+                    order.remaining,
+                    int(e.CancelReason.LIQUIDATION),
                 )
             )
         if taken_over:
@@ -1349,12 +1405,15 @@ class Engine:
             if fund_pos is None:
                 market.position_counter += 1
                 fund_pos = market.slots[(INSURANCE_FUND, side)] = Position(
-                    INSURANCE_FUND, config.market_id, side,
-                    (market.position_counter << 64) | config.market_id, 1,
+                    INSURANCE_FUND,
+                    config.market_id,
+                    side,
+                    (market.position_counter << 64) | config.market_id,
+                    1,
                 )
             fund_pos.size += taken_over
-            fund_pos.entry_value += pos.entry_value - pos.margin if side else (
-                pos.entry_value + pos.margin
+            fund_pos.entry_value += (
+                pos.entry_value - pos.margin if side else (pos.entry_value + pos.margin)
             )
             self._dirty_positions[id(fund_pos)] = fund_pos
             pos.size = pos.entry_value = pos.margin = 0
@@ -1385,9 +1444,22 @@ class Engine:
             self._dirty_accounts[INSURANCE_FUND] = fund
         self._out.append(
             e.PositionLiquidated(
-                self._next_version(), self._ts, cmd.profile, config.market_id, side,
-                pos.trade_id, cmd.liquidator, mark, size, taken_over, pot, to_user,
-                to_liquidator, to_insurance, to_house, shortfall,
+                self._next_version(),
+                self._ts,
+                cmd.profile,
+                config.market_id,
+                side,
+                pos.trade_id,
+                cmd.liquidator,
+                mark,
+                size,
+                taken_over,
+                pot,
+                to_user,
+                to_liquidator,
+                to_insurance,
+                to_house,
+                shortfall,
             )
         )
         self._drop_slot_if_idle(market, pos)
@@ -1422,24 +1494,55 @@ class Engine:
             m = self.markets[market_id]
             orders = [
                 OrderSnap(
-                    o.order_id, o.profile, o.trade_side, o.direction, o.order_type, o.price,
-                    o.size, o.remaining, o.leverage, o.trade_id, o.timestamp, o.restriction,
-                    o.reserved, o.take_profit, o.stop_loss,
+                    o.order_id,
+                    o.profile,
+                    o.trade_side,
+                    o.direction,
+                    o.order_type,
+                    o.price,
+                    o.size,
+                    o.remaining,
+                    o.leverage,
+                    o.trade_id,
+                    o.timestamp,
+                    o.restriction,
+                    o.reserved,
+                    o.take_profit,
+                    o.stop_loss,
                 )
                 for o in sorted(m.book.orders.values(), key=lambda o: o.order_id)
             ]
             positions = [
                 PositionSnap(
-                    p.profile, p.trade_side, p.trade_id, p.leverage, p.size, p.entry_value,
-                    p.margin, p.take_profit, p.stop_loss, p.pending_open, p.pending_reduce,
+                    p.profile,
+                    p.trade_side,
+                    p.trade_id,
+                    p.leverage,
+                    p.size,
+                    p.entry_value,
+                    p.margin,
+                    p.take_profit,
+                    p.stop_loss,
+                    p.pending_open,
+                    p.pending_reduce,
                 )
                 for _, p in sorted(m.slots.items())
             ]
             markets.append(
                 MarketSnap(
-                    m.config, m.paused, m.index_price, m.last_trade_price, m.premium_acc,
-                    m.last_premium, m.last_sample_ts, m.interval_start, m.last_funding_ts,
-                    m.funding_rate, m.position_counter, orders, positions,
+                    m.config,
+                    m.paused,
+                    m.index_price,
+                    m.last_trade_price,
+                    m.premium_acc,
+                    m.last_premium,
+                    m.last_sample_ts,
+                    m.interval_start,
+                    m.last_funding_ts,
+                    m.funding_rate,
+                    m.position_counter,
+                    orders,
+                    positions,
                 )
             )
         accounts = [
@@ -1479,8 +1582,9 @@ class Engine:
             m.funding_rate = ms.funding_rate
             m.position_counter = ms.position_counter
             for ps in ms.positions:
-                pos = Position(ps.profile, ms.config.market_id, ps.trade_side, ps.trade_id,
-                               ps.leverage)
+                pos = Position(
+                    ps.profile, ms.config.market_id, ps.trade_side, ps.trade_id, ps.leverage
+                )
                 pos.size = ps.size
                 pos.entry_value = ps.entry_value
                 pos.margin = ps.margin
@@ -1491,9 +1595,18 @@ class Engine:
                 m.slots[(ps.profile, ps.trade_side)] = pos
             for os_ in ms.orders:
                 order = Order(
-                    os_.order_id, os_.profile, ms.config.market_id, os_.trade_side,
-                    os_.direction, os_.order_type, os_.price, os_.size, os_.leverage,
-                    os_.trade_id, os_.timestamp, restriction=os_.restriction,
+                    os_.order_id,
+                    os_.profile,
+                    ms.config.market_id,
+                    os_.trade_side,
+                    os_.direction,
+                    os_.order_type,
+                    os_.price,
+                    os_.size,
+                    os_.leverage,
+                    os_.trade_id,
+                    os_.timestamp,
+                    restriction=os_.restriction,
                     reserved=os_.reserved,
                 )
                 order.remaining = os_.remaining

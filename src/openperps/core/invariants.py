@@ -113,4 +113,3 @@ def version_gaps(events: list[Event], start: int = 0) -> list[str]:
             found.append(f"version {event.version} where {expected} was due")
         expected = event.version + 1
     return found
-
