@@ -76,10 +76,11 @@ def from_rows(rows: Sequence[EventRow], expected_first: int) -> list[Envelope]:
     """
     envelopes: list[Envelope] = []
     expected = expected_first
-    for version, timestamp, type_, payload, batch_last, checksum in rows:
+    for row in rows:
+        version, timestamp, type_, payload, _, _ = row
         if version != expected:
             raise CorruptLog(expected, f"version missing (next stored version is {version})")
-        if event_checksum(version, timestamp, batch_last, type_.encode(), payload) != checksum:
+        if not row_is_intact(row):
             raise CorruptLog(version, "checksum mismatch")
         envelopes.append(Envelope(version, timestamp, type_, payload))
         expected += 1
@@ -88,7 +89,10 @@ def from_rows(rows: Sequence[EventRow], expected_first: int) -> list[Envelope]:
 
 def row_is_intact(row: EventRow) -> bool:
     version, timestamp, type_, payload, batch_last, checksum = row
-    return event_checksum(version, timestamp, batch_last, type_.encode(), payload) == checksum
+    try:
+        return event_checksum(version, timestamp, batch_last, type_.encode(), payload) == checksum
+    except (TypeError, AttributeError, struct.error):
+        return False  # a field no longer has its type: SQLite will store whatever it is given
 
 
 class TailScanner:
@@ -96,12 +100,14 @@ class TailScanner:
 
     Feed rows in descending version order. The scanner groups them into batches (a batch's
     newest row has ``batch_last == version``) and answers with the last version of the newest
-    batch whose rows are all intact, contiguous and agree on ``batch_last``. Everything above
-    that version is the torn tail. ``feed`` returns that version as soon as it is known, which
-    on a healthy log is after the newest batch and one more row; ``finish`` answers when the
-    rows run out.
+    batch it can verify complete: every row present, intact and agreeing on ``batch_last``, and
+    its lower edge confirmed by an intact batch-ending row right below it (or by version 1).
+    Without that confirmation a damaged row just below could have belonged to the batch, so it
+    is not kept. Everything above the answer is the torn tail. ``feed`` returns the answer as
+    soon as it is known, which on a healthy log is after the newest batch and one more row;
+    ``finish`` answers when the rows run out.
 
-    Only the tail is judged here: a corrupt row below the newest good batch is left for
+    Only the tail is judged here: a corrupt row below the newest verified batch is left for
     ``from_rows`` to refuse when someone reads it, since cutting the log there would throw away
     acknowledged events that are still intact.
     """

@@ -201,6 +201,8 @@ class SqliteEventLog(EventLog):
                 return fn(*args, **kwargs)
             except sqlite3.Error as exc:
                 raise translate_error(exc) from exc
+            except OSError as exc:  # creating the directory
+                raise StorageUnavailable(f"sqlite: {exc}") from exc
 
         return await asyncio.get_running_loop().run_in_executor(pool, call)
 

@@ -1,0 +1,108 @@
+"""What only the PostgreSQL log does (store/postgres.py): schemas, pooled connections, and
+losing a connection in the middle of a batch."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from openperps.store import (
+    GroupCommitWriter,
+    StorageUnavailable,
+    StoreErrorCode,
+    VersionGap,
+)
+from openperps.store.postgres import APPLICATION_NAME, PostgresEventLog
+
+from .helpers import PostgresBackend, assert_log, envelopes
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+async def pg(pg_dsn: str) -> AsyncIterator[PostgresBackend]:
+    backend = PostgresBackend(pg_dsn)
+    try:
+        yield backend
+    finally:
+        await backend.cleanup()
+
+
+async def blocked_copy_pid(conn: asyncpg.Connection, schema: str) -> int:
+    """The backend of our writer once its COPY waits for a lock (polls up to 10 s)."""
+    for _ in range(200):
+        pid = await conn.fetchval(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1 "
+            "AND wait_event_type = 'Lock' AND query LIKE 'COPY%' AND query LIKE '%' || $2 || '%'",
+            APPLICATION_NAME,
+            schema,
+        )
+        if pid is not None:
+            return int(pid)
+        await asyncio.sleep(0.05)
+    raise AssertionError("the writer's COPY never blocked")
+
+
+async def test_a_connection_killed_mid_batch_acknowledges_nothing_and_the_writer_recovers(
+    pg: PostgresBackend,
+) -> None:
+    async with pg.make() as log, GroupCommitWriter(log) as writer:
+        await writer.submit(envelopes(1, 10))
+
+        # Hold the table so the writer's transaction stops inside its COPY, then kill it there.
+        other = await asyncpg.connect(pg.dsn)
+        holding = other.transaction()
+        await holding.start()
+        await other.execute(f'LOCK TABLE "{pg.schema}".events IN SHARE MODE')
+        in_flight = writer.enqueue(envelopes(11, 1_000))
+        pid = await blocked_copy_pid(other, pg.schema)
+        assert await other.fetchval("SELECT pg_terminate_backend($1)", pid)
+        await holding.rollback()
+        await other.close()
+
+        with pytest.raises(StorageUnavailable) as lost:
+            await in_flight
+        assert lost.value.code == StoreErrorCode.STORAGE_UNAVAILABLE
+        await assert_log(log, envelopes(1, 10))
+
+        await writer.submit(envelopes(11, 1_000))  # a fresh connection from the pool
+        await assert_log(log, envelopes(1, 1_010))
+
+
+async def test_a_server_that_does_not_answer_is_unavailable() -> None:
+    log = PostgresEventLog("postgresql://postgres@127.0.0.1:1/test", connect_timeout_s=2)
+    with pytest.raises(StorageUnavailable):
+        await log.open()
+
+
+def test_the_schema_must_be_a_plain_identifier() -> None:
+    with pytest.raises(ValueError, match="identifier"):
+        PostgresEventLog("postgresql://x/y", schema='a"; DROP TABLE events; --')
+
+
+async def test_logs_in_different_schemas_are_independent(pg_dsn: str) -> None:
+    first, second = PostgresBackend(pg_dsn), PostgresBackend(pg_dsn)
+    try:
+        async with first.make() as a, second.make() as b:
+            await a.append(envelopes(1, 3))
+            await b.append(envelopes(1, 1))
+            await assert_log(a, envelopes(1, 3))
+            await assert_log(b, envelopes(1, 1))
+    finally:
+        await first.cleanup()
+        await second.cleanup()
+
+
+async def test_two_writers_racing_for_the_same_versions_cannot_both_win(
+    pg: PostgresBackend,
+) -> None:
+    async with pg.make() as a, pg.make() as b:
+        results = await asyncio.gather(
+            a.append(envelopes(1, 500)), b.append(envelopes(1, 500)), return_exceptions=True
+        )
+        assert sorted(type(r).__name__ for r in results) == ["NoneType", "VersionGap"]
+        assert any(isinstance(r, VersionGap) for r in results)
+        await assert_log(a, envelopes(1, 500))

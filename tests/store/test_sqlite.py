@@ -1,0 +1,118 @@
+"""What only the SQLite log does (store/sqlite.py): its file, its pragmas, its real faults."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from openperps.store import (
+    DEFAULT_PATH,
+    CorruptLog,
+    Envelope,
+    GroupCommitWriter,
+    SqliteEventLog,
+    StorageFull,
+    StorageLocked,
+    StorageUnavailable,
+    StoreErrorCode,
+)
+
+from .helpers import assert_log, envelopes
+
+
+class SmallDiskLog(SqliteEventLog):
+    """A SQLite log on a "disk" that can be filled up: ``PRAGMA max_page_count``.
+
+    ``max_pages = 1`` means "no room to grow", since SQLite never caps below the current size.
+    """
+
+    max_pages = 2**31 - 2
+
+    def _append(self, batch: Sequence[Envelope]) -> None:
+        self._write_conn.execute(f"PRAGMA max_page_count = {self.max_pages}")
+        super()._append(batch)
+
+
+def big_envelopes(first: int, count: int) -> list[Envelope]:
+    return [Envelope(v, 0, "Big", bytes(200)) for v in range(first, first + count)]
+
+
+async def test_the_default_database_is_a_file_under_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    async with SqliteEventLog() as log:
+        await log.append(envelopes(1, 1))
+    assert Path("data/events.sqlite3") == DEFAULT_PATH
+    assert (tmp_path / "data" / "events.sqlite3").is_file()
+
+
+async def test_the_database_is_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
+    path = tmp_path / "events.sqlite3"
+    async with SqliteEventLog(path) as log:
+        assert log.synchronous == "FULL"
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    conn.close()
+
+
+async def test_a_full_disk_fails_the_batch_whole_and_the_writer_recovers(tmp_path: Path) -> None:
+    async with SmallDiskLog(tmp_path / "events.sqlite3") as log, GroupCommitWriter(log) as writer:
+        await writer.submit(big_envelopes(1, 10))
+        log.max_pages = 1
+        with pytest.raises(StorageFull) as full:
+            await writer.submit(big_envelopes(11, 5_000))
+        assert full.value.code == StoreErrorCode.STORAGE_FULL
+        assert "full" in str(full.value)
+        await assert_log(log, big_envelopes(1, 10))
+
+        log.max_pages = 2**31 - 2
+        await writer.submit(big_envelopes(11, 5_000))
+        await assert_log(log, big_envelopes(1, 5_010))
+
+
+async def test_a_locked_database_fails_the_batch_and_the_writer_recovers(tmp_path: Path) -> None:
+    path = tmp_path / "events.sqlite3"
+    async with (
+        SqliteEventLog(path, busy_timeout_ms=50) as log,
+        GroupCommitWriter(log) as writer,
+    ):
+        await writer.submit(envelopes(1, 3))
+        other_process = sqlite3.connect(path, isolation_level=None)
+        other_process.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StorageLocked) as locked:
+            await writer.submit(envelopes(4, 3))
+        assert locked.value.code == StoreErrorCode.STORAGE_LOCKED
+        other_process.execute("ROLLBACK")
+        other_process.close()
+
+        await writer.submit(envelopes(4, 3))
+        await assert_log(log, envelopes(1, 6))
+
+
+async def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "events.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(CorruptLog, match="not a database"):
+        await SqliteEventLog(path).open()
+
+
+async def test_an_unusable_location_is_reported_as_unavailable(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(StorageUnavailable):
+        await SqliteEventLog(tmp_path / "a-file" / "events.sqlite3").open()
+
+
+async def test_a_row_whose_payload_changed_type_counts_as_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "events.sqlite3"
+    async with SqliteEventLog(path) as log:
+        await log.append(envelopes(1, 2))
+        await log.append(envelopes(3, 2))
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("UPDATE events SET payload = 'text now' WHERE version = 4")
+    conn.close()
+    async with SqliteEventLog(path) as log:
+        await assert_log(log, envelopes(1, 2))
