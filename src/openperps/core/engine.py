@@ -673,7 +673,9 @@ class Engine:
             if pos is not None and (pos.size or pos.pending_open) and pos.leverage != leverage:
                 raise _Reject(ErrorCode.LEVERAGE_DIFFERS_ON_INCREASE)
             base = INCREASE if pos is not None and pos.size else OPEN
-            reference = price if price is not None else market.mark_price()
+            # TP/SL and the position cap are judged at the order's price; a market order's
+            # is the mark price, or the best opposite price when there is no mark yet
+            reference = price if price is not None else (market.mark_price() or opposite)
             if take_profit is not None or stop_loss is not None:
                 for trigger in (take_profit, stop_loss):
                     if trigger is not None:
