@@ -451,12 +451,6 @@ class Engine:
             account = self.accounts[profile] = Account()
         return account
 
-    def _touch(self, profile: str, account: Account) -> None:
-        self._dirty_accounts[profile] = account
-
-    def _touch_position(self, pos: Position) -> None:
-        self._dirty_positions[id(pos)] = pos
-
     @staticmethod
     def _check_flag(value: object) -> bool:
         if type(value) is not bool:

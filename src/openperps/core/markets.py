@@ -60,13 +60,13 @@ class MarketConfig(msgspec.Struct, frozen=True, kw_only=True):
             problems.append("tick and lot must be positive")
         if not 0 < self.min_size <= self.max_size:
             problems.append("need 0 < min_size <= max_size")
-        if self.min_size % self.lot or self.max_size % self.lot:
+        elif self.lot > 0 and (self.min_size % self.lot or self.max_size % self.lot):
             problems.append("min_size and max_size must be multiples of the lot")
         if self.max_position_value <= 0:
             problems.append("max_position_value must be positive")
         if not 1 <= self.max_leverage <= 1000:
             problems.append("max_leverage must be within 1..1000")
-        if not 0 < self.maintenance_margin_bps < BPS_ONE // self.max_leverage:
+        elif not 0 < self.maintenance_margin_bps < BPS_ONE // self.max_leverage:
             problems.append("maintenance margin must be positive and below 1 / max_leverage")
         if not 0 <= self.maker_fee_bps <= self.taker_fee_bps < BPS_ONE:
             problems.append("need 0 <= maker_fee_bps <= taker_fee_bps < 10000")
