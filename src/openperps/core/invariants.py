@@ -8,6 +8,8 @@ checks.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from openperps.core.engine import INSURANCE_FUND, Engine
 from openperps.core.events import Event
 
@@ -104,7 +106,7 @@ def violations(engine: Engine) -> list[str]:
     return found
 
 
-def version_gaps(events: list[Event], start: int = 0) -> list[str]:
+def version_gaps(events: Sequence[Event], start: int = 0) -> list[str]:
     """Versions must run start+1, start+2, ... with no gap or repeat."""
     found = []
     expected = start + 1
