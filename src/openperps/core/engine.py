@@ -9,7 +9,8 @@ Every event takes the next ``version`` (the exchange-wide ``transaction_version`
 the rules refuse yields a single ``Rejected`` event with its code and changes nothing else.
 Position and balance changes are coalesced per command: after the command's own events come
 one ``PositionChanged`` per position it touched and one ``BalanceChanged`` per account whose
-free or reserved balance moved.
+free or reserved balance moved (except the fee account, whose balance is the running sum of
+the fees in ``TradeExecuted``).
 
 Money flows between accounts only; system accounts hold what belongs to nobody:
 ``FEES_ACCOUNT`` (trading fees), ``INSURANCE_FUND`` (liquidation proceeds; covers shortfalls,
@@ -843,9 +844,12 @@ class Engine:
         config = market.config
         free = self.accounts[order.profile].free
         unit = price * market.mul
-        lot = config.lot
         fee_bps = config.taker_fee_bps
         lev = order.leverage
+        notional = unit * wanted
+        if -(-notional // lev) - (-(notional * fee_bps) // BPS_ONE) <= free:
+            return wanted  # the common case, without the search below
+        lot = config.lot
 
         def cost(size: int) -> int:
             notional = unit * size
@@ -915,10 +919,10 @@ class Engine:
         """Apply one side of a trade to its order, position and account."""
         profile = order.profile
         account = self.accounts[profile]
-        fee = ceil_div(notional * fee_bps, BPS_ONE) if fee_bps else 0
+        fee = -(-(notional * fee_bps) // BPS_ONE) if fee_bps else 0
         order.remaining -= qty
         if not order.direction:
-            margin = ceil_div(notional, pos.leverage)
+            margin = -(-notional // pos.leverage)
             cost = margin + fee
             held = order.reserved
             if held >= cost:
@@ -970,9 +974,8 @@ class Engine:
         self._dirty_accounts[profile] = account
         self._dirty_positions[id(pos)] = pos
         if fee:
-            fees = self._account(FEES_ACCOUNT)
-            fees.free += fee
-            self._dirty_accounts[FEES_ACCOUNT] = fees
+            # no BalanceChanged for the fee account: its balance is the sum of fill fees
+            self._account(FEES_ACCOUNT).free += fee
         return e.FillLeg(
             profile,
             order.order_id,
