@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from openperps.core import commands as c
 from openperps.core import events as e
 from openperps.core.engine import HOUSE_ACCOUNT, INSURANCE_FUND
@@ -153,6 +155,16 @@ def test_a_batch_refuses_what_is_not_an_order() -> None:
     x.limit(BOB, "open short", "1", "7.000")
     events = x.do(c.PlaceMultipleOrders(timestamp=x.tick(), profile=ALICE, orders=[market]))
     assert of(events, e.TradeExecuted)
+    floaty = msgspec.structs.replace(market, size=1.0)
+    refused = x.do(c.PlaceMultipleOrders(timestamp=x.tick(), profile=ALICE, orders=[floaty]))
+    assert rejected(refused) == ErrorCode.INVALID_NUMBER
+    cancels = c.CancelMultipleOrders(
+        timestamp=x.tick(),
+        profile=ALICE,
+        market_id=APT,
+        order_ids=[1.5],  # type: ignore[list-item]
+    )
+    assert rejected(x.do(cancels)) == ErrorCode.INVALID_NUMBER
 
 
 def test_an_order_filled_at_a_better_price_in_parts_never_overdraws() -> None:

@@ -120,6 +120,9 @@ def test_listing_markets_validates_the_configuration() -> None:
     assert rejected(engine.handle(c.ListMarket(timestamp=1, market=bad))) == 2022
     new = msgspec.structs.replace(apt, market_id=77, symbol="NEW-USD")
     listed = engine.handle(c.ListMarket(timestamp=1, market=new))
-    assert isinstance(listed[0], e.MarketListed) and 77 in engine.markets
+    assert isinstance(listed[0], e.CommandExecuted) and isinstance(listed[1], e.MarketListed)
+    assert 77 in engine.markets
     junk = c.ListMarket(timestamp=1, market="APT")  # type: ignore[arg-type]
     assert rejected(engine.handle(junk)) == 2022
+    floaty = msgspec.structs.replace(apt, market_id=78, tick=1.0)
+    assert rejected(engine.handle(c.ListMarket(timestamp=1, market=floaty))) == 2022

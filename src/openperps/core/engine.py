@@ -6,7 +6,9 @@ or from the engine's own counters; there is no clock, randomness or I/O, so one 
 always yields one event log, byte for byte, and one ``state_hash()``.
 
 Every event takes the next ``version`` (the exchange-wide ``transaction_version``). A command
-the rules refuse yields a single ``Rejected`` event with its code and changes nothing else.
+the rules refuse yields a single ``Rejected`` event with its code and changes nothing else. A
+command they accept yields ``CommandExecuted`` (the command itself, so the log can be replayed
+by re-executing it, see ``core.replay``) followed by its effects.
 Position and balance changes are coalesced per command: after the command's own events come
 one ``PositionChanged`` per position it touched and one ``BalanceChanged`` per account whose
 free or reserved balance moved (except the fee account, whose balance is the running sum of
@@ -24,7 +26,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from functools import partial
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import msgspec
 
@@ -287,6 +289,9 @@ class EngineSnapshot(msgspec.Struct, frozen=True):
     delegations: list[DelegationSnap]
 
 
+_command_encoder = msgspec.json.Encoder()
+_command_decoder = msgspec.json.Decoder(c.AnyCommand)
+
 # JSON rather than msgpack: ids are 128-bit integers, which msgpack cannot carry.
 _snapshot_encoder = msgspec.json.Encoder()
 _snapshot_decoder = msgspec.json.Decoder(EngineSnapshot)
@@ -344,6 +349,7 @@ class Engine:
         out: list[e.Event] = []
         self._out = out
         handler = self._handlers.get(type(command))
+        start = self.version
         try:
             if handler is None:
                 raise _Reject(ErrorCode.UNKNOWN_COMMAND)
@@ -359,8 +365,14 @@ class Engine:
                 or command.profile in SYSTEM_ACCOUNTS
             ):
                 self._authorise(command)
+            # the command itself is journaled first: replay re-executes it (core.replay)
+            self.version = start + 1
+            out.append(e.CommandExecuted(start + 1, ts, cast(c.AnyCommand, command)))
             handler(command)
         except _Reject as rejection:
+            # handlers refuse before they change anything; drop what was journaled
+            out.clear()
+            self.version = start
             self._dirty_positions.clear()
             self._dirty_accounts.clear()
             self._reject(type(command).__name__, command, rejection.code, rejection.detail)
@@ -1019,13 +1031,9 @@ class Engine:
 
     def _place_batch(self, cmd: c.UserCommand, orders: list[Any]) -> None:
         for sub in orders:
-            if isinstance(sub, c.PlaceLimitOrder):
-                handler: Callable[[Any], None] = self._place_limit
-            elif isinstance(sub, c.PlaceMarketOrder):
-                handler = self._place_market
-            else:
-                self._reject(type(sub).__name__, sub, ErrorCode.UNKNOWN_COMMAND)
-                continue
+            handler: Callable[[Any], None] = (
+                self._place_limit if isinstance(sub, c.PlaceLimitOrder) else self._place_market
+            )
             if sub.profile != cmd.profile:
                 self._reject(type(sub).__name__, sub, ErrorCode.NOT_AUTHORISED)
                 continue
@@ -1038,11 +1046,32 @@ class Engine:
             raise _Reject(ErrorCode.TOO_MANY_ORDERS)
         return items
 
+    @staticmethod
+    def _check_journalable(command: c.Command) -> None:
+        """Refuse a command that would not decode from the log as it was sent.
+
+        Single commands are fully type-checked by their handlers before anything changes;
+        a batch refuses a bad item on its own, so the batch as a whole is checked here.
+        """
+        try:
+            _command_decoder.decode(_command_encoder.encode(command))
+        except (msgspec.ValidationError, msgspec.DecodeError, TypeError, OverflowError):
+            raise _Reject(
+                ErrorCode.INVALID_NUMBER, "a batch item has a field of the wrong type"
+            ) from None
+
     def _place_multiple(self, cmd: c.PlaceMultipleOrders) -> None:
-        self._place_batch(cmd, self._check_batch(cmd.orders))
+        orders = self._check_batch(cmd.orders)
+        for sub in orders:
+            if not isinstance(sub, (c.PlaceLimitOrder, c.PlaceMarketOrder)):
+                raise _Reject(ErrorCode.UNKNOWN_COMMAND, "a batch holds orders only")
+        self._check_journalable(cmd)
+        self._place_batch(cmd, orders)
 
     def _cancel_multiple(self, cmd: c.CancelMultipleOrders) -> None:
         market = self._market(cmd.market_id)
+        self._check_batch(cmd.order_ids)
+        self._check_journalable(cmd)
         for order_id in self._check_batch(cmd.order_ids):
             self._run_nested(
                 "CancelOrder",
@@ -1054,6 +1083,10 @@ class Engine:
         market = self._market(cmd.market_id)
         cancels = self._check_batch(cmd.cancel_order_ids) if cmd.cancel_order_ids else []
         orders = self._check_batch(cmd.orders)
+        for sub in orders:
+            if not isinstance(sub, (c.PlaceLimitOrder, c.PlaceMarketOrder)):
+                raise _Reject(ErrorCode.UNKNOWN_COMMAND, "a batch holds orders only")
+        self._check_journalable(cmd)
         for order_id in cancels:
             self._run_nested(
                 "CancelOrder",
@@ -1471,8 +1504,11 @@ class Engine:
             raise _Reject(ErrorCode.INVALID_MARKET_CONFIG)
         try:
             config.validate()
+            _command_decoder.decode(_command_encoder.encode(cmd))
         except InvalidInput as exc:
             raise _Reject(ErrorCode.INVALID_MARKET_CONFIG, exc.detail) from None
+        except (msgspec.ValidationError, msgspec.DecodeError, TypeError, OverflowError):
+            raise _Reject(ErrorCode.INVALID_MARKET_CONFIG, "a figure of the wrong type") from None
         if config.market_id in self.markets:
             raise _Reject(ErrorCode.MARKET_EXISTS)
         self.markets[config.market_id] = MarketState(config, self._ts)
@@ -1618,6 +1654,11 @@ class Engine:
         for d in snap.delegations:
             engine.delegations[d.profile] = (d.public_key, d.expires_at)
         return engine
+
+    def skip_rejection(self, version: int, timestamp: int) -> None:
+        """Replay of a refused command: it changed only the version and the clock."""
+        self.version = version
+        self.last_timestamp = self._ts = timestamp
 
     # -- read access for keepers and tests --------------------------------------------------------
 

@@ -63,6 +63,7 @@ class ErrorCode(IntEnum):
     INVALID_MARKET_CONFIG = 2022
     INVALID_FLAG = 2023
     UNKNOWN_COMMAND = 2024
+    REPLAY_DIVERGED = 2025
 
 
 MESSAGES: dict[ErrorCode, str] = {
@@ -104,6 +105,7 @@ MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.INVALID_MARKET_CONFIG: "invalid market configuration",
     ErrorCode.INVALID_FLAG: "flag must be a boolean",
     ErrorCode.UNKNOWN_COMMAND: "unknown command",
+    ErrorCode.REPLAY_DIVERGED: "the event log and the engine disagree",
 }
 
 

@@ -17,6 +17,7 @@ from typing import cast
 
 import msgspec
 
+from openperps.core.commands import AnyCommand
 from openperps.core.markets import MarketConfig
 
 
@@ -34,6 +35,13 @@ class CancelReason(IntEnum):
 class Event(msgspec.Struct, frozen=True, tag_field="type", tag=True):
     version: int
     timestamp: int
+
+
+class CommandExecuted(Event, frozen=True):
+    """The command the rules accepted; the events after it, up to the next command, are its
+    effects. Journaling the command makes the log replayable by re-execution."""
+
+    command: AnyCommand
 
 
 class Deposited(Event, frozen=True):
@@ -220,7 +228,8 @@ class DelegationDisabled(Event, frozen=True):
 
 
 AnyEvent = (
-    Deposited
+    CommandExecuted
+    | Deposited
     | Withdrawn
     | OrderAccepted
     | TradeExecuted
