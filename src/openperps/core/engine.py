@@ -297,6 +297,11 @@ _snapshot_encoder = msgspec.json.Encoder()
 _snapshot_decoder = msgspec.json.Decoder(EngineSnapshot)
 
 
+def encode_snapshot(snapshot: EngineSnapshot) -> bytes:
+    """The canonical bytes of a snapshot; ``state_hash`` is their SHA-256."""
+    return _snapshot_encoder.encode(snapshot)
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -1592,7 +1597,7 @@ class Engine:
         )
 
     def snapshot_bytes(self) -> bytes:
-        return _snapshot_encoder.encode(self.snapshot())
+        return encode_snapshot(self.snapshot())
 
     def state_hash(self) -> str:
         """SHA-256 of the canonical snapshot: equal states hash equal, whatever the history."""

@@ -64,6 +64,7 @@ class ErrorCode(IntEnum):
     INVALID_FLAG = 2023
     UNKNOWN_COMMAND = 2024
     REPLAY_DIVERGED = 2025
+    NOT_DURABLE = 2026
 
 
 MESSAGES: dict[ErrorCode, str] = {
@@ -106,6 +107,7 @@ MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.INVALID_FLAG: "flag must be a boolean",
     ErrorCode.UNKNOWN_COMMAND: "unknown command",
     ErrorCode.REPLAY_DIVERGED: "the event log and the engine disagree",
+    ErrorCode.NOT_DURABLE: "the event log could not store the command; it did not take effect",
 }
 
 
