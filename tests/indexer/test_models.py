@@ -1,0 +1,207 @@
+"""Read models agree with the engine they were built from, and rebuild idempotently."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import msgspec
+
+from openperps.core import commands as c
+from openperps.core import events as e
+from openperps.core.engine import SYSTEM_ACCOUNTS, Engine
+from openperps.core.markets import default_markets
+from openperps.indexer import ReadModels
+from openperps.indexer.models import CANCELLED, FILLED, OPEN, PARTIALLY_FILLED
+
+APT, BTC = 1338, 1339
+PROFILES = [f"0x{i:064x}" for i in range(0x100, 0x106)]
+KEEPER = f"0x{0x999:064x}"
+
+
+def session(seed: int, steps: int = 1500) -> tuple[Engine, list[e.Event]]:
+    """A seeded random trading session on two markets, with prices that move."""
+    rng = random.Random(seed)
+    engine = Engine([])
+    log: list[e.Event] = []
+    now = 0
+
+    def run(command: c.Command) -> None:
+        log.extend(engine.handle(command))
+
+    for market in default_markets():
+        run(c.ListMarket(timestamp=now, market=market))
+    for who in [*PROFILES, KEEPER]:
+        run(c.Deposit(timestamp=now, profile=who, amount=rng.randint(50, 5000) * 10**6))
+    mids = {APT: 7_000, BTC: 900_000}
+    for _ in range(steps):
+        now += rng.randint(1, 20_000)
+        market = rng.choice([APT, BTC])
+        mid = mids[market]
+        lot = engine.markets[market].config.min_size
+        who = rng.choice(PROFILES)
+        roll = rng.random()
+        long = rng.random() < 0.5
+        if roll < 0.45:
+            price = mid + rng.randint(-40, 40) * (1 if market == APT else 10)
+            run(
+                c.PlaceLimitOrder(
+                    timestamp=now,
+                    profile=who,
+                    market_id=market,
+                    trade_side=long,
+                    direction=rng.random() < 0.25,
+                    size=lot * rng.randint(1, 30),
+                    price=price,
+                    leverage=rng.choice([2, 5, 10, 20]),
+                    restriction=rng.choice([0, 0, 0, 1, 2, 3]),
+                )
+            )
+        elif roll < 0.6:
+            pos = engine.position(who, market, long)
+            run(
+                c.PlaceMarketOrder(
+                    timestamp=now,
+                    profile=who,
+                    market_id=market,
+                    trade_side=long,
+                    direction=pos is not None and rng.random() < 0.6,
+                    size=min(pos.size, lot * rng.randint(1, 10))
+                    if pos
+                    else lot * rng.randint(1, 10),
+                    leverage=pos.leverage if pos else 10,
+                )
+            )
+        elif roll < 0.8:
+            mine = [o for o in engine.markets[market].book.orders.values() if o.profile == who]
+            if mine:
+                target = rng.choice(mine)
+                run(
+                    c.CancelOrder(
+                        timestamp=now, profile=who, market_id=market, order_id=target.order_id
+                    )
+                )
+        elif roll < 0.92:
+            mids[market] = max(mid + rng.randint(-80, 80) * (1 if market == APT else 10), 1000)
+            run(c.SetOraclePrice(timestamp=now, market_id=market, price=mids[market]))
+            for profile, side in engine.liquidatable(market):
+                run(
+                    c.Liquidate(
+                        timestamp=now,
+                        profile=profile,
+                        market_id=market,
+                        trade_side=side,
+                        liquidator=KEEPER,
+                    )
+                )
+        elif roll < 0.96:
+            run(c.SettleFunding(timestamp=now, market_id=market))
+        else:
+            run(c.Withdraw(timestamp=now, profile=who, amount=rng.randint(1, 100) * 10**6))
+    return engine, log
+
+
+def assert_models_match(engine: Engine, models: ReadModels) -> None:
+    assert models.version == engine.version
+    for market_id, market in engine.markets.items():
+        bids, asks = models.book_of(market_id)
+        assert bids == market.book.depth(True)
+        assert asks == market.book.depth(False)
+        for order in market.book.orders.values():
+            row = models.orders[order.order_id]
+            assert row.remaining == order.remaining
+            assert row.status in (OPEN, PARTIALLY_FILLED)
+            assert order.order_id in models.open_orders[order.profile]
+        for (profile, side), pos in market.slots.items():
+            row = models.positions.get((profile, market_id, side))
+            if pos.size:
+                assert row is not None
+                assert (row.size, row.entry_value, row.margin) == (
+                    pos.size,
+                    pos.entry_value,
+                    pos.margin,
+                )
+                assert row.available_size == pos.size - pos.pending_reduce
+            else:
+                assert row is None
+    resting = {o for m in engine.markets.values() for o in m.book.orders}
+    listed = {oid for ids in models.open_orders.values() for oid in ids}
+    assert listed == resting
+    for profile, account in engine.accounts.items():
+        if profile in SYSTEM_ACCOUNTS:
+            continue
+        row = models.accounts[profile]
+        assert (row.free, row.reserved) == (account.free, account.reserved)
+
+
+def test_read_models_agree_with_the_engine() -> None:
+    for seed in (1, 2, 3):
+        engine, log = session(seed)
+        models = ReadModels()
+        models.apply_all(log)
+        assert_models_match(engine, models)
+        kinds = Counter(type(ev).__name__ for ev in log)
+        # the session exercises what the models project, not just deposits
+        assert kinds["TradeExecuted"] > 50 and kinds["OrderCancelled"] > 50
+        assert kinds["PositionChanged"] > 50 and kinds["FundingSettled"] > 0
+
+
+def test_applying_the_log_twice_changes_nothing_and_batches_do_not_matter() -> None:
+    engine, log = session(5)
+    once = ReadModels()
+    once.apply_all(log)
+    twice = ReadModels()
+    for start in range(0, len(log), 97):
+        twice.apply_all(log[start : start + 97])
+    twice.apply_all(log)
+    assert state(once) == state(twice)
+
+
+def test_order_statuses_and_histories_are_newest_first() -> None:
+    engine, log = session(7, steps=600)
+    models = ReadModels()
+    models.apply_all(log)
+    statuses = {row.status for row in models.orders.values()}
+    assert statuses <= {OPEN, PARTIALLY_FILLED, FILLED, CANCELLED}
+    assert FILLED in statuses and CANCELLED in statuses
+    for address in PROFILES:
+        history = models.order_history_of(address, limit=1000)
+        versions = [row.timestamp for row in history]
+        assert versions == sorted(versions, reverse=True)
+        fills = models.fills_of(address, limit=1000)
+        assert [f.version for f in fills] == sorted((f.version for f in fills), reverse=True)
+
+
+def test_changes_name_the_subscriptions_to_push() -> None:
+    engine, log = session(9, steps=50)
+    models = ReadModels()
+    models.apply_all(log)
+    trade = next(
+        i
+        for i, ev in enumerate(
+            engine.handle(c.Deposit(timestamp=engine.last_timestamp, profile=PROFILES[0], amount=1))
+        )
+        if i == 0
+    )
+    assert trade == 0
+    applied = models.apply_all(
+        engine.handle(c.Deposit(timestamp=engine.last_timestamp, profile=PROFILES[1], amount=5))
+    )
+    topics = {(ch.topic, ch.key) for ch in applied.changes}
+    assert ("deposit_withdraw_history", PROFILES[1]) in topics
+
+
+def state(models: ReadModels) -> bytes:
+    return msgspec.json.encode(
+        [
+            models.version,
+            sorted(models.orders.items()),
+            sorted((k, list(v)) for k, v in models.order_history.items()),
+            sorted((k, list(v)) for k, v in models.open_orders.items()),
+            sorted((k, list(v)) for k, v in models.fills.items()),
+            sorted(models.positions.items()),
+            sorted((k, list(v)) for k, v in models.transfers.items()),
+            sorted(models.accounts.items()),
+            sorted((m, sorted(b.items())) for m, b in models.books.items()),
+        ]
+    )
