@@ -29,8 +29,8 @@ def session(seed: int, steps: int = 1500) -> tuple[Engine, list[e.Event]]:
     def run(command: c.Command) -> None:
         log.extend(engine.handle(command))
 
-    for market in default_markets():
-        run(c.ListMarket(timestamp=now, market=market))
+    for config in default_markets():
+        run(c.ListMarket(timestamp=now, market=config))
     for who in [*PROFILES, KEEPER]:
         run(c.Deposit(timestamp=now, profile=who, amount=rng.randint(50, 5000) * 10**6))
     mids = {APT: 7_000, BTC: 900_000}
@@ -147,7 +147,7 @@ def test_read_models_agree_with_the_engine() -> None:
 
 
 def test_applying_the_log_twice_changes_nothing_and_batches_do_not_matter() -> None:
-    engine, log = session(5)
+    _engine, log = session(5)
     once = ReadModels()
     once.apply_all(log)
     twice = ReadModels()
@@ -158,7 +158,7 @@ def test_applying_the_log_twice_changes_nothing_and_batches_do_not_matter() -> N
 
 
 def test_order_statuses_and_histories_are_newest_first() -> None:
-    engine, log = session(7, steps=600)
+    _engine, log = session(7, steps=600)
     models = ReadModels()
     models.apply_all(log)
     statuses = {row.status for row in models.orders.values()}
