@@ -108,9 +108,9 @@ def assert_models_match(engine: Engine, models: ReadModels) -> None:
         assert bids == market.book.depth(True)
         assert asks == market.book.depth(False)
         for order in market.book.orders.values():
-            row = models.orders[order.order_id]
-            assert row.remaining == order.remaining
-            assert row.status in (OPEN, PARTIALLY_FILLED)
+            order_row = models.orders[order.order_id]
+            assert order_row.remaining == order.remaining
+            assert order_row.status in (OPEN, PARTIALLY_FILLED)
             assert order.order_id in models.open_orders[order.profile]
         for (profile, side), pos in market.slots.items():
             row = models.positions.get((profile, market_id, side))
@@ -130,8 +130,8 @@ def assert_models_match(engine: Engine, models: ReadModels) -> None:
     for profile, account in engine.accounts.items():
         if profile in SYSTEM_ACCOUNTS:
             continue
-        row = models.accounts[profile]
-        assert (row.free, row.reserved) == (account.free, account.reserved)
+        account_row = models.accounts[profile]
+        assert (account_row.free, account_row.reserved) == (account.free, account.reserved)
 
 
 def test_read_models_agree_with_the_engine() -> None:
