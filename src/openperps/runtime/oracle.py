@@ -1,0 +1,105 @@
+"""Oracle sources: where index prices come from.
+
+- ``RandomWalkOracle``: a seeded random walk per market from realistic starting prices, in
+  integer price units (the default, and the demo's).
+- ``CsvOracle``: a replay of timestamped prices from a CSV file
+  (``timestamp_ms,market,price`` with the market as id or symbol and the price a decimal
+  string), for researchers replaying a market and for reproducible runs.
+- Prices pushed by an operator go through the admin API straight to the sequencer.
+
+Each source yields ``(timestamp_ms | None, market_id, price)``; the runtime turns them into
+``SetOraclePrice`` commands, so prices are in the log like everything else.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from openperps.core.errors import ErrorCode, InvalidInput
+from openperps.core.markets import MarketConfig
+from openperps.core.numbers import BPS_ONE, parse_decimal
+
+# where each market's walk starts, in human units
+START_PRICES = {"APT-USD": "5.20", "BTC-USD": "91000", "ETH-USD": "3050", "SOL-USD": "142"}
+
+
+@dataclass(frozen=True)
+class Tick:
+    timestamp: int | None  # None: stamp with the sequencer's clock
+    market_id: int
+    price: int
+
+
+class RandomWalkOracle:
+    """Each step moves every market by a whole number of basis points, pulled back gently
+    towards its start so a long demo stays near realistic prices."""
+
+    def __init__(self, markets: list[MarketConfig], *, seed: int = 1, step_bps: int = 8) -> None:
+        self.rng = random.Random(seed)
+        self.step_bps = step_bps
+        self.markets = list(markets)
+        self.start: dict[int, int] = {}
+        self.prices: dict[int, int] = {}
+        for market in self.markets:
+            text = START_PRICES.get(market.symbol, "100")
+            price = parse_decimal(text, market.price_decimals)
+            price -= price % market.tick
+            self.start[market.market_id] = self.prices[market.market_id] = max(price, market.tick)
+
+    def step(self) -> list[Tick]:
+        ticks = []
+        for market in self.markets:
+            mid = market.market_id
+            price = self.prices[mid]
+            move = self.rng.randint(-self.step_bps, self.step_bps)
+            # mean reversion: a quarter of a step towards the start per 10 % away from it
+            away_bps = (price - self.start[mid]) * BPS_ONE // self.start[mid]
+            move -= away_bps // 400
+            price = price * (BPS_ONE + move) // BPS_ONE
+            price -= price % market.tick
+            price = max(price, market.tick)
+            self.prices[mid] = price
+            ticks.append(Tick(None, mid, price))
+        return ticks
+
+
+def read_csv_prices(path: Path, markets: list[MarketConfig]) -> Iterator[Tick]:
+    """Ticks from a CSV of ``timestamp_ms,market,price``; a header row is allowed."""
+    by_key: dict[str, MarketConfig] = {}
+    for config in markets:
+        by_key[str(config.market_id)] = config
+        by_key[config.symbol.lower()] = config
+    last = -1
+    with path.open(newline="", encoding="utf-8") as handle:
+        for line_no, row in enumerate(csv.reader(handle), start=1):
+            if not row or row[0].startswith("#"):
+                continue
+            if line_no == 1 and not row[0].strip().isdigit():
+                continue  # header
+            if len(row) != 3:
+                raise InvalidInput(
+                    ErrorCode.INVALID_NUMBER, f"{path}:{line_no}: expected timestamp,market,price"
+                )
+            stamp_text, key, price_text = (cell.strip() for cell in row)
+            market = by_key.get(key.lower())
+            if market is None:
+                raise InvalidInput(ErrorCode.MARKET_NOT_FOUND, f"{path}:{line_no}: market {key}")
+            if not stamp_text.isdigit():
+                raise InvalidInput(ErrorCode.INVALID_NUMBER, f"{path}:{line_no}: bad timestamp")
+            stamp = int(stamp_text)
+            if stamp < last:
+                raise InvalidInput(
+                    ErrorCode.TIMESTAMP_REGRESSED, f"{path}:{line_no}: timestamps go back"
+                )
+            last = stamp
+            try:
+                price = parse_decimal(price_text, market.price_decimals, what="price")
+            except InvalidInput as exc:
+                raise InvalidInput(exc.code, f"{path}:{line_no}: {exc.detail}") from None
+            if price <= 0:
+                raise InvalidInput(ErrorCode.INVALID_PRICE, f"{path}:{line_no}: price not positive")
+            yield Tick(stamp, market.market_id, price)
