@@ -147,7 +147,9 @@ class Applied(msgspec.Struct):
 class ReadModels:
     """Every projection, in memory. One instance per process that serves reads."""
 
-    def __init__(self, *, history_limit: int = HISTORY_LIMIT) -> None:
+    def __init__(
+        self, markets: Iterable[MarketConfig] = (), *, history_limit: int = HISTORY_LIMIT
+    ) -> None:
         self.history_limit = history_limit
         self.version = 0
         self.markets: dict[int, MarketRow] = {}
@@ -161,8 +163,13 @@ class ReadModels:
         self.accounts: dict[str, AccountRow] = {}
         self.delegations: dict[str, tuple[str, int]] = {}
         self.books: dict[int, dict[tuple[bool, int], int]] = {}  # (is_ask, price) -> size
+        # (is_ask, price) -> (version, timestamp) of the level's last change
+        self.level_versions: dict[int, dict[tuple[bool, int], tuple[int, int]]] = {}
         self.recent_trades: dict[int, deque[FillRow]] = {}
         self._pending: Applied = _empty()
+        for config in markets:  # markets an engine was built with rather than listed on the log
+            self.markets[config.market_id] = MarketRow(config)
+            self.books[config.market_id] = {}
 
     # -- applying ---------------------------------------------------------------------------
 
@@ -197,8 +204,10 @@ class ReadModels:
         size = book.get(key, 0) + delta
         if size:
             book[key] = size
+            self.level_versions.setdefault(market_id, {})[key] = (event.version, event.timestamp)
         else:
             book.pop(key, None)
+            self.level_versions.get(market_id, {}).pop(key, None)
         self._pending.book_levels.setdefault(market_id, {})[key] = size
         market = self.markets.get(market_id)
         if market is not None:

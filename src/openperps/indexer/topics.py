@@ -1,0 +1,77 @@
+"""Topic data: what each feed topic (and the matching REST read) serves, from the read models.
+
+``TopicData.snapshot(topic, key, limit)`` gives the records of one subscription at the read
+models' current version; list topics are newest first where they are histories. The feed
+takes the snapshot and the version together, between two applied batches, so the live
+pushes that follow join it exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+import msgspec
+
+from openperps.indexer.models import ReadModels
+from openperps.indexer.render import Renderer
+
+USER_TOPICS: Final = (
+    "order_history",
+    "deposit_withdraw_history",
+    "trade_history",
+    "positions",
+    "open_orders",
+    "live_order_history",
+    "live_trade_history",
+)
+MARKET_TOPICS: Final = ("orderbook", "recent_trades")
+GLOBAL_TOPICS: Final = ("live_funding_rate",)
+LIVE_TOPICS: Final = ("live_order_history", "live_trade_history")
+ALL_TOPICS: Final = USER_TOPICS + MARKET_TOPICS + GLOBAL_TOPICS
+
+
+class TopicData:
+    def __init__(self, models: ReadModels) -> None:
+        self.models = models
+        self.render = Renderer(models.markets)
+
+    def snapshot(
+        self, topic: str, key: str | int | None, limit: int = 100
+    ) -> Sequence[msgspec.Struct]:
+        """The records a subscription starts with (live topics: the latest change, if any)."""
+        m, r = self.models, self.render
+        if topic == "order_history":
+            return [r.order(row) for row in m.order_history_of(str(key), limit)]
+        if topic == "deposit_withdraw_history":
+            return [r.transfer(row) for row in m.transfers_of(str(key), limit)]
+        if topic == "trade_history":
+            return [r.fill(row) for row in m.fills_of(str(key), limit)]
+        if topic == "positions":
+            return [r.position(row) for row in m.positions_of(str(key))]
+        if topic == "open_orders":
+            return [r.open_order(row) for row in m.open_orders_of(str(key))][:limit]
+        if topic == "orderbook":
+            return self.orderbook(int(key or 0), limit)
+        if topic == "recent_trades":
+            return [r.recent_trade(row) for row in m.recent_trades_of(int(key or 0), limit)]
+        if topic == "live_funding_rate":
+            return [r.funding_rate(m.markets[i]) for i in sorted(m.markets)]
+        if topic == "live_order_history":
+            latest = m.order_history_of(str(key), 1)
+            return [r.order(row) for row in latest]
+        if topic == "live_trade_history":
+            fills = m.fills_of(str(key), 1)
+            return [r.live_fill(row) for row in fills]
+        raise KeyError(topic)
+
+    def orderbook(self, market_id: int, depth: int = 100) -> list[msgspec.Struct]:
+        """Both sides, best first: bids then asks, at most ``depth`` levels a side."""
+        bids, asks = self.models.book_of(market_id)
+        versions = self.models.level_versions.get(market_id, {})
+        out: list[msgspec.Struct] = []
+        for is_ask, levels in ((False, bids[:depth]), (True, asks[:depth])):
+            for price, size in levels:
+                version, ts = versions.get((is_ask, price), (0, 0))
+                out.append(self.render.level(market_id, is_ask, price, size, version, ts))
+        return out

@@ -1,0 +1,1 @@
+"""Wire types: the JSON shapes of the feed and the REST API, shared by server and SDK."""

@@ -1,0 +1,201 @@
+"""Every topic's records have the contract's fields, in order, with its JSON types, and
+values that agree with each other."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+import pytest
+
+from openperps.core import commands as c
+from openperps.indexer import ReadModels
+from openperps.indexer.topics import ALL_TOPICS, TopicData
+from openperps.wire.records import ENCODER
+from tests.core.harness import ALICE, APT, BOB, CAROL, Exchange
+
+# field: JSON type, from the contract (ws-protocol.md)
+S, INT, B = str, int, bool
+SHAPES: dict[str, list[tuple[str, Any]]] = {
+    "order_history": [
+        ("address", S),
+        ("order_id", S),
+        ("market_id", S),
+        ("order_type", INT),
+        ("is_market_order", B),
+        ("size", S),
+        ("price", S),
+        ("order_value", S),
+        ("leverage", INT),
+        ("status", S),
+        ("timestamp", INT),
+        ("last_updated", INT),
+        ("trade_id", S),
+        ("transaction_version", INT),
+    ],
+    "deposit_withdraw_history": [
+        ("address", S),
+        ("amount", S),
+        ("is_deposit", B),
+        ("timestamp", INT),
+        ("last_updated", INT),
+        ("transaction_version", INT),
+    ],
+    "trade_history": [
+        ("address", S),
+        ("trade_id", S),
+        ("market_id", S),
+        ("order_type", INT),
+        ("size", S),
+        ("price", S),
+        ("order_value", S),
+        ("leverage", INT),
+        ("fee", S),
+        ("pnl", S),
+        ("timestamp", INT),
+        ("last_updated", INT),
+        ("transaction_version", INT),
+    ],
+    "positions": [
+        ("address", S),
+        ("market_id", S),
+        ("trade_id", S),
+        ("size", S),
+        ("entry_price", S),
+        ("value", S),
+        ("leverage", INT),
+        ("margin", S),
+        ("liq_price", S),
+        ("available_order_size", S),
+        ("trade_side", B),
+        ("sl", (S, type(None))),
+        ("tp", (S, type(None))),
+        ("timestamp", INT),
+        ("transaction_version", INT),
+    ],
+    "open_orders": [
+        ("address", S),
+        ("order_id", S),
+        ("market_id", S),
+        ("order_type", INT),
+        ("price", S),
+        ("total_size", S),
+        ("remaining_size", S),
+        ("order_value", S),
+        ("leverage", INT),
+        ("timestamp", INT),
+        ("last_updated", INT),
+        ("trade_id", S),
+        ("transaction_version", INT),
+    ],
+    "orderbook": [
+        ("market_id", S),
+        ("price", (int, float)),
+        ("size", S),
+        ("is_ask", B),
+        ("last_updated", INT),
+        ("transaction_version", INT),
+    ],
+    "recent_trades": [
+        ("address", S),
+        ("market_id", S),
+        ("trade_id", S),
+        ("order_type", INT),
+        ("price", S),
+        ("size", S),
+        ("order_value", S),
+        ("leverage", INT),
+        ("fee", S),
+        ("pnl", S),
+        ("timestamp", INT),
+        ("last_updated", INT),
+        ("transaction_version", INT),
+    ],
+    "live_funding_rate": [
+        ("funding_rate", S),
+        ("funding_timestamp", INT),
+        ("last_updated", INT),
+        ("market_id", S),
+        ("transaction_timestamp", INT),
+        ("transaction_version", INT),
+    ],
+}
+SHAPES["live_order_history"] = SHAPES["order_history"]
+SHAPES["live_trade_history"] = [*SHAPES["trade_history"], ("order_id", S)]
+
+
+@pytest.fixture(scope="module")
+def data() -> TopicData:
+    x = Exchange()
+    for who in (ALICE, BOB, CAROL):
+        x.deposit(who, "1000")
+    x.limit(BOB, "open short", "10", "7.000")
+    x.market_order(ALICE, "open long", "4", tp="8.000")
+    x.limit(CAROL, "open long", "2", "6.900")
+    x.oracle("7.000")
+    x.do(c.Withdraw(timestamp=x.tick(), profile=CAROL, amount=x.usd("1.5")))
+    models = ReadModels(m.config for m in x.engine.markets.values())
+    models.apply_all(x.log)
+    return TopicData(models)
+
+
+def keys(topic: str) -> str | int | None:
+    if topic in ("orderbook", "recent_trades"):
+        return APT
+    if topic == "live_funding_rate":
+        return None
+    return {"deposit_withdraw_history": CAROL, "open_orders": CAROL}.get(topic, ALICE)
+
+
+@pytest.mark.parametrize("topic", ALL_TOPICS)
+def test_records_have_the_contracts_fields_and_json_types(data: TopicData, topic: str) -> None:
+    records = data.snapshot(topic, keys(topic))
+    assert records, f"{topic}: nothing to check"
+    for record in records:
+        decoded = msgspec.json.decode(ENCODER.encode(record))
+        assert list(decoded) == [name for name, _ in SHAPES[topic]]
+        for name, kind in SHAPES[topic]:
+            assert isinstance(decoded[name], kind), (topic, name, decoded[name])
+            if kind is INT:
+                assert not isinstance(decoded[name], bool)
+
+
+def test_values_agree_with_each_other(data: TopicData) -> None:
+    (fill,) = [r for r in data.snapshot("trade_history", ALICE)]
+    assert isinstance(fill, type(fill))
+    record = msgspec.to_builtins(fill)
+    assert Decimal(record["order_value"]) == Decimal(record["size"]) * Decimal(record["price"])
+    assert record["fee"] == "0.014" and record["pnl"] == "-0.014"  # 28 x 0.05 %
+    (position,) = [msgspec.to_builtins(p) for p in data.snapshot("positions", ALICE)]
+    assert position["entry_price"] == "7" and position["value"] == "28"
+    assert position["liq_price"] == "6.462"  # 7 x 0.9 / 0.975, rounded up for a long
+    assert position["tp"] == "8" and position["sl"] is None
+    (bob,) = [msgspec.to_builtins(p) for p in data.snapshot("positions", BOB)]
+    assert bob["liq_price"] == "7.512" and bob["trade_side"] is False
+    book = [msgspec.json.decode(ENCODER.encode(lv)) for lv in data.snapshot("orderbook", APT)]
+    assert [(lv["price"], lv["size"], lv["is_ask"]) for lv in book] == [
+        (6.9, "2", False),
+        (7.0, "6", True),
+    ]
+    (transfer, *_) = [
+        msgspec.to_builtins(t) for t in data.snapshot("deposit_withdraw_history", CAROL)
+    ]
+    assert transfer["amount"] == "1.5" and transfer["is_deposit"] is False
+
+
+def test_the_contract_example_decodes_into_our_record() -> None:
+    from openperps.wire.records import OrderHistoryRecord
+
+    example = b"""{"address": "0x51f531abefc697845eabae4ba20c7cc26b1f849561bb016c4d90707c4ede1912",
+      "order_id": "11905620858892513160724480", "market_id": "14", "order_type": 9,
+      "is_market_order": true, "size": "10", "price": "5.75789140",
+      "order_value": "57.57891400", "leverage": 20, "status": "Filled",
+      "timestamp": 1747075649, "last_updated": 1747075650,
+      "trade_id": "737648402019497550020622", "transaction_version": 2713317408}"""
+    record = msgspec.json.decode(example, type=OrderHistoryRecord)
+    assert record.order_type == 9 and record.status == "Filled"
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.json.decode(
+            example.replace(b'"size"', b'"extra": 1, "size"'), type=OrderHistoryRecord
+        )
