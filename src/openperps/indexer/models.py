@@ -23,6 +23,7 @@ from openperps.core.engine import SYSTEM_ACCOUNTS
 from openperps.core.markets import MarketConfig
 
 HISTORY_LIMIT = 1000  # records kept per address and topic (feeds default to the newest 100)
+LIVE_RETENTION = 10_000  # live changes kept per address for resuming (since_version)
 RECENT_TRADES_LIMIT = 1000
 T = TypeVar("T")
 
@@ -148,9 +149,17 @@ class ReadModels:
     """Every projection, in memory. One instance per process that serves reads."""
 
     def __init__(
-        self, markets: Iterable[MarketConfig] = (), *, history_limit: int = HISTORY_LIMIT
+        self,
+        markets: Iterable[MarketConfig] = (),
+        *,
+        history_limit: int = HISTORY_LIMIT,
+        live_retention: int = LIVE_RETENTION,
     ) -> None:
         self.history_limit = history_limit
+        self.live_retention = live_retention
+        # address -> every live change (order row copies and fills) in version order
+        self.live_log: dict[str, deque[OrderRow | FillRow]] = {}
+        self.live_dropped: dict[str, int] = {}  # address -> newest version out of retention
         self.version = 0
         self.markets: dict[int, MarketRow] = {}
         self.orders: dict[int, OrderRow] = {}
@@ -290,9 +299,22 @@ class ReadModels:
             self.open_orders.setdefault(ev.profile, {})[ev.order_id] = None
             self._level(ev.market_id, not is_buy, ev.price, ev.size, ev)
             self._change("open_orders", ev.profile)
-        self._pending.live_orders.append(_copy(row))
+        self._live_order(row)
         self._change("order_history", ev.profile)
         self._change("live_order_history", ev.profile)
+
+    def _live_order(self, row: OrderRow) -> None:
+        copy = _copy(row)
+        self._pending.live_orders.append(copy)
+        self._record_live(row.address, copy)
+
+    def _record_live(self, address: str, row: OrderRow | FillRow) -> None:
+        rows = self.live_log.get(address)
+        if rows is None:
+            rows = self.live_log[address] = deque(maxlen=self.live_retention)
+        elif len(rows) == rows.maxlen:
+            self.live_dropped[address] = rows[0].version  # falls out of retention
+        rows.append(row)
 
     def _history_ids(self, address: str) -> deque[int]:
         ids = self.order_history.get(address)
@@ -321,7 +343,7 @@ class ReadModels:
                     if leg.remaining == 0:
                         self.open_orders.get(leg.profile, {}).pop(leg.order_id, None)
                     self._change("open_orders", leg.profile)
-                self._pending.live_orders.append(_copy(row))
+                self._live_order(row)
                 self._change("order_history", leg.profile)
                 self._change("live_order_history", leg.profile)
             fill = FillRow(
@@ -340,6 +362,7 @@ class ReadModels:
             )
             self._history(self.fills, leg.profile).append(fill)
             self._pending.live_fills.append(fill)
+            self._record_live(leg.profile, fill)
             self._change("trade_history", leg.profile)
             self._change("live_trade_history", leg.profile)
             if leg is ev.taker:
@@ -363,7 +386,7 @@ class ReadModels:
             self._level(ev.market_id, not row.is_buy, row.price, -ev.remaining, ev)
             self.open_orders.get(ev.profile, {}).pop(ev.order_id, None)
             self._change("open_orders", ev.profile)
-        self._pending.live_orders.append(_copy(row))
+        self._live_order(row)
         self._change("order_history", ev.profile)
         self._change("live_order_history", ev.profile)
 
@@ -432,6 +455,15 @@ class ReadModels:
         self.delegations.pop(ev.profile, None)
 
     # -- queries ------------------------------------------------------------------------------
+
+    def live_changes_since(
+        self, address: str, version: int
+    ) -> tuple[list[OrderRow | FillRow], bool]:
+        """Live changes of an address after ``version``, and whether retention covers them
+        (False when older changes than the ones kept might be missing)."""
+        covered = version >= self.live_dropped.get(address, 0)
+        rows = self.live_log.get(address, ())
+        return [row for row in rows if row.version > version], covered
 
     def order_history_of(self, address: str, limit: int = 100, offset: int = 0) -> list[OrderRow]:
         """Newest first."""

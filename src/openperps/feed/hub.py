@@ -1,0 +1,176 @@
+"""The fan-out: which connections hold which subscription, and the frames each one gets.
+
+Sans-I/O like the session: the server calls ``snapshot`` when a subscription starts and
+``publish`` after each batch has been applied to the read models, then writes the returned
+bytes. A frame is built and encoded once per subscription (topic, key, options) and the same
+bytes object goes to every connection holding it.
+
+Pushes (ws-protocol.md):
+- list topics: ``{"message": T, "data": [...], "transaction_version": V}``, the current
+  state, at most once per topic and key per applied batch (coalesced);
+- live topics: one frame per change, ``"data"`` a single record, in version order;
+- orderbook in delta mode: ``{"message": "orderbook", "mode": "delta", "data": [changed
+  levels, size "0" = removed], "transaction_version": V, "prev_version": P}``; a client whose
+  book is at version B applies it when P <= B < V and re-subscribes when P > B (a gap).
+
+The snapshot join: a snapshot is taken between two applied batches, at the read models'
+version V, so the pushes of the next batch (all above V) follow it with nothing missing or
+repeated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import msgspec
+
+from openperps.feed.session import Subscription
+from openperps.indexer.models import Applied, FillRow, OrderRow
+from openperps.indexer.topics import LIVE_TOPICS, TopicData
+from openperps.wire.records import ENCODER
+
+Conn = Hashable
+
+
+def push_frame(topic: str, data: Any, version: int, **extra: Any) -> bytes:
+    frame: dict[str, Any] = {"message": topic, "data": data, "transaction_version": version}
+    frame.update(extra)
+    return ENCODER.encode(frame)
+
+
+class Hub:
+    def __init__(self, data: TopicData) -> None:
+        self.data = data
+        self.holders: dict[Subscription, set[Conn]] = {}
+        self.by_key: dict[tuple[str, str | int | None], set[Subscription]] = {}
+        self.book_versions: dict[int, int] = {}  # market -> version of the last delta sent
+
+    @property
+    def version(self) -> int:
+        return self.data.models.version
+
+    # -- membership -----------------------------------------------------------------------------
+
+    def add(self, conn: Conn, subscription: Subscription) -> None:
+        holders = self.holders.get(subscription)
+        if holders is None:
+            holders = self.holders[subscription] = set()
+            key = (subscription.topic, subscription.key)
+            self.by_key.setdefault(key, set()).add(subscription)
+        holders.add(conn)
+
+    def remove(self, conn: Conn, subscription: Subscription) -> None:
+        holders = self.holders.get(subscription)
+        if holders is None:
+            return
+        holders.discard(conn)
+        if not holders:
+            del self.holders[subscription]
+            key = (subscription.topic, subscription.key)
+            subs = self.by_key.get(key)
+            if subs is not None:
+                subs.discard(subscription)
+                if not subs:
+                    del self.by_key[key]
+
+    def drop(self, conn: Conn, subscriptions: Sequence[Subscription]) -> None:
+        for subscription in subscriptions:
+            self.remove(conn, subscription)
+
+    # -- frames ---------------------------------------------------------------------------------
+
+    def snapshot(
+        self, subscription: Subscription, since_version: int | None = None
+    ) -> tuple[list[bytes], bool]:
+        """The frames a new subscription starts with, and False when ``since_version`` is
+        older than retention (the caller reports ``version_too_old``; a snapshot follows)."""
+        topic, key = subscription.topic, subscription.key
+        version = self.version
+        if topic in LIVE_TOPICS:
+            if since_version is not None:
+                rows, covered = self.data.models.live_changes_since(str(key), since_version)
+                frames = self._live_frames(topic, rows)
+                if covered:
+                    return frames, True
+                return self._latest_live(topic, str(key)), False
+            return self._latest_live(topic, str(key)), True
+        records = self.data.snapshot(topic, key, subscription.limit)
+        if subscription.delta:
+            return [push_frame(topic, records, version, mode="snapshot")], True
+        return [push_frame(topic, records, version)], True
+
+    def _latest_live(self, topic: str, address: str) -> list[bytes]:
+        records = self.data.snapshot(topic, address)
+        if not records:
+            return []
+        record = records[0]
+        version = getattr(record, "transaction_version", self.version)
+        return [push_frame(topic, record, version)]
+
+    def _live_frames(self, topic: str, rows: Sequence[OrderRow | FillRow]) -> list[bytes]:
+        render = self.data.render
+        frames = []
+        for row in rows:
+            if topic == "live_order_history" and isinstance(row, OrderRow):
+                frames.append(push_frame(topic, render.order(row), row.version))
+            elif topic == "live_trade_history" and isinstance(row, FillRow):
+                frames.append(push_frame(topic, render.live_fill(row), row.version))
+        return frames
+
+    def publish(self, applied: Applied) -> list[tuple[Subscription | None, bytes, set[Conn]]]:
+        """Frames for everything ``applied`` changed, each with its subscription (None for
+        live frames, which are never coalesced) and the connections to get it, in the order
+        they must be written."""
+        out: list[tuple[Subscription | None, bytes, set[Conn]]] = []
+        deltas: dict[int, bytes | None] = {}
+        version = self.version
+        for change in sorted(applied.changes):
+            subs = self.by_key.get((change.topic, change.key))
+            if not subs:
+                continue
+            topic, key = change.topic, change.key
+            if topic in LIVE_TOPICS:
+                holders = set().union(*(self.holders[s] for s in subs))
+                rows: list[OrderRow | FillRow] = [
+                    *(r for r in applied.live_orders if r.address == key),
+                    *(r for r in applied.live_fills if r.address == key),
+                ]
+                rows.sort(key=lambda r: r.version)
+                for frame in self._live_frames(topic, rows):
+                    out.append((None, frame, holders))
+                continue
+            for subscription in sorted(subs):
+                holders = self.holders[subscription]
+                if subscription.delta:
+                    market_id = int(key or 0)
+                    if market_id not in deltas:  # one delta per market, whatever the limit
+                        deltas[market_id] = self._delta(market_id, applied, version)
+                    delta = deltas[market_id]
+                    if delta is not None:
+                        out.append((None, delta, holders))  # deltas are never coalesced
+                    continue
+                records = self.data.snapshot(topic, key, subscription.limit)
+                out.append((subscription, push_frame(topic, records, version), holders))
+        return out
+
+    def _delta(self, market_id: int, applied: Applied, version: int) -> bytes | None:
+        levels = applied.book_levels.get(market_id)
+        if not levels:
+            return None
+        render = self.data.render
+        versions = self.data.models.level_versions.get(market_id, {})
+        data = []
+        for (is_ask, price), size in sorted(levels.items()):
+            level_version, ts = versions.get((is_ask, price), (version, 0))
+            data.append(render.level(market_id, is_ask, price, size, level_version, ts))
+        previous = self.book_versions.get(market_id, 0)
+        self.book_versions[market_id] = version
+        return push_frame("orderbook", data, version, mode="delta", prev_version=previous)
+
+
+def decode_frame(data: bytes) -> dict[str, Any]:
+    """For tests and tools: a frame as plain JSON values."""
+    value = msgspec.json.decode(data)
+    assert isinstance(value, dict)
+    return value

@@ -1,0 +1,316 @@
+"""The feed server: picows connections driving ``FeedSession`` and ``Hub``.
+
+Everything runs on the event loop's thread. Read models are updated by the bus callback and
+the hub's frames for that batch are queued at once; a single flush per loop pass writes every
+connection's outbox. A snapshot for a new subscription is taken inside the frame callback,
+between two batches, so it joins the live pushes exactly.
+
+Slow consumers: when a client's socket stops draining, frames wait in its outbox. List and
+book pushes there are coalesced (only the newest per subscription is kept); live pushes are
+never dropped. Past ``outbox_max_bytes`` or ``outbox_max_age_ms`` the client is closed with
+4010: it resumes with ``since_version`` and loses nothing. The feed never waits for a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from picows import (
+    WSCloseCode,
+    WSFrame,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    WSUpgradeRequest,
+    ws_create_server,
+)
+
+from openperps.feed.hub import Hub
+from openperps.feed.session import (
+    CLOSE_POLICY,
+    CLOSE_SERVER_RESTART,
+    CLOSE_SLOW_CONSUMER,
+    Close,
+    FeedLimits,
+    FeedSession,
+    Send,
+    Subscribe,
+    Subscription,
+    Unsubscribe,
+    error_frame,
+)
+from openperps.indexer.models import Applied, ReadModels
+from openperps.indexer.topics import TopicData
+
+logger = logging.getLogger("openperps.feed")
+
+PATHS = (b"/ws/", b"/ws", "/ws/", "/ws")
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    outbox_max_bytes: int = 8 * 1024 * 1024
+    outbox_max_age_ms: int = 10_000
+    connections_per_ip: int = 64
+    ping_interval_s: float = 20.0
+    ping_timeout_s: float = 20.0
+
+
+def now_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
+
+
+class FeedMetrics:
+    def __init__(self) -> None:
+        self.connections = 0
+        self.messages_sent = 0
+        self.bytes_sent = 0
+        self.closes: Counter[str] = Counter()
+        self.latency_buckets = (0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000)
+        self.latency_counts = [0] * (len(self.latency_buckets) + 1)
+        self.latency_sum = 0.0
+
+    def observe_latency(self, ms: float) -> None:
+        self.latency_sum += ms
+        for i, bound in enumerate(self.latency_buckets):
+            if ms <= bound:
+                self.latency_counts[i] += 1
+                return
+        self.latency_counts[-1] += 1
+
+
+class Connection(WSListener):
+    def __init__(self, server: FeedServer) -> None:
+        self.server = server
+        self.session = FeedSession(server.market_ids(), server.limits)
+        self.transport: WSTransport | None = None
+        self.peer = "?"
+        # pending frames: live ones in order; others keyed by subscription (coalesced)
+        self.queue: list[tuple[Subscription | None, bytes]] = []
+        self.coalesced: dict[Subscription, int] = {}
+        self.queued_bytes = 0
+        self.oldest_ms = 0
+        self.paused = False
+        self.closing = False
+
+    # -- picows callbacks ----------------------------------------------------------------------
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        peer = transport.underlying_transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if peer else "?"
+        if not self.server.admit(self):
+            self.close(CLOSE_POLICY, "too many connections from this address")
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.server.forget(self)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.server.schedule_flush(self)
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        kind = frame.msg_type
+        if kind == WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code())
+            transport.disconnect()
+            return
+        if kind == WSMsgType.TEXT:
+            actions = self.session.receive_text(frame.get_payload_as_bytes(), now_ms())
+        elif kind == WSMsgType.BINARY:
+            actions = self.session.receive_binary(frame.get_payload_as_bytes(), now_ms())
+        else:
+            return  # pings are answered by picows; continuations are reassembled there
+        for action in actions:
+            if isinstance(action, Send):
+                self.push(None, action.data)
+            elif isinstance(action, Subscribe):
+                self.start(action)
+            elif isinstance(action, Unsubscribe):
+                self.server.hub.remove(self, action.subscription)
+            elif isinstance(action, Close):
+                self.server.metrics.closes[f"{action.code}"] += 1
+                self.close(action.code, action.reason)
+
+    # -- work ---------------------------------------------------------------------------------
+
+    def start(self, action: Subscribe) -> None:
+        hub = self.server.hub
+        if action.ack is not None:
+            self.push(None, action.ack)
+        frames, covered = hub.snapshot(action.subscription, action.since_version)
+        if not covered:
+            self.push(
+                None,
+                error_frame(
+                    "version_too_old",
+                    "since_version is older than the feed keeps; here is the current state",
+                    action.subscription.describe(),
+                    action.request_id,
+                    action.has_id,
+                ),
+            )
+        for frame in frames:
+            self.push(None, frame)
+        hub.add(self, action.subscription)
+
+    def push(self, subscription: Subscription | None, frame: bytes) -> None:
+        if self.closing:
+            return
+        if subscription is not None:
+            index = self.coalesced.get(subscription)
+            if index is not None:  # a newer state replaces the one still waiting
+                self.queued_bytes += len(frame) - len(self.queue[index][1])
+                self.queue[index] = (subscription, frame)
+                return
+            self.coalesced[subscription] = len(self.queue)
+        if not self.queue:
+            self.oldest_ms = now_ms()
+        self.queue.append((subscription, frame))
+        self.queued_bytes += len(frame)
+        self.server.schedule_flush(self)
+
+    def flush(self) -> None:
+        transport = self.transport
+        if transport is None or self.closing or not self.queue:
+            return
+        limits = self.server.server_limits
+        if self.paused:
+            if (
+                self.queued_bytes > limits.outbox_max_bytes
+                or now_ms() - self.oldest_ms > limits.outbox_max_age_ms
+            ):
+                self.server.metrics.closes["slow_consumer"] += 1
+                self.close(CLOSE_SLOW_CONSUMER, "too slow; resume with since_version")
+            return
+        metrics = self.server.metrics
+        for _subscription, frame in self.queue:
+            transport.send(WSMsgType.TEXT, frame)
+            metrics.messages_sent += 1
+            metrics.bytes_sent += len(frame)
+        self.queue.clear()
+        self.coalesced.clear()
+        self.queued_bytes = 0
+
+    def close(self, code: int, reason: str) -> None:
+        if self.closing or self.transport is None:
+            return
+        self.flush()
+        self.closing = True
+        self.transport.send_close(_close_code(code), reason.encode())
+        self.transport.disconnect()
+
+
+def _close_code(code: int) -> Any:
+    """picows' enum for the standard codes; application codes (4000-4999) pass as ints."""
+    try:
+        return WSCloseCode(code)
+    except ValueError:
+        return code
+
+
+class FeedServer:
+    def __init__(
+        self,
+        models: ReadModels,
+        *,
+        limits: FeedLimits | None = None,
+        server_limits: ServerLimits | None = None,
+    ) -> None:
+        self.models = models
+        self.hub = Hub(TopicData(models))
+        self.limits = limits or FeedLimits()
+        self.server_limits = server_limits or ServerLimits()
+        self.connections: set[Connection] = set()
+        self.per_ip: Counter[str] = Counter()
+        self.metrics = FeedMetrics()
+        self._dirty: set[Connection] = set()
+        self._flush_scheduled = False
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    def market_ids(self) -> frozenset[int]:
+        return frozenset(self.models.markets)
+
+    async def start(self, host: str = "127.0.0.1", port: int = 8765) -> None:
+        limits = self.server_limits
+
+        def factory(request: WSUpgradeRequest) -> Connection | None:
+            if request.path not in PATHS:
+                return None
+            return Connection(self)
+
+        self._server = await ws_create_server(
+            factory,
+            host,
+            port,
+            enable_auto_ping=True,
+            auto_ping_idle_timeout=limits.ping_interval_s,
+            auto_ping_reply_timeout=limits.ping_timeout_s,
+            max_frame_size=max(self.limits.max_frame_bytes * 16, 1024 * 1024),
+        )
+        sockets = self._server.sockets
+        self.port = sockets[0].getsockname()[1] if sockets else port
+        logger.info("feed listening on ws://%s:%d/ws/", host, self.port)
+
+    async def stop(self) -> None:
+        """Close every client with 1012 (service restart) and stop listening."""
+        for conn in list(self.connections):
+            conn.close(CLOSE_SERVER_RESTART, "server shutting down")
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    # -- connections ------------------------------------------------------------------------------
+
+    def admit(self, conn: Connection) -> bool:
+        self.connections.add(conn)
+        self.per_ip[conn.peer] += 1
+        self.metrics.connections = len(self.connections)
+        return self.per_ip[conn.peer] <= self.server_limits.connections_per_ip
+
+    def forget(self, conn: Connection) -> None:
+        if conn in self.connections:
+            self.connections.discard(conn)
+            self.per_ip[conn.peer] -= 1
+            if self.per_ip[conn.peer] <= 0:
+                del self.per_ip[conn.peer]
+        self.hub.drop(conn, list(conn.session.subscriptions))
+        self._dirty.discard(conn)
+        self.metrics.connections = len(self.connections)
+
+    # -- pushing ----------------------------------------------------------------------------------
+
+    def on_applied(self, applied: Applied, durable_at_ms: int | None = None) -> None:
+        """Queue the pushes of one applied batch; they are written on the next loop pass."""
+        for subscription, frame, holders in self.hub.publish(applied):
+            for conn in holders:
+                if isinstance(conn, Connection):
+                    conn.push(subscription, frame)
+        if durable_at_ms is not None:
+            self.metrics.observe_latency(max(now_ms() - durable_at_ms, 0))
+
+    def schedule_flush(self, conn: Connection) -> None:
+        self._dirty.add(conn)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, set()
+        for conn in dirty:
+            conn.flush()
+
+
+Factory = Callable[[WSUpgradeRequest], Connection | None]

@@ -1,0 +1,107 @@
+"""One process, the whole exchange: log, sequencer, read models, feed, keepers.
+
+``Exchange.start`` opens the event log, rebuilds the engine (snapshot + replay) and the read
+models (from the log), lists configured markets the log does not have yet, and starts the
+feed. Every durable batch flows: sequencer -> bus -> read models -> feed pushes.
+``Exchange.stop`` closes feed clients with 1012, flushes the writer and closes the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from openperps.bus import InProcessBus, Published
+from openperps.core import commands as c
+from openperps.core.events import decode_event
+from openperps.core.markets import MarketConfig, default_markets
+from openperps.feed.server import FeedServer, ServerLimits, now_ms
+from openperps.feed.session import FeedLimits
+from openperps.indexer import ReadModels
+from openperps.runtime.keepers import Keepers
+from openperps.runtime.sequencer import Clock, Sequencer, wall_clock_ms
+from openperps.runtime.snapshots import Snapshotter
+from openperps.runtime.startup import Progress, load_engine
+from openperps.store import EventLog, GroupCommitWriter, open_log
+
+logger = logging.getLogger("openperps.runtime")
+
+
+@dataclass
+class Settings:
+    db: str | None = None  # event log URL; None: ./data/events.sqlite3
+    markets: list[MarketConfig] = field(default_factory=default_markets)
+    host: str = "127.0.0.1"
+    ws_port: int = 8765
+    feed_limits: FeedLimits = field(default_factory=FeedLimits)
+    server_limits: ServerLimits = field(default_factory=ServerLimits)
+    snapshot_every_events: int = 200_000
+    snapshot_every_seconds: float = 300.0
+    funding_check_seconds: float = 1.0
+
+
+class Exchange:
+    def __init__(self, settings: Settings, *, clock: Clock = wall_clock_ms) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.log: EventLog | None = None
+        self.bus = InProcessBus()
+        self.models = ReadModels()
+        self.feed = FeedServer(
+            self.models, limits=settings.feed_limits, server_limits=settings.server_limits
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self.ready = False
+
+    async def start(self, *, progress: Progress | None = None) -> None:
+        settings = self.settings
+        self.log = log = await open_log(settings.db)
+        self.writer = GroupCommitWriter(log)
+        await self.writer.start()
+        engine = await load_engine(log, progress=progress)
+        self.sequencer = Sequencer(
+            engine, self.writer, self.bus, rebuild=lambda: load_engine(log), clock=self.clock
+        )
+        async for batch in log.read_batches(1):
+            self.models.apply_all(decode_event(envelope.payload) for envelope in batch)
+        self.bus.subscribe(self._on_published)
+        for market in settings.markets:
+            if market.market_id not in self.sequencer.engine.markets:
+                await self.sequencer.execute(c.ListMarket(timestamp=0, market=market))
+        self.keepers = Keepers(self.sequencer)
+        self.snapshotter = Snapshotter(
+            self.sequencer,
+            log,
+            every_events=settings.snapshot_every_events,
+            every_seconds=settings.snapshot_every_seconds,
+        )
+        await self.feed.start(settings.host, settings.ws_port)
+        self._spawn(self.snapshotter.run(), "snapshots")
+        self._spawn(self.keepers.run_funding(settings.funding_check_seconds), "funding")
+        self.ready = True
+
+    def _spawn(self, work: object, name: str) -> None:
+        assert asyncio.iscoroutine(work)
+        self._tasks.append(asyncio.create_task(work, name=f"openperps-{name}"))
+
+    def spawn(self, work: Callable[[], object], name: str) -> None:
+        """Run extra work (an oracle, simulated traders) for the life of the exchange."""
+        self._spawn(work(), name)
+
+    def _on_published(self, batch: Published) -> None:
+        applied = self.models.apply_all(batch.events)
+        self.feed.on_applied(applied, durable_at_ms=now_ms())
+
+    async def stop(self) -> None:
+        self.ready = False
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self.feed.stop()
+        if self.log is not None:
+            await self.writer.close()
+            await self.log.close()
+            self.log = None

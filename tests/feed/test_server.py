@@ -1,0 +1,164 @@
+"""The feed end to end: commands into the exchange, pushes out of a real socket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+
+from openperps.core import commands as c
+from openperps.runtime.app import Exchange, Settings
+
+ALICE = "0x" + "a1" * 32
+BOB = "0x" + "b2" * 32
+APT = 1338
+
+
+@pytest.fixture
+async def exchange(tmp_path: Path) -> AsyncIterator[Exchange]:
+    ex = Exchange(Settings(db=str(tmp_path / "events.sqlite3"), ws_port=0))
+    await ex.start()
+    yield ex
+    await ex.stop()
+
+
+def url(ex: Exchange) -> str:
+    return f"ws://127.0.0.1:{ex.feed.port}/ws/"
+
+
+async def recv(ws: Any, timeout: float = 5.0) -> dict[str, Any]:
+    frame = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+    assert isinstance(frame, dict)
+    return frame
+
+
+async def until(ws: Any, message: str, timeout: float = 5.0) -> dict[str, Any]:
+    while True:
+        frame = await recv(ws, timeout)
+        if frame["message"] == message:
+            return frame
+
+
+async def trade(ex: Exchange) -> None:
+    seq = ex.sequencer
+    await seq.execute(c.Deposit(timestamp=0, profile=ALICE, amount=10**9))
+    await seq.execute(c.Deposit(timestamp=0, profile=BOB, amount=10**9))
+    await seq.execute(
+        c.PlaceLimitOrder(
+            timestamp=0,
+            profile=BOB,
+            market_id=APT,
+            trade_side=False,
+            direction=False,
+            size=1000,
+            price=7000,
+            leverage=10,
+        )
+    )
+    await seq.execute(
+        c.PlaceMarketOrder(
+            timestamp=0,
+            profile=ALICE,
+            market_id=APT,
+            trade_side=True,
+            direction=False,
+            size=400,
+            leverage=10,
+        )
+    )
+
+
+async def test_a_kana_client_subscribes_and_gets_snapshot_then_pushes(exchange: Exchange) -> None:
+    async with websockets.connect(url(exchange)) as ws:
+        await ws.send(json.dumps({"topic": "order_history", "address": ALICE}))
+        first = await recv(ws)
+        assert first["message"] == "order_history" and first["data"] == []
+        await ws.send(json.dumps({"topic": "orderbook", "market_id": "1338"}))
+        book = await recv(ws)
+        assert book == {
+            "message": "orderbook",
+            "data": [],
+            "transaction_version": book["transaction_version"],
+        }
+        await trade(exchange)
+        pushed = await until(ws, "order_history")
+        assert pushed["data"][0]["address"] == ALICE
+        assert pushed["data"][0]["status"] == "Filled"
+        levels = (await until(ws, "orderbook"))["data"]
+        assert levels[0]["price"] == 7.0 and levels[0]["is_ask"] is True
+
+
+async def test_acks_errors_and_the_connection_stays_open(exchange: Exchange) -> None:
+    async with websockets.connect(url(exchange)) as ws:
+        await ws.send("{not json")
+        error = await recv(ws)
+        assert error["message"] == "error" and error["error"]["code"] == "invalid_json"
+        await ws.send(json.dumps({"topic": "positions", "id": 7}))
+        error = await recv(ws)
+        assert error["error"]["code"] == "missing_param" and error["id"] == 7
+        await ws.send(json.dumps({"topic": "recent_trades", "market_id": 99, "id": "x"}))
+        assert (await recv(ws))["error"]["code"] == "unknown_market"
+        await ws.send(json.dumps({"method": "ping", "id": 1}))
+        assert await recv(ws) == {"message": "pong", "id": 1}
+        await ws.send(
+            json.dumps({"topic": "positions", "address": "0x" + "a1" * 31 + "a", "id": 2})
+        )
+        ack = await recv(ws)
+        assert ack["message"] == "subscribed" and ack["id"] == 2
+        assert ack["address"] == "0x0" + "a1" * 31 + "a"  # 63 digits, normalised
+        assert (await recv(ws))["message"] == "positions"  # the snapshot follows the ack
+        await ws.send(b"binary")
+        assert (await recv(ws))["error"]["code"] == "unsupported_frame"
+        await ws.send(json.dumps({"method": "list_subscriptions", "id": 3}))
+        listed = await until(ws, "subscriptions")
+        assert listed["subscriptions"][0]["topic"] == "positions"
+
+
+async def test_live_topics_push_every_change_in_order(exchange: Exchange) -> None:
+    async with websockets.connect(url(exchange)) as ws:
+        await ws.send(json.dumps({"topic": "live_order_history", "address": BOB, "id": 1}))
+        await until(ws, "subscribed")
+        await ws.send(json.dumps({"topic": "live_trade_history", "address": ALICE, "id": 2}))
+        await until(ws, "subscribed")
+        await trade(exchange)
+        statuses = []
+        fill = None
+        while fill is None or len(statuses) < 2:
+            frame = await recv(ws)
+            if frame["message"] == "live_order_history":
+                assert isinstance(frame["data"], dict)
+                statuses.append(frame["data"]["status"])
+            elif frame["message"] == "live_trade_history":
+                fill = frame["data"]
+        assert statuses == ["Open", "Partially Filled"]
+        assert fill["order_id"] and fill["size"] == "4" and fill["fee"] == "0.014"
+
+
+async def test_resume_with_since_version_loses_and_repeats_nothing(exchange: Exchange) -> None:
+    await trade(exchange)
+    version = exchange.models.version
+    await exchange.sequencer.execute(
+        c.PlaceLimitOrder(
+            timestamp=0,
+            profile=BOB,
+            market_id=APT,
+            trade_side=False,
+            direction=False,
+            size=100,
+            price=7100,
+            leverage=10,
+        )
+    )
+    async with websockets.connect(url(exchange)) as ws:
+        await ws.send(
+            json.dumps({"topic": "live_order_history", "address": BOB, "since_version": version})
+        )
+        frame = await recv(ws)
+        assert frame["data"]["price"] == "7.1" and frame["transaction_version"] > version
+        with pytest.raises(TimeoutError):
+            await recv(ws, timeout=0.3)
