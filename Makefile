@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/openperps markets
+	$(BIN)/openperps serve --sim
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

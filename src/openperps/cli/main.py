@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from openperps import __version__
+from openperps.cli.serve import serve
 from openperps.core.errors import OpenPerpsError
 from openperps.core.markets import MarketConfig, default_markets, parse_markets
 from openperps.core.numbers import format_scaled
@@ -71,6 +72,9 @@ def markets(
             format_scaled(m.taker_fee_bps, 2) + " %",
         )
     console.print(table)
+
+
+app.command()(serve)
 
 
 def main() -> None:

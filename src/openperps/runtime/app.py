@@ -21,7 +21,8 @@ from openperps.feed.server import FeedServer, ServerLimits, now_ms
 from openperps.feed.session import FeedLimits
 from openperps.indexer import ReadModels
 from openperps.runtime.keepers import Keepers
-from openperps.runtime.sequencer import Clock, Sequencer, wall_clock_ms
+from openperps.runtime.oracle import RandomWalkOracle
+from openperps.runtime.sequencer import Clock, NotDurable, Sequencer, wall_clock_ms
 from openperps.runtime.snapshots import Snapshotter
 from openperps.runtime.startup import Progress, load_engine
 from openperps.store import EventLog, GroupCommitWriter, open_log
@@ -89,6 +90,16 @@ class Exchange:
     def spawn(self, work: Callable[[], object], name: str) -> None:
         """Run extra work (an oracle, simulated traders) for the life of the exchange."""
         self._spawn(work(), name)
+
+    async def run_walk(self, oracle: RandomWalkOracle, every: float = 1.0) -> None:
+        """Feed the simulated index prices, liquidating after each (the demo's oracle)."""
+        while True:
+            for tick in oracle.step():
+                try:
+                    await self.keepers.set_price(tick.market_id, tick.price)
+                except NotDurable as exc:
+                    logger.warning("oracle price not durable: %s", exc.detail)
+            await asyncio.sleep(every)
 
     def _on_published(self, batch: Published) -> None:
         applied = self.models.apply_all(batch.events)

@@ -1,0 +1,131 @@
+"""``openperps serve``: the whole exchange in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from rich.console import Console
+
+from openperps.core.errors import OpenPerpsError
+from openperps.core.markets import default_markets, parse_markets
+from openperps.runtime.app import Exchange, Settings
+from openperps.runtime.oracle import RandomWalkOracle
+from openperps.runtime.sim import SimulatedMarket
+from openperps.store import StoreError
+
+err = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    err.print(f"[red]error[/red]: {message}")
+    raise typer.Exit(1)
+
+
+def serve(
+    db: Annotated[
+        str | None,
+        typer.Option(envvar="OPENPERPS_DB", help="event log: sqlite:///path or postgresql://"),
+    ] = None,
+    host: Annotated[str, typer.Option(envvar="OPENPERPS_HOST", help="address to bind")] = (
+        "127.0.0.1"
+    ),
+    ws_port: Annotated[int, typer.Option(envvar="OPENPERPS_WS_PORT", help="feed port")] = 8765,
+    network: Annotated[
+        str, typer.Option(envvar="OPENPERPS_NETWORK", help="testnet or mainnet market ids")
+    ] = "testnet",
+    markets: Annotated[
+        Path | None, typer.Option(envvar="OPENPERPS_MARKETS", help="TOML file of markets")
+    ] = None,
+    sim: Annotated[
+        bool, typer.Option(envvar="OPENPERPS_SIM", help="run simulated traders")
+    ] = False,
+    sim_rate: Annotated[
+        float, typer.Option(envvar="OPENPERPS_SIM_RATE", help="simulated orders per second")
+    ] = 20.0,
+    seed: Annotated[int, typer.Option(envvar="OPENPERPS_SEED", help="simulation seed")] = 7,
+    oracle_interval: Annotated[
+        float, typer.Option(envvar="OPENPERPS_ORACLE_INTERVAL", help="seconds between prices")
+    ] = 1.0,
+    log_level: Annotated[str, typer.Option(envvar="OPENPERPS_LOG_LEVEL")] = "INFO",
+) -> None:
+    """Run the exchange: event log, engine, read models, WebSocket feed, oracle, keepers."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if network not in ("testnet", "mainnet"):
+        _fail("--network is testnet or mainnet")
+    net: Literal["mainnet", "testnet"] = "mainnet" if network == "mainnet" else "testnet"
+    try:
+        configured = (
+            parse_markets(markets.read_text("utf-8"), net) if markets else default_markets(net)
+        )
+    except OSError as exc:
+        _fail(f"cannot read {markets}: {exc.strerror}")
+        return
+    except OpenPerpsError as exc:
+        _fail(f"{int(exc.code)} {exc.detail}")
+        return
+    if db is None:
+        data = Path("data")
+        try:
+            data.mkdir(parents=True, exist_ok=True)
+            probe = data / ".writable"
+            probe.touch()
+            probe.unlink()
+        except OSError as exc:
+            _fail(f"data directory {data.resolve()} is not writable: {exc.strerror}")
+        db = str(data / "events.sqlite3")
+    settings = Settings(db=db, markets=configured, host=host, ws_port=ws_port)
+    try:
+        asyncio.run(
+            _serve(settings, sim=sim, sim_rate=sim_rate, seed=seed, oracle_interval=oracle_interval)
+        )
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            _fail(f"port in use: {host}:{ws_port} (choose another with --ws-port)")
+        _fail(f"{exc.strerror or exc}")
+    except (StoreError, OpenPerpsError) as exc:
+        _fail(str(exc))
+
+
+async def _serve(
+    settings: Settings, *, sim: bool, sim_rate: float, seed: int, oracle_interval: float
+) -> None:
+    exchange = Exchange(settings)
+    await exchange.start()
+    engine = exchange.sequencer.engine
+    oracle = RandomWalkOracle([m.config for m in engine.markets.values()], seed=seed)
+    for market_id, market in engine.markets.items():  # continue from the logged prices
+        if market.index_price is not None:
+            oracle.prices[market_id] = market.index_price
+    exchange.spawn(lambda: exchange.run_walk(oracle, oracle_interval), "oracle")
+    if sim:
+        market_sim = SimulatedMarket(exchange.sequencer, seed=seed, rate=sim_rate)
+        exchange.spawn(market_sim.run, "sim")
+    err.print(
+        f"[green]OpenPerps[/green] feed on ws://{settings.host}:{exchange.feed.port}/ws/ "
+        f"({len(engine.markets)} markets, version {engine.version}"
+        f"{', simulated traders on' if sim else ''}); Ctrl-C stops"
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await exchange.stop()
+        err.print("stopped; the log is flushed")
+    if sys.stderr.isatty():
+        err.print()

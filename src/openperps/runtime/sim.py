@@ -1,0 +1,266 @@
+"""Simulated participants, so a demo exchange has real traffic on every topic.
+
+- Market makers quote a few levels on both sides around the index, re-quote as it moves,
+  and lean their quotes against their inventory (they stop adding to a side past a limit).
+- Takers cross the spread with small market orders, opening and closing.
+- Leveraged traders open positions at high leverage, add, reduce and close them, set
+  take-profits and stop-losses, and sometimes get liquidated by the keepers.
+
+Everything goes through the sequencer as commands from the participants' own profiles, so it
+is logged, indexed and pushed like any user's orders. Seeded: the same seed and prices give
+the same orders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+from dataclasses import dataclass
+
+from openperps.core import commands as c
+from openperps.core.events import OrderAccepted, Rejected
+from openperps.runtime.sequencer import NotDurable, Sequencer
+
+logger = logging.getLogger("openperps.sim")
+
+USDT = 10**6
+
+
+def sim_profile(role: str, index: int, seed: int) -> str:
+    return "0x" + hashlib.sha256(f"openperps-sim:{seed}:{role}:{index}".encode()).hexdigest()
+
+
+@dataclass
+class SimStats:
+    commands: int = 0
+    rejected: int = 0
+
+
+class SimulatedMarket:
+    def __init__(
+        self,
+        sequencer: Sequencer,
+        *,
+        seed: int = 7,
+        rate: float = 20.0,
+        makers: int = 3,
+        takers: int = 4,
+        leveraged: int = 4,
+    ) -> None:
+        self.sequencer = sequencer
+        self.rng = random.Random(seed)
+        self.rate = rate
+        self.makers = [sim_profile("maker", i, seed) for i in range(makers)]
+        self.takers = [sim_profile("taker", i, seed) for i in range(takers)]
+        self.leveraged = [sim_profile("leveraged", i, seed) for i in range(leveraged)]
+        self.quotes: dict[tuple[str, int], list[int]] = {}
+        self.stats = SimStats()
+
+    async def fund(self) -> None:
+        """Give every participant a balance (topped up when it runs low)."""
+        engine = self.sequencer.engine
+        for who, amount in (
+            *((m, 2_000_000) for m in self.makers),
+            *((t, 50_000) for t in self.takers),
+            *((t, 5_000) for t in self.leveraged),
+        ):
+            account = engine.accounts.get(who)
+            if account is None or account.free < amount * USDT // 4:
+                await self._run(c.Deposit(timestamp=0, profile=who, amount=amount * USDT))
+
+    async def _run(self, command: c.Command) -> list[object]:
+        try:
+            events = await self.sequencer.execute(command)
+        except NotDurable as exc:
+            logger.warning("simulated order not durable: %s", exc.detail)
+            return []
+        self.stats.commands += 1
+        if events and isinstance(events[0], Rejected):
+            self.stats.rejected += 1
+        return list(events)
+
+    async def run(self) -> None:
+        await self.fund()
+        step = 0
+        while True:
+            await asyncio.sleep(1.0 / self.rate)
+            step += 1
+            try:
+                await self.step(step)
+            except Exception:
+                logger.exception("simulation step failed")
+
+    async def step(self, step: int) -> None:
+        engine = self.sequencer.engine
+        markets = [m for m in sorted(engine.markets) if engine.markets[m].index_price is not None]
+        if not markets:
+            return
+        if step % 200 == 0:
+            await self.fund()
+        market_id = self.rng.choice(markets)
+        roll = self.rng.random()
+        if roll < 0.45:
+            await self.quote(self.rng.choice(self.makers), market_id)
+        elif roll < 0.75:
+            await self.take(self.rng.choice(self.takers), market_id)
+        else:
+            await self.lever(self.rng.choice(self.leveraged), market_id)
+
+    # -- market makers ----------------------------------------------------------------------------
+
+    async def quote(self, maker: str, market_id: int) -> None:
+        engine = self.sequencer.engine
+        market = engine.markets[market_id]
+        config = market.config
+        index = market.index_price
+        assert index is not None
+        for order_id in self.quotes.pop((maker, market_id), []):
+            if order_id in market.book.orders:
+                await self._run(
+                    c.CancelOrder(
+                        timestamp=0, profile=maker, market_id=market_id, order_id=order_id
+                    )
+                )
+        long = engine.position(maker, market_id, True)
+        short = engine.position(maker, market_id, False)
+        inventory = (long.size if long else 0) - (short.size if short else 0)
+        limit = config.min_size * 200
+        tick = config.tick
+        spread = max(index * 4 // 10_000 // tick, 1) * tick  # about 4 bps each side
+        placed: list[int] = []
+        for level in range(3):
+            size = config.min_size * self.rng.randint(2, 20)
+            bid = (index - spread * (level + 1)) // tick * tick
+            ask = -(-(index + spread * (level + 1)) // tick) * tick
+            sides = []
+            if inventory < limit:  # buy: close a short first, else open a long
+                sides.append((bid, True))
+            if inventory > -limit:
+                sides.append((ask, False))
+            for price, is_buy in sides:
+                if price <= 0:
+                    continue
+                reduce_pos = short if is_buy else long
+                direction = (
+                    reduce_pos is not None and reduce_pos.size - reduce_pos.pending_reduce >= size
+                )
+                trade_side = (not is_buy) if direction else is_buy
+                leverage = reduce_pos.leverage if direction and reduce_pos else 5
+                events = await self._run(
+                    c.PlaceLimitOrder(
+                        timestamp=0,
+                        profile=maker,
+                        market_id=market_id,
+                        trade_side=trade_side,
+                        direction=direction,
+                        size=size,
+                        price=price,
+                        leverage=leverage,
+                        restriction=int(c.Restriction.POST_ONLY),
+                    )
+                )
+                placed += [e.order_id for e in events if isinstance(e, OrderAccepted)]
+        self.quotes[(maker, market_id)] = placed
+
+    # -- takers and leveraged traders -----------------------------------------------------
+
+    async def take(self, taker: str, market_id: int) -> None:
+        engine = self.sequencer.engine
+        config = engine.markets[market_id].config
+        long = self.rng.random() < 0.5
+        pos = engine.position(taker, market_id, long)
+        size = config.min_size * self.rng.randint(1, 10)
+        if pos is not None and self.rng.random() < 0.5:
+            await self._run(
+                c.PlaceMarketOrder(
+                    timestamp=0,
+                    profile=taker,
+                    market_id=market_id,
+                    trade_side=long,
+                    direction=True,
+                    size=min(size, pos.size - pos.pending_reduce) or pos.size,
+                    leverage=pos.leverage,
+                )
+            )
+            return
+        await self._run(
+            c.PlaceMarketOrder(
+                timestamp=0,
+                profile=taker,
+                market_id=market_id,
+                trade_side=long,
+                direction=False,
+                size=size,
+                leverage=pos.leverage if pos else 3,
+            )
+        )
+
+    async def lever(self, trader: str, market_id: int) -> None:
+        engine = self.sequencer.engine
+        market = engine.markets[market_id]
+        config = market.config
+        long = self.rng.random() < 0.5
+        pos = engine.position(trader, market_id, long)
+        if pos is None:
+            leverage = self.rng.choice([10, 15, 20])
+            index = market.index_price or 0
+            tick = config.tick
+            move = index * self.rng.randint(50, 300) // 10_000 // tick * tick
+            tp = index + move if long else index - move
+            sl = index - move if long else index + move
+            await self._run(
+                c.PlaceMarketOrder(
+                    timestamp=0,
+                    profile=trader,
+                    market_id=market_id,
+                    trade_side=long,
+                    direction=False,
+                    size=config.min_size * self.rng.randint(5, 40),
+                    leverage=leverage,
+                    take_profit=tp if self.rng.random() < 0.5 and tp > 0 else None,
+                    stop_loss=sl if self.rng.random() < 0.3 and sl > 0 else None,
+                )
+            )
+            return
+        roll = self.rng.random()
+        available = pos.size - pos.pending_reduce
+        if roll < 0.4:
+            size = config.min_size * self.rng.randint(1, 10)
+            await self._run(
+                c.PlaceMarketOrder(
+                    timestamp=0,
+                    profile=trader,
+                    market_id=market_id,
+                    trade_side=long,
+                    direction=False,
+                    size=size,
+                    leverage=pos.leverage,
+                )
+            )
+        elif roll < 0.8 and available:
+            size = max(available // 2 // config.lot * config.lot, config.min_size)
+            await self._run(
+                c.PlaceMarketOrder(
+                    timestamp=0,
+                    profile=trader,
+                    market_id=market_id,
+                    trade_side=long,
+                    direction=True,
+                    size=min(size, available),
+                    leverage=pos.leverage,
+                )
+            )
+        elif available:
+            await self._run(
+                c.PlaceMarketOrder(
+                    timestamp=0,
+                    profile=trader,
+                    market_id=market_id,
+                    trade_side=long,
+                    direction=True,
+                    size=available,
+                    leverage=pos.leverage,
+                )
+            )
