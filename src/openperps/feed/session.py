@@ -19,6 +19,7 @@ large).
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -151,7 +152,7 @@ class FeedSession:
     subscriptions: dict[Subscription, None] = field(default_factory=dict)
     _tokens: float = -1.0
     _refilled_at: int = 0
-    _violations: list[int] = field(default_factory=list)
+    _violations: deque[int] = field(default_factory=deque)
     _oversized: int = 0
     closed: bool = False
 
@@ -226,8 +227,10 @@ class FeedSession:
 
     def _violation(self, now_ms: int, code: int, reason: str) -> list[Action]:
         window = self.limits.violation_window_ms
-        self._violations = [t for t in self._violations if now_ms - t < window]
-        self._violations.append(now_ms)
+        violations = self._violations
+        while violations and now_ms - violations[0] >= window:
+            violations.popleft()
+        violations.append(now_ms)
         if len(self._violations) > self.limits.max_violations:
             self.closed = True
             return [Close(code, reason)]
