@@ -184,9 +184,10 @@ class Connection(WSListener):
         if transport is None or self.closing or not self.queue:
             return
         limits = self.server.server_limits
-        if self.paused:
+        backlog = transport.underlying_transport.get_write_buffer_size()
+        if self.paused or backlog > limits.outbox_max_bytes:
             if (
-                self.queued_bytes > limits.outbox_max_bytes
+                self.queued_bytes + backlog > limits.outbox_max_bytes
                 or now_ms() - self.oldest_ms > limits.outbox_max_age_ms
             ):
                 self.server.metrics.closes["slow_consumer"] += 1
@@ -204,8 +205,10 @@ class Connection(WSListener):
     def close(self, code: int, reason: str) -> None:
         if self.closing or self.transport is None:
             return
-        self.flush()
+        if code != CLOSE_SLOW_CONSUMER:
+            self.flush()  # what is queued goes out first (an error frame before a close)
         self.closing = True
+        self.queue.clear()
         self.transport.send_close(_close_code(code), reason.encode())
         self.transport.disconnect()
 
@@ -243,6 +246,9 @@ class FeedServer:
 
     async def start(self, host: str = "127.0.0.1", port: int = 8765) -> None:
         limits = self.server_limits
+        if limits.ping_interval_s < 1 or limits.ping_timeout_s < 1:
+            # picows counts heartbeat time in whole seconds; below one it never answers
+            raise ValueError("ping interval and timeout are at least 1 second")
 
         def factory(request: WSUpgradeRequest) -> Connection | None:
             if request.path not in PATHS:

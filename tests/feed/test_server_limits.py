@@ -1,0 +1,110 @@
+"""Server-side limits: slow consumers, connections per address, shutdown, heartbeats."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import websockets
+
+from openperps.core import commands as c
+from openperps.feed.server import ServerLimits
+from openperps.runtime.app import Exchange, Settings
+from tests.feed.test_server import ALICE, APT, recv, url
+
+
+async def start(tmp_path: Path, limits: ServerLimits) -> Exchange:
+    ex = Exchange(Settings(db=str(tmp_path / "events.sqlite3"), ws_port=0, server_limits=limits))
+    await ex.start()
+    return ex
+
+
+@pytest.fixture
+async def tight(tmp_path: Path) -> AsyncIterator[Exchange]:
+    ex = await start(
+        tmp_path,
+        ServerLimits(outbox_max_bytes=64 * 1024, outbox_max_age_ms=300, connections_per_ip=3),
+    )
+    yield ex
+    await ex.stop()
+
+
+async def test_a_client_that_stops_reading_is_closed_with_4010(tight: Exchange) -> None:
+    seq = tight.sequencer
+    await seq.execute(c.Deposit(timestamp=0, profile=ALICE, amount=10**12))
+    async with websockets.connect(url(tight)) as probe:
+        await probe.send(json.dumps({"topic": "orderbook", "market_id": APT}))
+        await recv(probe)
+    async with websockets.connect(url(tight), max_queue=1) as slow:
+        await slow.send(json.dumps({"topic": "live_order_history", "address": ALICE}))
+        await slow.send(json.dumps({"topic": "order_history", "address": ALICE, "limit": 1000}))
+        await asyncio.sleep(0.1)
+        slow.transport.pause_reading()  # stop draining the socket
+        for i in range(3000):
+            await seq.execute(
+                c.PlaceLimitOrder(
+                    timestamp=0,
+                    profile=ALICE,
+                    market_id=APT,
+                    trade_side=True,
+                    direction=False,
+                    size=100 + i % 7 * 10,
+                    price=5000 + i % 50,
+                    leverage=10,
+                )
+            )
+            if i % 100 == 0:
+                await asyncio.sleep(0.05)
+            if slow.close_code is not None or tight.feed.metrics.closes["slow_consumer"]:
+                break
+        assert tight.feed.metrics.closes["slow_consumer"] == 1
+        slow.transport.resume_reading()
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                await asyncio.wait_for(slow.recv(), 5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4010
+
+
+async def test_connections_per_address_are_limited(tight: Exchange) -> None:
+    clients = [await websockets.connect(url(tight)) for _ in range(3)]
+    extra = await websockets.connect(url(tight))
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await asyncio.wait_for(extra.recv(), 5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4008
+    for client in clients:
+        await client.send(json.dumps({"method": "ping"}))
+        assert (await recv(client))["message"] == "pong"
+        await client.close()
+
+
+async def test_shutdown_closes_clients_with_1012(tmp_path: Path) -> None:
+    ex = await start(tmp_path, ServerLimits())
+    client = await websockets.connect(url(ex))
+    await ex.stop()
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await asyncio.wait_for(client.recv(), 5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+
+
+async def test_a_dead_client_is_dropped_after_the_ping_timeout(tmp_path: Path) -> None:
+    ex = await start(tmp_path, ServerLimits(ping_interval_s=1.0, ping_timeout_s=1.0))
+    try:
+        # websockets answers pings by itself; with reading paused it cannot
+        client = await websockets.connect(url(ex), ping_interval=None)
+        await asyncio.sleep(0.1)
+        assert len(ex.feed.connections) == 1
+        client.transport.pause_reading()
+        for _ in range(60):
+            await asyncio.sleep(0.1)
+            if not ex.feed.connections:
+                break
+        assert not ex.feed.connections
+        alive = await websockets.connect(url(ex), ping_interval=None)
+        await asyncio.sleep(2.5)  # answers pings: stays
+        assert len(ex.feed.connections) == 1
+        await alive.close()
+    finally:
+        await ex.stop()
