@@ -205,3 +205,20 @@ def state(models: ReadModels) -> bytes:
             sorted((m, sorted(b.items())) for m, b in models.books.items()),
         ]
     )
+
+
+def test_a_saved_state_restores_and_carries_on_like_the_original() -> None:
+    from openperps.indexer.models import ModelsState, load_state, save_state
+
+    _engine, log = session(11)
+    half = len(log) // 2
+    original = ReadModels()
+    original.apply_all(log[:half])
+    blob = msgspec.json.encode(save_state(original))
+    restored = load_state(msgspec.json.decode(blob, type=ModelsState))
+    assert state(restored) == state(original)
+    original.apply_all(log[half:])
+    restored.apply_all(log[half:])
+    assert state(restored) == state(original)
+    address = PROFILES[0]
+    assert restored.live_changes_since(address, 0) == original.live_changes_since(address, 0)

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from openperps import __version__
+from openperps.cli.reindex import reindex
 from openperps.cli.serve import serve
 from openperps.core.errors import OpenPerpsError
 from openperps.core.markets import MarketConfig, default_markets, parse_markets
@@ -75,6 +76,7 @@ def markets(
 
 
 app.command()(serve)
+app.command()(reindex)
 
 
 def main() -> None:

@@ -529,3 +529,90 @@ _HANDLERS: dict[type, Callable[[ReadModels, Any], None]] = {
     e.DelegationEnabled: ReadModels._delegation_enabled,
     e.DelegationDisabled: ReadModels._delegation_disabled,
 }
+
+
+class ModelsState(msgspec.Struct):
+    """Everything ``ReadModels`` holds at ``version``, for snapshots (no tuple-keyed maps)."""
+
+    version: int
+    history_limit: int
+    live_retention: int
+    markets: list[MarketRow]
+    orders: list[OrderRow]
+    order_history: list[tuple[str, list[int]]]
+    open_orders: list[tuple[str, list[int]]]
+    fills: list[tuple[str, list[FillRow]]]
+    positions: list[PositionRow]
+    transfers: list[tuple[str, list[TransferRow]]]
+    funding: list[tuple[str, list[FundingRow]]]
+    accounts: list[tuple[str, AccountRow]]
+    delegations: list[tuple[str, str, int]]
+    levels: list[tuple[int, bool, int, int, int, int]]  # market, is_ask, price, size, v, ts
+    recent_trades: list[tuple[int, list[FillRow]]]
+    live_orders: list[tuple[str, list[OrderRow]]]
+    live_fills: list[tuple[str, list[FillRow]]]
+    live_dropped: list[tuple[str, int]]
+
+
+def save_state(models: ReadModels) -> ModelsState:
+    levels = [
+        (market, is_ask, price, size, *models.level_versions[market][(is_ask, price)])
+        for market, book in sorted(models.books.items())
+        for (is_ask, price), size in sorted(book.items())
+    ]
+    return ModelsState(
+        version=models.version,
+        history_limit=models.history_limit,
+        live_retention=models.live_retention,
+        markets=[models.markets[m] for m in sorted(models.markets)],
+        orders=list(models.orders.values()),
+        order_history=[(a, list(ids)) for a, ids in models.order_history.items()],
+        open_orders=[(a, list(ids)) for a, ids in models.open_orders.items()],
+        fills=[(a, list(rows)) for a, rows in models.fills.items()],
+        positions=list(models.positions.values()),
+        transfers=[(a, list(rows)) for a, rows in models.transfers.items()],
+        funding=[(a, list(rows)) for a, rows in models.funding.items()],
+        accounts=list(models.accounts.items()),
+        delegations=[(a, key, expiry) for a, (key, expiry) in models.delegations.items()],
+        levels=levels,
+        recent_trades=[(m, list(rows)) for m, rows in models.recent_trades.items()],
+        live_orders=[
+            (a, [r for r in rows if isinstance(r, OrderRow)]) for a, rows in models.live_log.items()
+        ],
+        live_fills=[
+            (a, [r for r in rows if isinstance(r, FillRow)]) for a, rows in models.live_log.items()
+        ],
+        live_dropped=list(models.live_dropped.items()),
+    )
+
+
+def load_state(state: ModelsState) -> ReadModels:
+    models = ReadModels(history_limit=state.history_limit, live_retention=state.live_retention)
+    models.version = state.version
+    limit = state.history_limit
+    for market in state.markets:
+        models.markets[market.config.market_id] = market
+        models.books[market.config.market_id] = {}
+    models.orders = {row.order_id: row for row in state.orders}
+    models.order_history = {a: deque(ids) for a, ids in state.order_history}
+    models.open_orders = {a: dict.fromkeys(ids) for a, ids in state.open_orders}
+    models.fills = {a: deque(rows, maxlen=limit) for a, rows in state.fills}
+    models.positions = {(r.address, r.market_id, r.trade_side): r for r in state.positions}
+    models.transfers = {a: deque(rows, maxlen=limit) for a, rows in state.transfers}
+    models.funding = {a: deque(rows, maxlen=limit) for a, rows in state.funding}
+    models.accounts = dict(state.accounts)
+    models.delegations = {a: (key, expiry) for a, key, expiry in state.delegations}
+    for market_id, is_ask, price, size, version, ts in state.levels:
+        models.books.setdefault(market_id, {})[(is_ask, price)] = size
+        models.level_versions.setdefault(market_id, {})[(is_ask, price)] = (version, ts)
+    models.recent_trades = {
+        m: deque(rows, maxlen=RECENT_TRADES_LIMIT) for m, rows in state.recent_trades
+    }
+    fills_by_address = dict(state.live_fills)
+    for address, orders in state.live_orders:
+        merged: list[OrderRow | FillRow] = [*orders, *fills_by_address.get(address, [])]
+        # within one trade event an order's change comes before its fill
+        merged.sort(key=lambda r: (r.version, isinstance(r, FillRow)))
+        models.live_log[address] = deque(merged, maxlen=state.live_retention)
+    models.live_dropped = dict(state.live_dropped)
+    return models

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 from openperps.bus import InProcessBus, Published
 from openperps.core import commands as c
-from openperps.core.events import decode_event
 from openperps.core.markets import MarketConfig, default_markets
 from openperps.feed.server import FeedServer, ServerLimits, now_ms
 from openperps.feed.session import FeedLimits
@@ -24,7 +23,7 @@ from openperps.runtime.keepers import Keepers
 from openperps.runtime.oracle import RandomWalkOracle
 from openperps.runtime.sequencer import Clock, NotDurable, Sequencer, wall_clock_ms
 from openperps.runtime.snapshots import Snapshotter
-from openperps.runtime.startup import Progress, load_engine
+from openperps.runtime.startup import Progress, load_engine, load_read_models
 from openperps.store import EventLog, GroupCommitWriter, open_log
 
 logger = logging.getLogger("openperps.runtime")
@@ -65,8 +64,10 @@ class Exchange:
         self.sequencer = Sequencer(
             engine, self.writer, self.bus, rebuild=lambda: load_engine(log), clock=self.clock
         )
-        async for batch in log.read_batches(1):
-            self.models.apply_all(decode_event(envelope.payload) for envelope in batch)
+        self.models = await load_read_models(log)
+        self.feed = FeedServer(
+            self.models, limits=settings.feed_limits, server_limits=settings.server_limits
+        )
         self.bus.subscribe(self._on_published)
         for market in settings.markets:
             if market.market_id not in self.sequencer.engine.markets:
@@ -77,6 +78,7 @@ class Exchange:
             log,
             every_events=settings.snapshot_every_events,
             every_seconds=settings.snapshot_every_seconds,
+            models=self.models,
         )
         await self.feed.start(settings.host, settings.ws_port)
         self._spawn(self.snapshotter.run(), "snapshots")

@@ -1,9 +1,14 @@
-"""Periodic snapshots of the engine, written in the background.
+"""Periodic snapshots of the engine and the read models, written in the background.
 
 Capturing the state is a short synchronous step between two commands (so the snapshot is
 at a command boundary); encoding and hashing run in a worker thread and the write waits,
 off the sequencer's path, until the log holds the snapshot's version. A snapshot taken from
 an engine that was since rebuilt (after a storage fault) is discarded.
+
+A stored blob is ``MAGIC``, the length of the engine part, the engine snapshot (whose SHA-256
+is the recorded state hash) and the read models' state (``indexer.models.ModelsState``, at
+its own version, which may trail the engine's by what was not yet durable). A blob without
+``MAGIC`` is an engine snapshot alone.
 """
 
 from __future__ import annotations
@@ -13,9 +18,29 @@ import hashlib
 import logging
 import time
 
+import msgspec
+
 from openperps.core.engine import EngineSnapshot, encode_snapshot
+from openperps.indexer.models import ReadModels, save_state
 from openperps.runtime.sequencer import Sequencer
 from openperps.store.base import EventLog
+
+MAGIC = b"OPSNAP1\n"
+
+
+def pack(engine_blob: bytes, models_blob: bytes | None) -> bytes:
+    return MAGIC + len(engine_blob).to_bytes(8, "big") + engine_blob + (models_blob or b"")
+
+
+def unpack(blob: bytes) -> tuple[bytes, bytes | None]:
+    """(engine snapshot, read models state or None)."""
+    if not blob.startswith(MAGIC):
+        return blob, None
+    start = len(MAGIC) + 8
+    size = int.from_bytes(blob[len(MAGIC) : start], "big")
+    engine, models = blob[start : start + size], blob[start + size :]
+    return engine, models or None
+
 
 logger = logging.getLogger("openperps.snapshots")
 
@@ -31,12 +56,14 @@ class Snapshotter:
         sequencer: Sequencer,
         log: EventLog,
         *,
+        models: ReadModels | None = None,
         every_events: int = 200_000,
         every_seconds: float = 300.0,
         keep: int = 3,
     ) -> None:
         self.sequencer = sequencer
         self.log = log
+        self.models = models
         self.every_events = every_events
         self.every_seconds = every_seconds
         self.keep = keep
@@ -68,7 +95,12 @@ class Snapshotter:
         version = snapshot.version
         if version == 0:
             return None
-        blob, digest = await asyncio.to_thread(_encode, snapshot)
+        # read-model rows are mutable: encode them now, between two batches
+        models_blob = (
+            msgspec.json.encode(save_state(self.models)) if self.models is not None else None
+        )
+        engine_blob, digest = await asyncio.to_thread(_encode, snapshot)
+        blob = pack(engine_blob, models_blob)
         while sequencer.writer.durable_version < version:
             if sequencer.generation != generation:
                 return None

@@ -15,8 +15,13 @@ import logging
 import time
 from collections.abc import Callable
 
+import msgspec
+
 from openperps.core.engine import Engine
+from openperps.core.events import decode_event
 from openperps.core.replay import Replayer
+from openperps.indexer.models import ModelsState, ReadModels, load_state
+from openperps.runtime.snapshots import unpack
 from openperps.store.base import EventLog
 
 logger = logging.getLogger("openperps.startup")
@@ -33,7 +38,7 @@ async def load_engine(
     snapshot = await log.load_latest_snapshot()
     if snapshot is not None:
         try:
-            restored = Engine.restore(snapshot.blob)
+            restored = Engine.restore(unpack(snapshot.blob)[0])
         except Exception as exc:  # a blob that does not decode is corruption, not a bug
             logger.error(
                 "snapshot at %d does not decode (%s); replaying from 1", snapshot.version, exc
@@ -62,3 +67,29 @@ async def load_engine(
         time.perf_counter() - started,
     )
     return engine
+
+
+async def load_read_models(
+    log: EventLog, *, from_scratch: bool = False, progress: Progress | None = None
+) -> ReadModels:
+    """Read models from the newest snapshot that carries them, then the log after them.
+
+    ``from_scratch`` ignores snapshots and folds in the whole log (``openperps reindex``).
+    """
+    models = ReadModels()
+    snapshot = None if from_scratch else await log.load_latest_snapshot()
+    if snapshot is not None:
+        _engine, blob = unpack(snapshot.blob)
+        if blob is not None:
+            try:
+                models = load_state(msgspec.json.decode(blob, type=ModelsState))
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                logger.error("read models in the snapshot do not decode (%s); rebuilding", exc)
+                models = ReadModels()
+    last = await log.last_version()
+    base = models.version
+    async for batch in log.read_batches(base + 1):
+        models.apply_all(decode_event(envelope.payload) for envelope in batch)
+        if progress is not None:
+            progress(batch[-1].version - base, last - base)
+    return models

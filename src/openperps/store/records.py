@@ -52,20 +52,33 @@ def check_batch(batch: Sequence[Envelope], expected_first: int) -> None:
         expected += 1
 
 
+_TYPE_BYTES: dict[str, bytes] = {}
+_TYPE_CACHE_LIMIT = 4_096  # event types are a small closed set; this only bounds a bug
+
+
+def _type_bytes(type_: str) -> bytes:
+    encoded = type_.encode()
+    if len(_TYPE_BYTES) < _TYPE_CACHE_LIMIT:
+        _TYPE_BYTES[type_] = encoded
+    return encoded
+
+
+# to_rows and from_rows run once per event on every append and every replay: they inline
+# event_checksum and bind names locally, which is worth about a fifth of their time.
+
+
 def to_rows(batch: Sequence[Envelope]) -> list[EventRow]:
     """Rows for one ``append``: every row records the batch's last version."""
     batch_last = batch[-1].version
-    return [
-        (
-            e.version,
-            e.timestamp,
-            e.type,
-            e.payload,
-            batch_last,
-            event_checksum(e.version, e.timestamp, batch_last, e.type.encode(), e.payload),
-        )
-        for e in batch
-    ]
+    crc32, pack, types = zlib.crc32, _EVENT_HEADER.pack, _TYPE_BYTES
+    rows: list[EventRow] = []
+    append = rows.append
+    for e in batch:
+        version, timestamp, type_, payload = e.version, e.timestamp, e.type, e.payload
+        tb = types.get(type_) or _type_bytes(type_)
+        crc = crc32(payload, crc32(tb, crc32(pack(version, timestamp, batch_last, len(tb)))))
+        append((version, timestamp, type_, payload, batch_last, crc))
+    return rows
 
 
 def from_rows(rows: Sequence[EventRow], expected_first: int) -> list[Envelope]:
@@ -74,16 +87,23 @@ def from_rows(rows: Sequence[EventRow], expected_first: int) -> list[Envelope]:
     Raises ``CorruptLog`` on a checksum mismatch or a missing version: a corrupt record is
     never served.
     """
+    crc32, pack, types = zlib.crc32, _EVENT_HEADER.pack, _TYPE_BYTES
     envelopes: list[Envelope] = []
+    append = envelopes.append
     expected = expected_first
-    for row in rows:
-        version, timestamp, type_, payload, _, _ = row
-        if version != expected:
-            raise CorruptLog(expected, f"version missing (next stored version is {version})")
-        if not row_is_intact(row):
-            raise CorruptLog(version, "checksum mismatch")
-        envelopes.append(Envelope(version, timestamp, type_, payload))
-        expected += 1
+    try:
+        for version, timestamp, type_, payload, batch_last, checksum in rows:
+            if version != expected:
+                raise CorruptLog(expected, f"version missing (next stored version is {version})")
+            tb = types.get(type_) or _type_bytes(type_)
+            crc = crc32(payload, crc32(tb, crc32(pack(version, timestamp, batch_last, len(tb)))))
+            if crc != checksum:
+                raise CorruptLog(version, "checksum mismatch")
+            append(Envelope(version, timestamp, type_, payload))
+            expected += 1
+    except (TypeError, AttributeError, struct.error):
+        # A field no longer has its type: SQLite stores whatever it is given.
+        raise CorruptLog(expected, "checksum mismatch (a field has the wrong type)") from None
     return envelopes
 
 
@@ -92,7 +112,7 @@ def row_is_intact(row: EventRow) -> bool:
     try:
         return event_checksum(version, timestamp, batch_last, type_.encode(), payload) == checksum
     except (TypeError, AttributeError, struct.error):
-        return False  # a field no longer has its type: SQLite will store whatever it is given
+        return False  # a field no longer has its type: SQLite stores whatever it is given
 
 
 class TailScanner:
