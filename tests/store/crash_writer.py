@@ -21,12 +21,14 @@ import hashlib
 import os
 import random
 import sys
+import time
 from collections import deque
 
 from openperps.store import Envelope, GroupCommitWriter, SqliteEventLog
 
 IN_FLIGHT = 8
 SNAPSHOT_EVERY = 1_000
+MAX_LIFETIME_S = 120.0  # the test kills us within a second; this bounds a leak if it cannot
 
 
 def expected_event(version: int, first: int, last: int) -> Envelope:
@@ -46,7 +48,15 @@ def chain(state: bytes, payload: bytes) -> bytes:
 
 
 def say(line: str) -> None:
-    os.write(1, line.encode() + b"\n")  # one write: a kill never leaves half a line
+    try:
+        os.write(1, line.encode() + b"\n")  # one write: a kill never leaves half a line
+    except OSError:
+        os._exit(3)  # nobody reads us any more: the test is gone
+
+
+def orphaned(parent: int, deadline: float) -> bool:
+    """Whether the test that started us is gone (or forgot us), so we must not run on."""
+    return os.getppid() != parent or time.monotonic() > deadline
 
 
 def report(first: int, last: int, future: asyncio.Future[None]) -> None:
@@ -56,6 +66,7 @@ def report(first: int, last: int, future: asyncio.Future[None]) -> None:
 
 async def main(path: str, seed: int) -> None:
     rng = random.Random(seed)
+    parent, deadline = os.getppid(), time.monotonic() + MAX_LIFETIME_S
     async with SqliteEventLog(path) as log:
         snapshot = await log.load_latest_snapshot()
         state = snapshot.blob if snapshot else b""
@@ -68,7 +79,7 @@ async def main(path: str, seed: int) -> None:
         in_flight: deque[tuple[asyncio.Future[None], int, bytes]] = deque()
         async with GroupCommitWriter(log) as writer:
             nxt = last + 1
-            while True:
+            while not orphaned(parent, deadline):
                 size = rng.randint(1, 60)
                 batch = [expected_event(v, nxt, nxt + size - 1) for v in range(nxt, nxt + size)]
                 for envelope in batch:

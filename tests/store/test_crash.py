@@ -18,6 +18,7 @@ to replay a failing run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import sys
@@ -51,17 +52,19 @@ async def test_acknowledged_events_survive_sigkill_at_random_moments(tmp_path: P
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        assert proc.stdout is not None
-        if kill % KILL_DURING_STARTUP_EVERY == KILL_DURING_STARTUP_EVERY - 1:
-            await asyncio.sleep(rng.uniform(0.0, 0.3))
-        else:
-            ready = await asyncio.wait_for(proc.stdout.readline(), timeout=30)
-            assert ready.startswith(b"ready "), f"seed {seed}: writer did not start: {ready!r}"
-            await asyncio.sleep(rng.uniform(0.02, 0.25))
-            restarts.append(parse_ready(ready))
-        if proc.returncode is None:
-            proc.kill()
-        out, err = await proc.communicate()
+        try:
+            assert proc.stdout is not None
+            if kill % KILL_DURING_STARTUP_EVERY == KILL_DURING_STARTUP_EVERY - 1:
+                await asyncio.sleep(rng.uniform(0.0, 0.3))
+            else:
+                ready = await asyncio.wait_for(proc.stdout.readline(), timeout=30)
+                assert ready.startswith(b"ready "), f"seed {seed}: writer did not start: {ready!r}"
+                await asyncio.sleep(rng.uniform(0.02, 0.25))
+                restarts.append(parse_ready(ready))
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            out, err = await proc.communicate()
         assert proc.returncode == -9, f"seed {seed}: writer exited by itself: {err.decode()}"
         for line in out.splitlines():
             if line.startswith(b"ready "):

@@ -11,6 +11,7 @@ import pytest
 
 from openperps.store import (
     GroupCommitWriter,
+    StorageLocked,
     StorageUnavailable,
     StoreErrorCode,
     VersionGap,
@@ -31,19 +32,18 @@ async def pg(pg_dsn: str) -> AsyncIterator[PostgresBackend]:
         await backend.cleanup()
 
 
-async def blocked_copy_pid(conn: asyncpg.Connection, schema: str) -> int:
-    """The backend of our writer once its COPY waits for a lock (polls up to 10 s)."""
+async def blocked_writer_pid(holder: asyncpg.Connection) -> int:
+    """The log's backend once its COPY waits for the lock ``holder`` holds (polls up to 10 s)."""
     for _ in range(200):
-        pid = await conn.fetchval(
+        pid = await holder.fetchval(
             "SELECT pid FROM pg_stat_activity WHERE application_name = $1 "
-            "AND wait_event_type = 'Lock' AND query LIKE 'COPY%' AND query LIKE '%' || $2 || '%'",
+            "AND pg_backend_pid() = ANY(pg_blocking_pids(pid))",
             APPLICATION_NAME,
-            schema,
         )
         if pid is not None:
             return int(pid)
         await asyncio.sleep(0.05)
-    raise AssertionError("the writer's COPY never blocked")
+    raise AssertionError("the writer never blocked on the held lock")
 
 
 async def test_a_connection_killed_mid_batch_acknowledges_nothing_and_the_writer_recovers(
@@ -53,15 +53,15 @@ async def test_a_connection_killed_mid_batch_acknowledges_nothing_and_the_writer
         await writer.submit(envelopes(1, 10))
 
         # Hold the table so the writer's transaction stops inside its COPY, then kill it there.
-        other = await asyncpg.connect(pg.dsn)
-        holding = other.transaction()
-        await holding.start()
-        await other.execute(f'LOCK TABLE "{pg.schema}".events IN SHARE MODE')
-        in_flight = writer.enqueue(envelopes(11, 1_000))
-        pid = await blocked_copy_pid(other, pg.schema)
-        assert await other.fetchval("SELECT pg_terminate_backend($1)", pid)
-        await holding.rollback()
-        await other.close()
+        holder = await asyncpg.connect(pg.dsn)
+        try:
+            async with holder.transaction():
+                await holder.execute(f'LOCK TABLE "{pg.schema}".events IN SHARE MODE')
+                in_flight = writer.enqueue(envelopes(11, 1_000))
+                pid = await blocked_writer_pid(holder)
+                assert await holder.fetchval("SELECT pg_terminate_backend($1)", pid)
+        finally:
+            await holder.close()
 
         with pytest.raises(StorageUnavailable) as lost:
             await in_flight
@@ -70,6 +70,25 @@ async def test_a_connection_killed_mid_batch_acknowledges_nothing_and_the_writer
 
         await writer.submit(envelopes(11, 1_000))  # a fresh connection from the pool
         await assert_log(log, envelopes(1, 1_010))
+
+
+async def test_a_locked_table_fails_the_batch_and_the_writer_recovers(
+    pg: PostgresBackend,
+) -> None:
+    log = PostgresEventLog(pg.dsn, schema=pg.schema, lock_timeout_ms=200)
+    async with log, GroupCommitWriter(log) as writer:
+        await writer.submit(envelopes(1, 3))
+        holder = await asyncpg.connect(pg.dsn)
+        try:
+            async with holder.transaction():
+                await holder.execute(f'LOCK TABLE "{pg.schema}".events IN EXCLUSIVE MODE')
+                with pytest.raises(StorageLocked) as locked:
+                    await writer.submit(envelopes(4, 3))
+                assert locked.value.code == StoreErrorCode.STORAGE_LOCKED
+        finally:
+            await holder.close()
+        await writer.submit(envelopes(4, 3))
+        await assert_log(log, envelopes(1, 6))
 
 
 async def test_a_server_that_does_not_answer_is_unavailable() -> None:

@@ -7,7 +7,12 @@ reached the server's WAL on disk before ``append`` returns, whatever the server'
 
 Connections come from a small asyncpg pool: a connection that breaks (server restart,
 ``pg_terminate_backend``) fails the operation in flight with ``StorageUnavailable`` and is
-replaced on the next one, so the log recovers by itself once the server answers again.
+replaced on the next one, so the log recovers by itself once the server answers again. A table
+locked by someone else for longer than ``lock_timeout_ms`` fails the batch with
+``StorageLocked`` (as ``busy_timeout`` does for SQLite), and every statement has a time limit
+(``command_timeout_s``): a server that stops answering without closing the connection fails
+the batch with ``StorageUnavailable`` instead of stalling the writer for ever.
+
 Migrations and tail repair hold a transaction-scoped advisory lock, so two processes opening the
 same schema at once do not race.
 """
@@ -102,6 +107,8 @@ class PostgresEventLog(EventLog):
         schema: str = DEFAULT_SCHEMA,
         pool_size: int = 4,
         connect_timeout_s: float = 10.0,
+        command_timeout_s: float | None = 60.0,
+        lock_timeout_ms: int = 5_000,
     ) -> None:
         if not _IDENTIFIER.fullmatch(schema):
             raise ValueError(f"not a plain PostgreSQL identifier: {schema!r}")
@@ -109,6 +116,8 @@ class PostgresEventLog(EventLog):
         self.schema = schema
         self.pool_size = pool_size
         self.connect_timeout_s = connect_timeout_s
+        self.command_timeout_s = command_timeout_s
+        self.lock_timeout_ms = lock_timeout_ms
         self._pool: Any = None  # asyncpg.Pool
         self._q = f'"{schema}"'  # the quoted schema, for building statements
 
@@ -126,9 +135,11 @@ class PostgresEventLog(EventLog):
                 min_size=1,
                 max_size=self.pool_size,
                 timeout=self.connect_timeout_s,
+                command_timeout=self.command_timeout_s,
                 server_settings={
                     "application_name": APPLICATION_NAME,
                     "synchronous_commit": "on",
+                    "lock_timeout": str(int(self.lock_timeout_ms)),
                 },
             )
         self._pool = pool
