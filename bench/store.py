@@ -36,7 +36,7 @@ import asyncpg
 from openperps.store import Envelope, EventLog, GroupCommitWriter, SqliteEventLog
 from openperps.store.postgres import PostgresEventLog
 from openperps.store.records import EventRow, to_rows
-from openperps.store.sqlite import Synchronous
+from openperps.store.sqlite import DEFAULT_CHECKPOINT_PAGES, Synchronous
 
 PAYLOAD_BYTES = 150
 TYPES = ("OrderAccepted", "TradeExecuted", "PositionChanged", "BalanceChanged", "OrderCancelled")
@@ -100,6 +100,7 @@ def sqlite_baseline(path: Path, rows: list[EventRow], synchronous: Synchronous) 
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute(f"PRAGMA wal_autocheckpoint = {DEFAULT_CHECKPOINT_PAGES}")
     conn.execute(
         "CREATE TABLE events (version INTEGER PRIMARY KEY, timestamp INTEGER NOT NULL, "
         "type TEXT NOT NULL, payload BLOB NOT NULL, batch_last INTEGER NOT NULL, "
@@ -209,13 +210,13 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 base_schema = f"{schema}_{next(runs)}"
                 async with PostgresEventLog(args.dsn, schema=base_schema):
                     pass  # creates the schema
-                executemany_per_s, copy_per_s = await postgres_baseline(
-                    args.dsn, base_schema, rows
-                )
+                executemany_per_s, copy_per_s = await postgres_baseline(args.dsn, base_schema, rows)
                 baseline_figures.append(executemany_per_s)
             else:
                 path = workdir / f"baseline-{next(runs)}.sqlite3"
-                baseline_figures.append(await asyncio.to_thread(sqlite_baseline, path, rows, "FULL"))
+                baseline_figures.append(
+                    await asyncio.to_thread(sqlite_baseline, path, rows, "FULL")
+                )
         events_per_s, baseline_per_s = max(writer_figures), max(baseline_figures)
         print(
             f"writer:   {events_per_s:,.0f} events/s durable "

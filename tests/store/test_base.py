@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import pytest
@@ -84,6 +85,16 @@ async def test_read_batches_yields_chunks_of_at_most_batch_size(log: EventLog) -
     await log.append(envelopes(1, 25))
     sizes = [len(chunk) async for chunk in log.read_batches(1, batch_size=10)]
     assert sizes == [10, 10, 5]
+
+
+async def test_a_reader_that_stops_early_leaves_the_log_usable(log: EventLog) -> None:
+    await log.append(envelopes(1, 50))
+    async with contextlib.aclosing(log.read_batches(1, batch_size=10)) as chunks:
+        async for chunk in chunks:
+            assert chunk == envelopes(1, 10)
+            break
+    await log.append(envelopes(51, 1))
+    await assert_log(log, envelopes(1, 51))
 
 
 async def test_reading_past_the_end_yields_nothing(log: EventLog) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 import pytest
 
@@ -60,7 +60,7 @@ class FaultyLog(EventLog):
         from_version: int,
         to_version: int | None = None,
         batch_size: int = DEFAULT_READ_BATCH,
-    ) -> AsyncIterator[list[Envelope]]:
+    ) -> AsyncGenerator[list[Envelope], None]:
         return self.inner.read_batches(from_version, to_version, batch_size)
 
     async def save_snapshot(self, version: int, state_hash: str, blob: bytes) -> None:

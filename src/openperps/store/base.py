@@ -22,7 +22,9 @@ What every backend guarantees:
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Self
 
@@ -63,10 +65,12 @@ class EventLog(abc.ABC):
         from_version: int,
         to_version: int | None = None,
         batch_size: int = DEFAULT_READ_BATCH,
-    ) -> AsyncIterator[list[Envelope]]:
+    ) -> AsyncGenerator[list[Envelope], None]:
         """Envelopes ``from_version..to_version`` (inclusive) in version order, in chunks.
 
         ``to_version=None`` reads to the end of the log as it is when the reader gets there.
+        The next chunk is read ahead while the caller works on the current one; a caller that
+        stops early should close the generator (``contextlib.aclosing``).
         """
 
     async def read(
@@ -74,7 +78,7 @@ class EventLog(abc.ABC):
         from_version: int,
         to_version: int | None = None,
         batch_size: int = DEFAULT_READ_BATCH,
-    ) -> AsyncIterator[Envelope]:
+    ) -> AsyncGenerator[Envelope, None]:
         """Like ``read_batches``, one envelope at a time."""
         async for chunk in self.read_batches(from_version, to_version, batch_size):
             for envelope in chunk:
@@ -116,3 +120,30 @@ def check_read_range(from_version: int, to_version: int | None, batch_size: int)
         raise ValueError(f"to_version {to_version} is before from_version {from_version}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+
+
+async def prefetched(
+    fetch: Callable[[int], Awaitable[list[Envelope]]],
+    from_version: int,
+    to_version: int,
+    batch_size: int,
+) -> AsyncGenerator[list[Envelope], None]:
+    """The chunks ``fetch(first_version)`` returns, until one comes back short or reaches
+    ``to_version``. The next chunk is requested before the current one is handed over, so the
+    storage reads while the caller (say, the engine replaying at start-up) works."""
+    if from_version > to_version:
+        return
+    pending: asyncio.Future[list[Envelope]] | None = asyncio.ensure_future(fetch(from_version))
+    try:
+        while pending is not None:
+            chunk = await pending
+            pending = None
+            if len(chunk) == batch_size and chunk[-1].version < to_version:
+                pending = asyncio.ensure_future(fetch(chunk[-1].version + 1))
+            if chunk:
+                yield chunk
+    finally:
+        if pending is not None:  # the caller stopped early
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending

@@ -23,12 +23,12 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from typing import Any, cast
 
 import asyncpg
 
-from openperps.store.base import DEFAULT_READ_BATCH, EventLog, check_read_range
+from openperps.store.base import DEFAULT_READ_BATCH, EventLog, check_read_range, prefetched
 from openperps.store.envelope import Envelope, Snapshot
 from openperps.store.errors import (
     LogClosed,
@@ -261,12 +261,12 @@ class PostgresEventLog(EventLog):
                     # Another writer appended between our check and our COPY.
                     raise VersionGap(await self._last_version(conn) + 1, batch[0].version) from None
 
-    async def read_batches(
+    def read_batches(
         self,
         from_version: int,
         to_version: int | None = None,
         batch_size: int = DEFAULT_READ_BATCH,
-    ) -> AsyncIterator[list[Envelope]]:
+    ) -> AsyncGenerator[list[Envelope], None]:
         check_read_range(from_version, to_version, batch_size)
         pool = self._open_pool
         last = _MAX_VERSION if to_version is None else to_version
@@ -274,16 +274,13 @@ class PostgresEventLog(EventLog):
             f"SELECT {', '.join(_EVENT_COLUMNS)} FROM {self._q}.events "
             "WHERE version >= $1 AND version <= $2 ORDER BY version LIMIT $3"
         )
-        nxt = from_version
-        while nxt <= last:
+
+        async def fetch(first: int) -> list[Envelope]:
             with _translated():
-                records = await pool.fetch(query, nxt, last, batch_size)
-            chunk = from_rows(cast(list[EventRow], records), nxt)
-            if chunk:
-                yield chunk
-            if len(chunk) < batch_size:
-                return
-            nxt = chunk[-1].version + 1
+                records = await pool.fetch(query, first, last, batch_size)
+            return from_rows(cast(list[EventRow], records), first)
+
+        return prefetched(fetch, from_version, last, batch_size)
 
     async def save_snapshot(self, version: int, state_hash: str, blob: bytes) -> None:
         pool = self._open_pool
