@@ -38,8 +38,20 @@ class Keepers:
         await self.liquidate(market_id)
         return events
 
-    async def liquidate(self, market_id: int) -> None:
-        for profile, side in self.sequencer.engine.liquidatable(market_id):
+    async def liquidate(self, market_id: int, max_passes: int = 20) -> None:
+        """Liquidate until nothing is liquidatable: a close-out trades against the book and
+        can move the mark price enough to put another position under."""
+        for _ in range(max_passes):
+            due = self.sequencer.engine.liquidatable(market_id)
+            if not due:
+                return
+            await self._liquidate_pass(market_id, due)
+        logger.warning(
+            "market %d still has liquidatable positions after %d passes", market_id, max_passes
+        )
+
+    async def _liquidate_pass(self, market_id: int, due: list[tuple[str, bool]]) -> None:
+        for profile, side in due:
             events = await self.sequencer.execute(
                 c.Liquidate(
                     timestamp=0,
