@@ -137,25 +137,36 @@ def run_engine(commands: list[c.Command], accounts: int) -> tuple[float, Counter
     return elapsed, kinds, engine
 
 
-def run_baseline(ops: list[Op]) -> float:
-    """The same flow through a bare book: rest, cancel, match by price-time; nothing else."""
+def run_baseline(ops: list[Op], *, report: bool = True) -> float:
+    """The same flow through a bare price-time book: rest, cancel, match; no accounts,
+    margin, fees, positions or validation. With ``report`` it hands back what any book must
+    tell its caller (accepted, each fill, cancelled) as plain tuples; without, it only
+    moves orders."""
     book = Book()
     orders: dict[int, Order] = {}
     next_id = 0
+    out: list[tuple[object, ...]] = []
     gc.collect()
     gc.disable()
     start = time.perf_counter()
     for i, op in enumerate(ops):
+        results: list[tuple[object, ...]] = []
         if op.kind == "cancel":
             order = orders.pop(op.ref, None)
             if order is not None and order.order_id in book.orders:
                 book.remove(order)
+                if report:
+                    results.append(("cancelled", order.order_id, order.remaining))
+            if report:
+                out.append(tuple(results))
             continue
         next_id += 1
         limit = op.price if op.kind == "limit" else None
         taker = Order(
             next_id, op.profile, MARKET, op.is_buy, False, 1, limit or 0, op.size, 1, 0, 0
         )
+        if report:
+            results.append(("accepted", next_id))
         keys = book.ask_keys if op.is_buy else book.bid_keys
         levels = book.asks if op.is_buy else book.bids
         while taker.remaining and keys:
@@ -166,11 +177,17 @@ def run_baseline(ops: list[Op]) -> float:
             qty = min(taker.remaining, maker.remaining)
             maker.remaining -= qty
             taker.remaining -= qty
+            if report:
+                results.append(("fill", maker.order_id, taker.order_id, price, qty))
             if not maker.remaining:
                 book.remove(maker)
         if taker.remaining and limit is not None:
             book.add(taker)
             orders[i] = taker
+        elif taker.remaining and report:
+            results.append(("cancelled", taker.order_id, taker.remaining))
+        if report:
+            out.append(tuple(results))
     elapsed = time.perf_counter() - start
     gc.enable()
     return elapsed
@@ -186,13 +203,14 @@ def main() -> None:
 
     ops = workload(args.commands, args.accounts, args.seed)
     commands = to_commands(ops, args.accounts)
-    engine_best = baseline_best = float("inf")
+    engine_best = baseline_best = silent_best = float("inf")
     kinds: Counter[str] = Counter()
     engine: Engine | None = None
     for _ in range(args.rounds):
         elapsed, kinds, engine = run_engine(commands, args.accounts)
         engine_best = min(engine_best, elapsed)
         baseline_best = min(baseline_best, run_baseline(ops))
+        silent_best = min(silent_best, run_baseline(ops, report=False))
     assert engine is not None
     broken = violations(engine)
     if broken:
@@ -207,7 +225,12 @@ def main() -> None:
         f"engine:   {engine_best:.3f} s  {commands_per_s:,.0f} commands/s  "
         f"{engine_events / engine_best:,.0f} events/s ({engine_events} events)"
     )
-    print(f"baseline: {baseline_best:.3f} s  {baseline_per_s:,.0f} ops/s (bare book)")
+    print(f"baseline: {baseline_best:.3f} s  {baseline_per_s:,.0f} ops/s (bare book, reporting)")
+    silent_per_s = args.commands / silent_best
+    print(
+        f"silent:   {silent_best:.3f} s  {silent_per_s:,.0f} ops/s (bare book reporting "
+        f"nothing; engine ratio {commands_per_s / silent_per_s:.3f})"
+    )
     print(f"resting orders at the end: {len(engine.markets[MARKET].book.orders)}")
     print(
         json.dumps(
