@@ -308,6 +308,20 @@ async def test_a_missing_row_below_the_tail_is_never_skipped(backend: Backend) -
         assert refused.value.version == 7
 
 
+@pytest.mark.parametrize("batch_size", [1, 7, 9, 100])
+async def test_a_hole_is_found_wherever_it_falls_in_a_chunk(
+    backend: Backend, batch_size: int
+) -> None:
+    async with backend.make() as log:
+        for first in (1, 6, 11, 16):
+            await log.append(envelopes(first, 5))
+    await backend.delete_events(8, 9)
+    async with backend.make() as log:
+        with pytest.raises(CorruptLog, match="version 8: version missing"):
+            async for _ in log.read(1, batch_size=batch_size):
+                pass
+
+
 async def test_a_log_without_one_intact_batch_is_refused_not_emptied(backend: Backend) -> None:
     async with backend.make() as log:
         await log.append(envelopes(1, 3))

@@ -44,6 +44,7 @@ from openperps.store.records import (
     EventRow,
     TailScanner,
     check_batch,
+    check_no_hole,
     from_rows,
     snapshot_checksum,
     to_rows,
@@ -270,15 +271,26 @@ class PostgresEventLog(EventLog):
         check_read_range(from_version, to_version, batch_size)
         pool = self._open_pool
         last = _MAX_VERSION if to_version is None else to_version
+        # A bounded range rather than LIMIT: versions are contiguous, so it holds the chunk,
+        # and the planner picks the primary key even before the table has statistics.
         query = (
             f"SELECT {', '.join(_EVENT_COLUMNS)} FROM {self._q}.events "
-            "WHERE version >= $1 AND version <= $2 ORDER BY version LIMIT $3"
+            "WHERE version >= $1 AND version <= $2 ORDER BY version"
+        )
+        next_stored = (
+            f"SELECT min(version) FROM {self._q}.events WHERE version >= $1 AND version <= $2"
         )
 
         async def fetch(first: int) -> list[Envelope]:
+            high = min(last, first + batch_size - 1)
             with _translated():
-                records = await pool.fetch(query, first, last, batch_size)
-            return from_rows(cast(list[EventRow], records), first)
+                records = await pool.fetch(query, first, high)
+            envelopes = from_rows(cast(list[EventRow], records), first)
+            if len(records) <= high - first:  # the end of the log, or a hole before its end
+                expected = first + len(records)
+                with _translated():
+                    check_no_hole(expected, await pool.fetchval(next_stored, expected, last))
+            return envelopes
 
         return prefetched(fetch, from_version, last, batch_size)
 

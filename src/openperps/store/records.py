@@ -107,6 +107,16 @@ def from_rows(rows: Sequence[EventRow], expected_first: int) -> list[Envelope]:
     return envelopes
 
 
+def check_no_hole(expected: int, next_stored: int | None) -> None:
+    """After a short read ending before ``expected``: the log must really end there.
+
+    ``next_stored`` is the lowest stored version at or after ``expected`` (None if none). A
+    concurrent append shows up as ``expected`` itself, which is no hole.
+    """
+    if next_stored is not None and next_stored != expected:
+        raise CorruptLog(expected, f"version missing (next stored version is {next_stored})")
+
+
 def row_is_intact(row: EventRow) -> bool:
     version, timestamp, type_, payload, batch_last, checksum = row
     try:

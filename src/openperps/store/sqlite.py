@@ -50,6 +50,7 @@ from openperps.store.records import (
     EventRow,
     TailScanner,
     check_batch,
+    check_no_hole,
     from_rows,
     snapshot_checksum,
     to_rows,
@@ -373,12 +374,23 @@ class SqliteEventLog(EventLog):
         return int(last)
 
     def _fetch(self, first: int, last: int, limit: int) -> list[Envelope]:
-        rows: list[EventRow] = self._read_conn.execute(
+        # A bounded range rather than LIMIT: versions are contiguous, so it holds the chunk.
+        high = min(last, first + limit - 1)
+        conn = self._read_conn
+        rows: list[EventRow] = conn.execute(
             f"SELECT {_EVENT_COLUMNS} FROM events "
-            "WHERE version >= ? AND version <= ? ORDER BY version LIMIT ?",
-            (first, last, limit),
+            "WHERE version >= ? AND version <= ? ORDER BY version",
+            (first, high),
         ).fetchall()
-        return from_rows(rows, first)
+        envelopes = from_rows(rows, first)
+        if len(rows) <= high - first:  # short: the end of the log, or a hole before its end
+            expected = first + len(rows)
+            (stored,) = conn.execute(
+                "SELECT min(version) FROM events WHERE version >= ? AND version <= ?",
+                (expected, last),
+            ).fetchone()
+            check_no_hole(expected, stored)
+        return envelopes
 
     def _load_latest_snapshot(self) -> Snapshot | None:
         cursor = self._read_conn.execute(
