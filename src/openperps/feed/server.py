@@ -121,7 +121,9 @@ class Connection(WSListener):
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         kind = frame.msg_type
         if kind == WSMsgType.CLOSE:
-            transport.send_close(frame.get_close_code())
+            # echo the client's code; a close without one is answered with 1000
+            code = frame.get_close_code()
+            transport.send_close(WSCloseCode.OK if code == WSCloseCode.NO_INFO else code)
             transport.disconnect()
             return
         if kind == WSMsgType.TEXT:
