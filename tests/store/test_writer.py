@@ -31,6 +31,7 @@ class FaultyLog(EventLog):
         self.appends: list[list[int]] = []  # the versions of each append that reached the log
         self.fault: StoreError | None = None
         self.fault_after_commit = False  # commit, then report failure: an unknown outcome
+        self.last_version_fault: StoreError | None = None
         self.in_append = asyncio.Event()
         self.release = asyncio.Event()
         self.release.set()
@@ -42,6 +43,8 @@ class FaultyLog(EventLog):
         await self.inner.close()
 
     async def last_version(self) -> int:
+        if self.last_version_fault is not None:
+            raise self.last_version_fault
         return await self.inner.last_version()
 
     async def append(self, batch: Sequence[Envelope]) -> None:
@@ -183,6 +186,18 @@ async def test_after_a_commit_of_unknown_outcome_the_writer_follows_the_log(
         await writer.submit(envelopes(1, 3))
     await writer.submit(envelopes(4, 1))
     await assert_log(faulty, envelopes(1, 4))
+
+
+async def test_a_writer_that_cannot_reach_the_log_fails_batches_until_it_can(
+    faulty: FaultyLog,
+) -> None:
+    faulty.last_version_fault = StorageUnavailable("server down (injected)")
+    async with GroupCommitWriter(faulty) as writer:
+        with pytest.raises(StorageUnavailable):
+            await writer.submit(envelopes(1, 2))
+        faulty.last_version_fault = None
+        await writer.submit(envelopes(1, 2))
+    await assert_log(faulty, envelopes(1, 2))
 
 
 async def test_closing_commits_what_is_queued_then_refuses_more(faulty: FaultyLog) -> None:

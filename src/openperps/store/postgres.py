@@ -226,7 +226,11 @@ class PostgresEventLog(EventLog):
                     top - keep,
                     keep,
                 )
-                await conn.execute(f"DELETE FROM {q}.events WHERE version > $1", keep)
+                # Bounded by what was scanned: under READ COMMITTED this statement would also
+                # see batches another process committed since, and those are not ours to drop.
+                await conn.execute(
+                    f"DELETE FROM {q}.events WHERE version > $1 AND version <= $2", keep, top
+                )
                 status = await conn.execute(f"DELETE FROM {q}.snapshots WHERE version > $1", keep)
                 dropped = int(status.split()[-1])
                 if dropped:

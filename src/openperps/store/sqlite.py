@@ -313,7 +313,7 @@ class SqliteEventLog(EventLog):
             top - keep,
             keep,
         )
-        conn.execute("DELETE FROM events WHERE version > ?", (keep,))
+        conn.execute("DELETE FROM events WHERE version > ? AND version <= ?", (keep, top))
         dropped = conn.execute("DELETE FROM snapshots WHERE version > ?", (keep,)).rowcount
         if dropped:
             logger.error("%s: dropped %d snapshot(s) above version %d", self, dropped, keep)
