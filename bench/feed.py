@@ -52,10 +52,18 @@ async def serve_exchange(port: int, rate: float, durable_log: Path | None, secon
     """The real thing: log, sequencer, read models, feed; a driver trading at ``rate``
     commands per second (0: as fast as it can)."""
     from openperps.core import commands as c
+    from openperps.feed.server import ServerLimits
     from openperps.runtime.app import Exchange, Settings
 
     with tempfile.TemporaryDirectory() as tmp:
-        exchange = Exchange(Settings(db=str(Path(tmp) / "events.sqlite3"), ws_port=port))
+        exchange = Exchange(
+            Settings(
+                db=str(Path(tmp) / "events.sqlite3"),
+                ws_port=port,
+                # every simulated client comes from 127.0.0.1
+                server_limits=ServerLimits(connections_per_ip=1_000_000),
+            )
+        )
         await exchange.start()
         durable: dict[int, int] = {}
         if durable_log is not None:
@@ -153,10 +161,18 @@ async def serve_bare(port: int, seconds: float) -> None:
 
 
 async def serve_idle(port: int) -> None:
+    from openperps.feed.server import ServerLimits
     from openperps.runtime.app import Exchange, Settings
 
     with tempfile.TemporaryDirectory() as tmp:
-        exchange = Exchange(Settings(db=str(Path(tmp) / "events.sqlite3"), ws_port=port))
+        exchange = Exchange(
+            Settings(
+                db=str(Path(tmp) / "events.sqlite3"),
+                ws_port=port,
+                # every simulated client comes from 127.0.0.1
+                server_limits=ServerLimits(connections_per_ip=1_000_000),
+            )
+        )
         await exchange.start()
         print("ready", flush=True)
         await asyncio.to_thread(sys.stdin.readline)
