@@ -38,6 +38,7 @@ def serve(
         "127.0.0.1"
     ),
     ws_port: Annotated[int, typer.Option(envvar="OPENPERPS_WS_PORT", help="feed port")] = 8765,
+    api_port: Annotated[int, typer.Option(envvar="OPENPERPS_API_PORT", help="REST port")] = 8080,
     network: Annotated[
         str, typer.Option(envvar="OPENPERPS_NETWORK", help="testnet or mainnet market ids")
     ] = "testnet",
@@ -86,23 +87,56 @@ def serve(
     settings = Settings(db=db, markets=configured, host=host, ws_port=ws_port)
     try:
         asyncio.run(
-            _serve(settings, sim=sim, sim_rate=sim_rate, seed=seed, oracle_interval=oracle_interval)
+            _serve(
+                settings,
+                sim=sim,
+                sim_rate=sim_rate,
+                seed=seed,
+                oracle_interval=oracle_interval,
+                api_port=api_port,
+                faucet=net == "testnet",
+            )
         )
     except KeyboardInterrupt:
         pass
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            _fail(f"port in use: {host}:{ws_port} (choose another with --ws-port)")
+            _fail(f"port in use on {host} ({ws_port} or {api_port}): choose --ws-port/--api-port")
         _fail(f"{exc.strerror or exc}")
     except (StoreError, OpenPerpsError) as exc:
         _fail(str(exc))
 
 
 async def _serve(
-    settings: Settings, *, sim: bool, sim_rate: float, seed: int, oracle_interval: float
+    settings: Settings,
+    *,
+    sim: bool,
+    sim_rate: float,
+    seed: int,
+    oracle_interval: float,
+    api_port: int,
+    faucet: bool,
 ) -> None:
+    import uvicorn
+
+    from openperps.api.app import create_app
+
     exchange = Exchange(settings)
     await exchange.start()
+    config = uvicorn.Config(
+        create_app(exchange, faucet=faucet),
+        host=settings.host,
+        port=api_port,
+        log_level="warning",
+        lifespan="off",
+    )
+    api = uvicorn.Server(config)
+    api_task = asyncio.create_task(api.serve(), name="openperps-api")
+    await asyncio.sleep(0.2)
+    if api_task.done():
+        await exchange.stop()
+        api_task.result()  # raises the bind error
+        raise OSError(errno.EADDRINUSE, "REST port unavailable")
     engine = exchange.sequencer.engine
     oracle = RandomWalkOracle([m.config for m in engine.markets.values()], seed=seed)
     for market_id, market in engine.markets.items():  # continue from the logged prices
@@ -113,7 +147,8 @@ async def _serve(
         market_sim = SimulatedMarket(exchange.sequencer, seed=seed, rate=sim_rate)
         exchange.spawn(market_sim.run, "sim")
     err.print(
-        f"[green]OpenPerps[/green] feed on ws://{settings.host}:{exchange.feed.port}/ws/ "
+        f"[green]OpenPerps[/green] REST on http://{settings.host}:{api_port}/ "
+        f"(docs at /schema), feed on ws://{settings.host}:{exchange.feed.port}/ws/ "
         f"({len(engine.markets)} markets, version {engine.version}"
         f"{', simulated traders on' if sim else ''}); Ctrl-C stops"
     )
@@ -125,6 +160,8 @@ async def _serve(
     try:
         await stop.wait()
     finally:
+        api.should_exit = True
+        await api_task
         await exchange.stop()
         err.print("stopped; the log is flushed")
     if sys.stderr.isatty():

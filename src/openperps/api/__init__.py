@@ -1,0 +1,1 @@
+"""The REST API (Kana endpoint names) over the running exchange."""

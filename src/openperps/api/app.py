@@ -1,0 +1,634 @@
+"""The REST API: Kana's endpoint names and parameters, over the running exchange.
+
+Every response is the envelope ``{"success", "message", "data"}``; a failure adds ``"code"``
+(1001..1014 and ours from 2000) and an HTTP status: 400 bad input, 401 bad or missing
+signature, 403 not allowed, 404 unknown market or order, 409 refused by the exchange rules,
+503 not ready. Nothing a client sends gets a 500.
+
+Reads are unsigned GETs answered from the read models. Actions are signed POSTs
+(``openperps.signing``): they run through the sequencer and answer once their events are
+durable, with the records they produced and the ``transaction_version`` that made them.
+Amounts, sizes and prices are decimal strings in human units; a JSON number is accepted
+only when it is exact at the field's precision.
+"""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+from litestar import Litestar, Request, Response, get, post
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import OpenAPIConfig
+
+from openperps import __version__
+from openperps.core import commands as c
+from openperps.core import events as e
+from openperps.core.errors import MESSAGES, ErrorCode, InvalidInput, OpenPerpsError
+from openperps.core.markets import MarketConfig
+from openperps.core.numbers import QUOTE_DECIMALS, format_scaled, parse_decimal
+from openperps.indexer.render import Renderer
+from openperps.runtime.app import Exchange
+from openperps.runtime.sequencer import NotDurable
+from openperps.signing import RequestVerifier, SigningError, normalise_address, profile_address
+from openperps.wire.records import ENCODER
+
+# exchange codes -> HTTP status (anything else refused by the rules: 409)
+STATUS = {
+    ErrorCode.NOT_AUTHORISED: 403,
+    ErrorCode.MARKET_NOT_FOUND: 404,
+    ErrorCode.ORDER_NOT_FOUND: 404,
+    ErrorCode.INVALID_NUMBER: 400,
+    ErrorCode.INVALID_SIZE: 400,
+    ErrorCode.INVALID_PRICE: 400,
+    ErrorCode.INVALID_ADDRESS: 400,
+    ErrorCode.INVALID_AMOUNT: 400,
+    ErrorCode.INVALID_FLAG: 400,
+    ErrorCode.INVALID_RESTRICTION: 400,
+    ErrorCode.INVALID_LEVERAGE: 400,
+    ErrorCode.TOO_MANY_ORDERS: 400,
+    ErrorCode.NOT_DURABLE: 503,
+}
+BAD_REQUEST = 2030  # request body or parameters malformed (REST edge)
+NOT_READY = 2031
+FAUCET_CLOSED = 2032
+ADMIN_ONLY = 2033
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def envelope(data: Any, message: str = "ok") -> Response[bytes]:
+    body = ENCODER.encode({"success": True, "message": message, "data": data})
+    return Response(body, media_type="application/json")
+
+
+def failure(status: int, code: int, message: str) -> Response[bytes]:
+    body = ENCODER.encode({"success": False, "message": message, "code": code, "data": None})
+    return Response(body, status_code=status, media_type="application/json")
+
+
+def _handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    if isinstance(exc, ApiError):
+        return failure(exc.status, exc.code, exc.message)
+    if isinstance(exc, SigningError):
+        return failure(exc.http_status, int(exc.code), exc.detail)
+    if isinstance(exc, NotDurable):
+        return failure(503, int(exc.code), exc.detail)
+    if isinstance(exc, OpenPerpsError):
+        return failure(STATUS.get(exc.code, 400), int(exc.code), exc.detail)
+    if isinstance(exc, ValidationException):
+        return failure(400, BAD_REQUEST, f"bad request: {exc.detail}")
+    if isinstance(exc, HTTPException):
+        return failure(exc.status_code, BAD_REQUEST, exc.detail)
+    return failure(400, BAD_REQUEST, "bad request")
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _exchange(state: State) -> Exchange:
+    exchange = state.exchange
+    assert isinstance(exchange, Exchange)
+    if not exchange.ready:
+        raise ApiError(503, NOT_READY, "the exchange is starting")
+    return exchange
+
+
+def _market(exchange: Exchange, market_id: object) -> MarketConfig:
+    text = str(market_id).strip() if market_id is not None else ""
+    if not text.isdigit():
+        raise ApiError(400, BAD_REQUEST, "marketId must be a decimal integer")
+    row = exchange.models.markets.get(int(text))
+    if row is None:
+        raise ApiError(404, int(ErrorCode.MARKET_NOT_FOUND), MESSAGES[ErrorCode.MARKET_NOT_FOUND])
+    return row.config
+
+
+def _decimal(value: object, decimals: int, what: str) -> int:
+    """A decimal string, an integer, or a JSON number exact at ``decimals`` places (bodies
+    are decoded with numbers as ``Decimal``, so nothing passes through a float)."""
+    if isinstance(value, Decimal):
+        value = format(value, "f")
+    try:
+        return parse_decimal(value, decimals, what=what)
+    except InvalidInput as exc:
+        raise ApiError(400, int(exc.code), exc.detail) from None
+
+
+def _flag(body: dict[str, Any], key: str) -> bool:
+    value = body.get(key)
+    if not isinstance(value, bool):
+        raise ApiError(400, BAD_REQUEST, f"{key} must be true or false")
+    return value
+
+
+def _profile_of(address: str | None) -> str:
+    if not address:
+        raise ApiError(400, BAD_REQUEST, "userAddress is required")
+    try:
+        return profile_address(normalise_address(address))
+    except InvalidInput as exc:
+        raise ApiError(400, int(exc.code), exc.detail) from None
+
+
+def _page(limit: int | None, offset: int | None) -> tuple[int, int]:
+    limit = 100 if limit is None else limit
+    offset = 0 if offset is None else offset
+    if not 1 <= limit <= 1000 or offset < 0:
+        raise ApiError(400, BAD_REQUEST, "limit is 1..1000 and offset at least 0")
+    return limit, offset
+
+
+def _to_builtins(records: Any) -> Any:
+    return msgspec.json.decode(ENCODER.encode(records))
+
+
+# -- reads --------------------------------------------------------------------------------------
+
+
+@get("/health", include_in_schema=True)
+async def health(state: State) -> Response[bytes]:
+    exchange = state.exchange
+    if not isinstance(exchange, Exchange) or not exchange.ready:
+        return failure(503, NOT_READY, "not ready")
+    return envelope({"version": exchange.sequencer.engine.version})
+
+
+@get("/metrics", media_type="text/plain")
+async def metrics(state: State) -> str:
+    exchange = _exchange(state)
+    m = exchange.feed.metrics
+    lines = [
+        "# TYPE openperps_transaction_version gauge",
+        f"openperps_transaction_version {exchange.sequencer.engine.version}",
+        "# TYPE openperps_feed_connections gauge",
+        f"openperps_feed_connections {m.connections}",
+        "# TYPE openperps_feed_subscriptions gauge",
+        f"openperps_feed_subscriptions {len(exchange.feed.hub.holders)}",
+        "# TYPE openperps_feed_messages_sent_total counter",
+        f"openperps_feed_messages_sent_total {m.messages_sent}",
+        "# TYPE openperps_feed_bytes_sent_total counter",
+        f"openperps_feed_bytes_sent_total {m.bytes_sent}",
+        "# TYPE openperps_feed_closes_total counter",
+    ]
+    lines += [f'openperps_feed_closes_total{{reason="{k}"}} {v}' for k, v in m.closes.items()]
+    lines.append("# TYPE openperps_feed_push_latency_ms histogram")
+    cumulative = 0
+    for bound, count in zip(m.latency_buckets, m.latency_counts, strict=False):
+        cumulative += count
+        lines.append(f'openperps_feed_push_latency_ms_bucket{{le="{bound}"}} {cumulative}')
+    cumulative += m.latency_counts[-1]
+    lines.append(f'openperps_feed_push_latency_ms_bucket{{le="+Inf"}} {cumulative}')
+    lines.append(f"openperps_feed_push_latency_ms_sum {m.latency_sum}")
+    lines.append(f"openperps_feed_push_latency_ms_count {cumulative}")
+    return "\n".join(lines) + "\n"
+
+
+def _market_info(config: MarketConfig) -> dict[str, Any]:
+    return {
+        "marketId": str(config.market_id),
+        "symbol": config.symbol,
+        "tickSize": format_scaled(config.tick, config.price_decimals),
+        "lotSize": format_scaled(config.lot, config.size_decimals),
+        "minSize": format_scaled(config.min_size, config.size_decimals),
+        "maxSize": format_scaled(config.max_size, config.size_decimals),
+        "maxLeverage": config.max_leverage,
+        "maintenanceMarginRate": format_scaled(config.maintenance_margin_bps, 4),
+        "makerFee": format_scaled(config.maker_fee_bps, 4),
+        "takerFee": format_scaled(config.taker_fee_bps, 4),
+        "maxPositionValue": format_scaled(config.max_position_value, QUOTE_DECIMALS),
+    }
+
+
+@get("/getMarketInfo")
+async def get_market_info(state: State, marketId: str) -> Response[bytes]:
+    exchange = _exchange(state)
+    return envelope(_market_info(_market(exchange, marketId)))
+
+
+@get("/getPerpetualAssetsInfo/allMarkets")
+async def all_markets(state: State) -> Response[bytes]:
+    exchange = _exchange(state)
+    return envelope([_market_info(m.config) for _, m in sorted(exchange.models.markets.items())])
+
+
+@get("/getMarketPrice")
+async def get_market_price(state: State, marketId: str) -> Response[bytes]:
+    exchange = _exchange(state)
+    config = _market(exchange, marketId)
+    bids, asks = exchange.models.book_of(config.market_id)
+    render = Renderer(exchange.models.markets)
+    row = exchange.models.markets[config.market_id]
+    return envelope(
+        {
+            "marketId": str(config.market_id),
+            "bestBidPrice": render.price(config.market_id, bids[0][0]) if bids else None,
+            "bestAskPrice": render.price(config.market_id, asks[0][0]) if asks else None,
+            "indexPrice": render.price(config.market_id, row.index_price)
+            if row.index_price
+            else None,
+            "markPrice": render.price(config.market_id, row.mark_price) if row.mark_price else None,
+        }
+    )
+
+
+@get("/getLastPlacedPrice")
+async def get_last_price(state: State, marketId: str) -> Response[bytes]:
+    exchange = _exchange(state)
+    config = _market(exchange, marketId)
+    row = exchange.models.markets[config.market_id]
+    price = row.last_trade_price
+    render = Renderer(exchange.models.markets)
+    return envelope(
+        {
+            "marketId": str(config.market_id),
+            "lastPrice": render.price(config.market_id, price) if price else None,
+        }
+    )
+
+
+@get("/getProfileAddress")
+async def get_profile_address(state: State, userAddress: str) -> Response[bytes]:
+    _exchange(state)
+    return envelope(_profile_of(userAddress))
+
+
+@get("/getProfileBalanceSnapshot")
+async def get_balance(state: State, userAddress: str) -> Response[bytes]:
+    exchange = _exchange(state)
+    profile = _profile_of(userAddress)
+    account = exchange.models.accounts.get(profile)
+    free = account.free if account else 0
+    reserved = account.reserved if account else 0
+    margin = sum(p.margin for p in exchange.models.positions_of(profile))
+    return envelope(
+        {
+            "profileAddress": profile,
+            "freeBalance": format_scaled(free, QUOTE_DECIMALS),
+            "reservedForOrders": format_scaled(reserved, QUOTE_DECIMALS),
+            "positionMargin": format_scaled(margin, QUOTE_DECIMALS),
+            "totalBalance": format_scaled(free + reserved + margin, QUOTE_DECIMALS),
+        }
+    )
+
+
+@get("/getNetProfileBalance")
+async def get_net_balance(state: State, userAddress: str) -> Response[bytes]:
+    exchange = _exchange(state)
+    profile = _profile_of(userAddress)
+    account = exchange.models.accounts.get(profile)
+    return envelope(format_scaled(account.free if account else 0, QUOTE_DECIMALS))
+
+
+def _market_filter(exchange: Exchange, market_id: str | None) -> int | None:
+    return _market(exchange, market_id).market_id if market_id else None
+
+
+@get("/getOpenOrders")
+async def get_open_orders(
+    state: State,
+    userAddress: str,
+    marketId: str | None = None,
+) -> Response[bytes]:
+    exchange = _exchange(state)
+    profile = _profile_of(userAddress)
+    render = Renderer(exchange.models.markets)
+    rows = exchange.models.open_orders_of(profile, _market_filter(exchange, marketId))
+    return envelope(_to_builtins([render.open_order(r) for r in rows]))
+
+
+@get("/getOrderHistory")
+async def get_order_history(
+    state: State,
+    userAddress: str,
+    marketId: str | None = None,
+    limit: int | None = None,
+    offset: int | None = None,
+) -> Response[bytes]:
+    exchange = _exchange(state)
+    profile = _profile_of(userAddress)
+    size, start = _page(limit, offset)
+    market = _market_filter(exchange, marketId)
+    render = Renderer(exchange.models.markets)
+    rows = [
+        r
+        for r in exchange.models.order_history_of(profile, 10**6)
+        if market is None or r.market_id == market
+    ][start : start + size]
+    return envelope(_to_builtins([render.order(r) for r in rows]))
+
+
+@get("/getPositions")
+async def get_positions(
+    state: State,
+    userAddress: str,
+    marketId: str | None = None,
+) -> Response[bytes]:
+    exchange = _exchange(state)
+    profile = _profile_of(userAddress)
+    render = Renderer(exchange.models.markets)
+    rows = exchange.models.positions_of(profile, _market_filter(exchange, marketId))
+    return envelope(_to_builtins([render.position(r) for r in rows]))
+
+
+@get(["/getTradeHistory", "/getFills"])
+async def get_trade_history(
+    state: State,
+    userAddress: str,
+    marketId: str | None = None,
+    limit: int | None = None,
+    offset: int | None = None,
+    fromTimestamp: int | None = None,
+    toTimestamp: int | None = None,
+) -> Response[bytes]:
+    exchange = _exchange(state)
+    profile = _profile_of(userAddress)
+    size, start = _page(limit, offset)
+    market = _market_filter(exchange, marketId)
+    render = Renderer(exchange.models.markets)
+    rows = [
+        r
+        for r in exchange.models.fills_of(profile, 10**6)
+        if (market is None or r.market_id == market)
+        and (fromTimestamp is None or r.timestamp // 1000 >= fromTimestamp)
+        and (toTimestamp is None or r.timestamp // 1000 <= toTimestamp)
+    ][start : start + size]
+    return envelope(_to_builtins([render.fill(r) for r in rows]))
+
+
+@get("/getDepositAndWithdrawHistory")
+async def get_transfers(
+    state: State,
+    userAddress: str,
+    limit: int | None = None,
+    offset: int | None = None,
+) -> Response[bytes]:
+    exchange = _exchange(state)
+    profile = _profile_of(userAddress)
+    size, start = _page(limit, offset)
+    render = Renderer(exchange.models.markets)
+    rows = exchange.models.transfers_of(profile, size, start)
+    return envelope(_to_builtins([render.transfer(r) for r in rows]))
+
+
+@get("/fetchOrderStatusById")
+async def order_status(
+    state: State,
+    marketId: str,
+    orderId: str,
+) -> Response[bytes]:
+    exchange = _exchange(state)
+    config = _market(exchange, marketId)
+    if not orderId.isdigit():
+        raise ApiError(400, BAD_REQUEST, "orderId must be a decimal integer")
+    row = exchange.models.orders.get(int(orderId))
+    if row is None or row.market_id != config.market_id:
+        raise ApiError(404, int(ErrorCode.ORDER_NOT_FOUND), MESSAGES[ErrorCode.ORDER_NOT_FOUND])
+    return envelope(_to_builtins(Renderer(exchange.models.markets).order(row)))
+
+
+@get("/getAllTrades")
+async def all_trades(
+    state: State,
+    marketId: str,
+    limit: int | None = None,
+) -> Response[bytes]:
+    exchange = _exchange(state)
+    config = _market(exchange, marketId)
+    size, _ = _page(limit, 0)
+    render = Renderer(exchange.models.markets)
+    rows = exchange.models.recent_trades_of(config.market_id, size)
+    return envelope(_to_builtins([render.recent_trade(r) for r in rows]))
+
+
+# -- signed actions -----------------------------------------------------------------------------
+
+_body_decoder = msgspec.json.Decoder(float_hook=Decimal)
+
+
+async def _signed(request: Request[Any, Any, Any]) -> tuple[str, str | None, dict[str, Any]]:
+    """(profile acted on, delegate key or None, JSON body) of a verified request."""
+    state = request.app.state
+    verifier = state.verifier
+    assert isinstance(verifier, RequestVerifier)
+    raw = await request.body()
+    target = request.scope.get("raw_path", b"").decode("latin-1") or request.url.path
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    if query:
+        target = f"{target}?{query}"
+    verified = verifier.verify(
+        request.headers, request.method, target, raw, time.time_ns() // 1_000_000
+    )
+    try:
+        body = _body_decoder.decode(raw) if raw else {}
+    except msgspec.DecodeError:
+        raise ApiError(400, BAD_REQUEST, "the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, BAD_REQUEST, "the body is a JSON object")
+    return verified.profile, verified.delegate, body
+
+
+async def _run(exchange: Exchange, command: c.Command) -> list[e.Event]:
+    events = await exchange.sequencer.execute(command)
+    first = events[0]
+    if isinstance(first, e.Rejected):
+        code = ErrorCode(first.code)
+        raise ApiError(STATUS.get(code, 409), first.code, first.detail)
+    return events
+
+
+def _outcome(exchange: Exchange, events: list[e.Event]) -> dict[str, Any]:
+    """What an action did: its records (orders, fills, rejections of batch items) and the
+    version that made them."""
+    render = Renderer(exchange.models.markets)
+    orders = []
+    fills = []
+    refused = []
+    for event in events:
+        if isinstance(event, e.OrderAccepted | e.OrderCancelled):
+            row = exchange.models.orders.get(event.order_id)
+            if row is not None:
+                orders.append(render.order(row))
+        elif isinstance(event, e.TradeExecuted):
+            for leg in (event.maker, event.taker):
+                fills.append(
+                    {
+                        "orderId": str(leg.order_id),
+                        "price": render.price(event.market_id, event.price),
+                        "size": render.size(event.market_id, event.size),
+                        "fee": format_scaled(leg.fee, QUOTE_DECIMALS),
+                        "pnl": format_scaled(leg.pnl, QUOTE_DECIMALS),
+                    }
+                )
+        elif isinstance(event, e.Rejected):
+            refused.append({"code": event.code, "message": event.detail})
+    seen: dict[str, Any] = {}
+    for record in orders:  # the latest state of each order
+        seen[record.order_id] = record
+    return {
+        "transactionVersion": events[-1].version,
+        "orders": _to_builtins(list(seen.values())),
+        "fills": fills,
+        "refused": refused,
+    }
+
+
+def _order_command(
+    exchange: Exchange, profile: str, delegate: str | None, body: dict[str, Any], market: bool
+) -> c.PlaceLimitOrder | c.PlaceMarketOrder:
+    config = _market(exchange, body.get("marketId"))
+    pd, sd = config.price_decimals, config.size_decimals
+    leverage = body.get("leverage")
+    if type(leverage) is not int:
+        raise ApiError(400, int(ErrorCode.INVALID_LEVERAGE), "leverage must be an integer")
+    common: dict[str, Any] = {
+        "timestamp": 0,
+        "profile": profile,
+        "delegate": delegate,
+        "market_id": config.market_id,
+        "trade_side": _flag(body, "tradeSide"),
+        "direction": _flag(body, "direction"),
+        "size": _decimal(body.get("size"), sd, "size"),
+        "leverage": leverage,
+        "take_profit": _decimal(body["takeProfit"], pd, "takeProfit")
+        if body.get("takeProfit") is not None
+        else None,
+        "stop_loss": _decimal(body["stopLoss"], pd, "stopLoss")
+        if body.get("stopLoss") is not None
+        else None,
+    }
+    if market:
+        return c.PlaceMarketOrder(**common)
+    restriction = body.get("restriction", 0)
+    if type(restriction) is not int:
+        raise ApiError(
+            400, int(ErrorCode.INVALID_RESTRICTION), MESSAGES[ErrorCode.INVALID_RESTRICTION]
+        )
+    return c.PlaceLimitOrder(
+        **common, price=_decimal(body.get("price"), pd, "price"), restriction=restriction
+    )
+
+
+@post("/placeLimitOrder", status_code=200)
+async def place_limit(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    exchange = _exchange(state)
+    profile, delegate, body = await _signed(request)
+    events = await _run(exchange, _order_command(exchange, profile, delegate, body, False))
+    return envelope(_outcome(exchange, events), "order placed")
+
+
+@post("/placeMarketOrder", status_code=200)
+async def place_market(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    exchange = _exchange(state)
+    profile, delegate, body = await _signed(request)
+    events = await _run(exchange, _order_command(exchange, profile, delegate, body, True))
+    return envelope(_outcome(exchange, events), "order placed")
+
+
+@post("/cancelMultipleOrders", status_code=200)
+async def cancel_orders(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    exchange = _exchange(state)
+    profile, delegate, body = await _signed(request)
+    config = _market(exchange, body.get("marketId"))
+    ids = body.get("cancelOrderIds")
+    if not isinstance(ids, list) or not all(isinstance(i, str) and i.isdigit() for i in ids):
+        raise ApiError(400, BAD_REQUEST, "cancelOrderIds is a list of decimal strings")
+    events = await _run(
+        exchange,
+        c.CancelMultipleOrders(
+            timestamp=0,
+            profile=profile,
+            delegate=delegate,
+            market_id=config.market_id,
+            order_ids=[int(i) for i in ids],
+        ),
+    )
+    return envelope(_outcome(exchange, events), "orders cancelled")
+
+
+@post("/deposit", status_code=200)
+async def deposit(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    exchange = _exchange(state)
+    profile, delegate, body = await _signed(request)
+    amount = _decimal(body.get("amount"), QUOTE_DECIMALS, "amount")
+    events = await _run(
+        exchange, c.Deposit(timestamp=0, profile=profile, delegate=delegate, amount=amount)
+    )
+    return envelope({"transactionVersion": events[-1].version}, "deposited")
+
+
+@post(["/withdraw", "/withdrawSpecifiMarket"], status_code=200)
+async def withdraw(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    exchange = _exchange(state)
+    profile, delegate, body = await _signed(request)
+    if delegate is not None:
+        raise ApiError(403, int(ErrorCode.NOT_AUTHORISED), "a delegate cannot withdraw")
+    amount = _decimal(body.get("amount"), QUOTE_DECIMALS, "amount")
+    events = await _run(exchange, c.Withdraw(timestamp=0, profile=profile, amount=amount))
+    return envelope({"transactionVersion": events[-1].version}, "withdrawn")
+
+
+@post("/mintTestTokens", status_code=200)
+async def mint_test_tokens(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    exchange = _exchange(state)
+    if not state.faucet:
+        raise ApiError(404, FAUCET_CLOSED, "the faucet exists on testnet deployments only")
+    profile, _delegate, body = await _signed(request)
+    amount = _decimal(body.get("amount", "1000"), QUOTE_DECIMALS, "amount")
+    if not 0 < amount <= 100_000 * 10**QUOTE_DECIMALS:
+        raise ApiError(400, int(ErrorCode.INVALID_AMOUNT), "the faucet gives 0 to 100000 USDT")
+    events = await _run(exchange, c.Deposit(timestamp=0, profile=profile, amount=amount))
+    return envelope({"transactionVersion": events[-1].version}, "test tokens minted")
+
+
+def create_app(exchange: Exchange, *, faucet: bool = True, window_ms: int = 30_000) -> Litestar:
+    """The REST app over a started (or starting) exchange."""
+
+    def delegate_of(profile: str) -> tuple[str, int] | None:
+        return exchange.models.delegations.get(profile)
+
+    return Litestar(
+        route_handlers=[
+            health,
+            metrics,
+            get_market_info,
+            all_markets,
+            get_market_price,
+            get_last_price,
+            get_profile_address,
+            get_balance,
+            get_net_balance,
+            get_open_orders,
+            get_order_history,
+            get_positions,
+            get_trade_history,
+            get_transfers,
+            order_status,
+            all_trades,
+            place_limit,
+            place_market,
+            cancel_orders,
+            deposit,
+            withdraw,
+            mint_test_tokens,
+        ],
+        state=State(
+            {
+                "exchange": exchange,
+                "verifier": RequestVerifier(delegate_of, window_ms=window_ms),
+                "faucet": faucet,
+            }
+        ),
+        exception_handlers={Exception: _handle_error},
+        openapi_config=OpenAPIConfig(title="OpenPerps", version=__version__),
+        debug=False,
+    )

@@ -1,0 +1,197 @@
+"""The REST API against a running exchange: reads, signed actions, and every refusal."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from openperps.api.app import create_app
+from openperps.runtime.app import Exchange, Settings
+from openperps.signing import PrivateKey, profile_address, sign_request
+
+APT = "1338"
+
+
+class Trader:
+    def __init__(self, client: httpx.AsyncClient, key: PrivateKey | None = None) -> None:
+        self.client = client
+        self.key = key or PrivateKey.generate()
+        self.wallet = self.key.address
+        self.profile = profile_address(self.wallet)
+
+    async def post(
+        self,
+        path: str,
+        body: Any,
+        *,
+        headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
+    ) -> httpx.Response:
+        data = raw if raw is not None else json.dumps(body).encode()
+        signed = sign_request(self.key, "POST", path, data, time.time_ns() // 1_000_000)
+        signed.update(headers or {})
+        return await self.client.post(path, content=data, headers=signed)
+
+    async def get(self, path: str, **params: Any) -> Any:
+        response = await self.client.get(path, params={"userAddress": self.wallet, **params})
+        assert response.status_code == 200, response.text
+        envelope = response.json()
+        assert envelope["success"] is True
+        return envelope["data"]
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    exchange = Exchange(Settings(db=str(tmp_path / "events.sqlite3"), ws_port=0))
+    await exchange.start()
+    app = create_app(exchange)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://openperps") as client:
+        yield client
+    await exchange.stop()
+
+
+def refused(response: httpx.Response, status: int, code: int) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["success"] is False and body["code"] == code and body["data"] is None
+    assert body["message"]
+
+
+async def test_health_markets_and_openapi(api: httpx.AsyncClient) -> None:
+    health = await api.get("/health")
+    assert health.status_code == 200 and health.json()["success"]
+    markets = (await api.get("/getPerpetualAssetsInfo/allMarkets")).json()["data"]
+    assert [m["marketId"] for m in markets] == ["1338", "1339", "1340", "2387"]
+    info = (await api.get("/getMarketInfo", params={"marketId": APT})).json()["data"]
+    assert info["symbol"] == "APT-USD" and info["takerFee"] == "0.0005"
+    schema = (await api.get("/schema/openapi.json")).json()
+    assert "/placeLimitOrder" in schema["paths"] and "/getPositions" in schema["paths"]
+    metrics = (await api.get("/metrics")).text
+    assert "openperps_feed_connections" in metrics
+
+
+async def test_a_trading_session_through_the_api(api: httpx.AsyncClient) -> None:
+    alice, bob = Trader(api), Trader(api)
+    for trader in (alice, bob):
+        minted = await trader.post("/mintTestTokens", {"amount": "1000"})
+        assert minted.status_code == 200, minted.text
+    balance = await alice.get("/getProfileBalanceSnapshot")
+    assert balance["freeBalance"] == "1000" and balance["profileAddress"] == alice.profile
+    placed = await bob.post(
+        "/placeLimitOrder",
+        {
+            "marketId": APT,
+            "tradeSide": False,
+            "direction": False,
+            "size": "10",
+            "price": "7.000",
+            "leverage": 10,
+        },
+    )
+    assert placed.status_code == 200, placed.text
+    (order,) = placed.json()["data"]["orders"]
+    assert order["status"] == "Open" and order["address"] == bob.profile
+    taken = await alice.post(
+        "/placeMarketOrder",
+        {
+            "marketId": 1338,
+            "tradeSide": True,
+            "direction": False,
+            "size": 4,
+            "leverage": 10,
+            "takeProfit": "8",
+        },
+    )
+    outcome = taken.json()["data"]
+    assert outcome["fills"][1]["fee"] == "0.014" and outcome["transactionVersion"] > 0
+    (position,) = await alice.get("/getPositions")
+    assert position["size"] == "4" and position["tp"] == "8" and position["liq_price"] == "6.462"
+    history = await alice.get("/getOrderHistory")
+    assert history[0]["status"] == "Filled"
+    fills = await alice.get("/getFills", marketId=APT)
+    assert fills[0]["pnl"] == "-0.014"
+    (open_order,) = await bob.get("/getOpenOrders")
+    assert open_order["remaining_size"] == "6"
+    status = (
+        await api.get(
+            "/fetchOrderStatusById", params={"marketId": APT, "orderId": order["order_id"]}
+        )
+    ).json()
+    assert status["data"]["status"] == "Partially Filled"
+    price = (await api.get("/getMarketPrice", params={"marketId": APT})).json()["data"]
+    assert price["bestAskPrice"] == "7"
+    trades = (await api.get("/getAllTrades", params={"marketId": APT})).json()["data"]
+    assert trades[0]["address"] == alice.profile
+    cancel = await bob.post(
+        "/cancelMultipleOrders", {"marketId": APT, "cancelOrderIds": [order["order_id"]]}
+    )
+    assert cancel.json()["data"]["orders"][0]["status"] == "Cancelled"
+    out = await bob.post("/withdraw", {"amount": 10.5})
+    assert out.status_code == 200, out.text
+    (transfer, *_) = await bob.get("/getDepositAndWithdrawHistory")
+    assert transfer["amount"] == "10.5" and transfer["is_deposit"] is False
+
+
+async def test_signature_failures_are_401_with_codes(api: httpx.AsyncClient) -> None:
+    alice = Trader(api)
+    bare = await api.post("/deposit", content=b'{"amount": "1"}')
+    refused(bare, 401, 2101)
+    body = json.dumps({"amount": "1"}).encode()
+    headers = sign_request(alice.key, "POST", "/deposit", body, time.time_ns() // 1_000_000)
+    tampered = await api.post("/deposit", content=b'{"amount": "9"}', headers=headers)
+    refused(tampered, 401, 2103)
+    ok = await api.post("/deposit", content=body, headers=headers)
+    assert ok.status_code == 200
+    replay = await api.post("/deposit", content=body, headers=headers)
+    refused(replay, 401, 2105)
+    old = sign_request(alice.key, "POST", "/deposit", body, time.time_ns() // 1_000_000 - 60_000)
+    refused(await api.post("/deposit", content=body, headers=old), 401, 2102)
+    other = Trader(api)
+    wrong_key = sign_request(
+        other.key, "POST", "/deposit", body, time.time_ns() // 1_000_000, wallet=alice.wallet
+    )
+    refused(await api.post("/deposit", content=body, headers=wrong_key), 401, 2104)
+
+
+async def test_bad_input_and_rule_refusals(api: httpx.AsyncClient) -> None:
+    alice = Trader(api)
+    await alice.post("/mintTestTokens", {"amount": "100"})
+    order = {
+        "marketId": APT,
+        "tradeSide": True,
+        "direction": False,
+        "size": "1",
+        "price": "7",
+        "leverage": 10,
+    }
+    refused(await alice.post("/placeLimitOrder", {**order, "marketId": "99"}), 404, 1003)
+    refused(await alice.post("/placeLimitOrder", {**order, "size": "0.001"}), 400, 2001)
+    refused(await alice.post("/placeLimitOrder", {**order, "size": 0.1234}), 400, 2001)
+    refused(await alice.post("/placeLimitOrder", {**order, "price": "abc"}), 400, 2001)
+    refused(await alice.post("/placeLimitOrder", {**order, "leverage": 50}), 400, 1006)
+    refused(await alice.post("/placeLimitOrder", {**order, "tradeSide": "yes"}), 400, 2030)
+    refused(await alice.post("/placeLimitOrder", None, raw=b"[1, 2"), 400, 2030)
+    refused(await alice.post("/placeLimitOrder", [1]), 400, 2030)
+    refused(await alice.post("/placeLimitOrder", {**order, "direction": True}), 409, 1011)
+    refused(await alice.post("/withdraw", {"amount": "1000"}), 409, 1010)
+    assert (await alice.post("/placeLimitOrder", order)).status_code == 200
+    refused(await alice.post("/withdraw", {"amount": "100"}), 409, 1009)
+    refused(await alice.post("/mintTestTokens", {"amount": "1000000"}), 400, 2018)
+    bad_address = await api.get("/getPositions", params={"userAddress": "0xnothex"})
+    refused(bad_address, 400, 2017)
+    missing = await api.get("/getPositions")
+    assert missing.status_code == 400 and missing.json()["success"] is False
+    unknown = await api.get("/fetchOrderStatusById", params={"marketId": APT, "orderId": "5"})
+    refused(unknown, 404, 2007)
+    refused(
+        await api.get("/getOrderHistory", params={"userAddress": alice.wallet, "limit": 5000}),
+        400,
+        2030,
+    )
