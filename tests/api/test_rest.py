@@ -51,7 +51,7 @@ async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     exchange = Exchange(Settings(db=str(tmp_path / "events.sqlite3"), ws_port=0))
     await exchange.start()
     app = create_app(exchange)
-    transport = httpx.ASGITransport(app=app)
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]  # ASGI typing differs
     async with httpx.AsyncClient(transport=transport, base_url="http://openperps") as client:
         yield client
     await exchange.stop()
