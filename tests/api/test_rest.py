@@ -195,3 +195,119 @@ async def test_bad_input_and_rule_refusals(api: httpx.AsyncClient) -> None:
         400,
         2030,
     )
+
+
+async def test_position_actions_batches_delegation_and_admin(tmp_path: Path) -> None:
+    exchange = Exchange(Settings(db=str(tmp_path / "events.sqlite3"), ws_port=0))
+    await exchange.start()
+    app = create_app(exchange, admin_token="s3cret")
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://openperps") as api:
+        alice, bob = Trader(api), Trader(api)
+        for trader in (alice, bob):
+            await trader.post("/mintTestTokens", {"amount": "1000"})
+        batch = await bob.post(
+            "/placeMultipleOrders",
+            {
+                "orders": [
+                    {
+                        "marketId": APT,
+                        "tradeSide": False,
+                        "direction": False,
+                        "size": "5",
+                        "price": "7",
+                        "leverage": 10,
+                    },
+                    {
+                        "marketId": APT,
+                        "tradeSide": True,
+                        "direction": False,
+                        "size": "5",
+                        "price": "6.5",
+                        "leverage": 10,
+                    },
+                ]
+            },
+        )
+        assert len(batch.json()["data"]["orders"]) == 2
+        await alice.post(
+            "/placeMarketOrder",
+            {"marketId": APT, "tradeSide": True, "direction": False, "size": "3", "leverage": 10},
+        )
+        sl = await alice.post(
+            "/updateStopLoss", {"marketId": APT, "tradeSide": True, "newStopLossPrice": "6.8"}
+        )
+        assert sl.status_code == 200, sl.text
+        margin = await alice.post("/addMargin", {"marketId": APT, "tradeSide": True, "amount": "1"})
+        assert margin.status_code == 200
+        (position,) = await alice.get("/getPositions")
+        assert position["sl"] == "6.8" and position["margin"] == "3.1"
+        refused(await alice.post("/collapsePosition", {"marketId": APT}), 409, 2010)
+        # delegation: a delegate trades for Alice but cannot withdraw
+        delegate = PrivateKey.generate()
+        enabled = await alice.post(
+            "/enableDelegation",
+            {
+                "delegatePublicKey": delegate.public_key_hex,
+                "expiresAt": time.time_ns() // 1_000_000 + 60_000,
+            },
+        )
+        assert enabled.status_code == 200, enabled.text
+        as_delegate = Trader(api, delegate)
+        body = json.dumps(
+            {
+                "marketId": APT,
+                "tradeSide": True,
+                "direction": False,
+                "size": "1",
+                "price": "6",
+                "leverage": 10,
+            }
+        ).encode()
+        headers = sign_request(
+            delegate,
+            "POST",
+            "/placeLimitOrder",
+            body,
+            time.time_ns() // 1_000_000,
+            wallet=alice.wallet,
+        )
+        placed = await api.post("/placeLimitOrder", content=body, headers=headers)
+        assert placed.status_code == 200, placed.text
+        assert placed.json()["data"]["orders"][0]["address"] == alice.profile
+        body = b'{"amount": "1"}'
+        headers = sign_request(
+            delegate, "POST", "/withdraw", body, time.time_ns() // 1_000_000, wallet=alice.wallet
+        )
+        refused(await api.post("/withdraw", content=body, headers=headers), 403, 1001)
+        del as_delegate
+        # operator endpoints need the bearer token
+        refused(
+            await api.post("/admin/pauseMarket", json={"marketId": APT, "paused": True}), 401, 2033
+        )
+        admin = {"authorization": "Bearer s3cret"}
+        paused = await api.post(
+            "/admin/pauseMarket", json={"marketId": APT, "paused": True}, headers=admin
+        )
+        assert paused.status_code == 200
+        refused(
+            await alice.post(
+                "/placeMarketOrder",
+                {
+                    "marketId": APT,
+                    "tradeSide": True,
+                    "direction": False,
+                    "size": "1",
+                    "leverage": 10,
+                },
+            ),
+            409,
+            1002,
+        )
+        price = await api.post(
+            "/admin/oraclePrice", json={"marketId": APT, "price": "6.9"}, headers=admin
+        )
+        assert price.status_code == 200
+        funding = await alice.get("/getFundingHistory")
+        assert funding == []
+    await exchange.stop()

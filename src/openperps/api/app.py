@@ -590,7 +590,244 @@ async def mint_test_tokens(request: Request[Any, Any, Any], state: State) -> Res
     return envelope({"transactionVersion": events[-1].version}, "test tokens minted")
 
 
-def create_app(exchange: Exchange, *, faucet: bool = True, window_ms: int = 30_000) -> Litestar:
+async def _position_action(
+    request: Request[Any, Any, Any], state: State, build: Any, message: str
+) -> Response[bytes]:
+    exchange = _exchange(state)
+    profile, delegate, body = await _signed(request)
+    config = _market(exchange, body.get("marketId"))
+    command = build(exchange, config, profile, delegate, body)
+    events = await _run(exchange, command)
+    return envelope(_outcome(exchange, events), message)
+
+
+def _trigger(key: str, cls: type[c.UpdateTakeProfit] | type[c.UpdateStopLoss]) -> Any:
+    def build(
+        exchange: Exchange,
+        config: MarketConfig,
+        profile: str,
+        delegate: str | None,
+        body: dict[str, Any],
+    ) -> c.Command:
+        raw = body.get(key)
+        price = _decimal(raw, config.price_decimals, key) if raw not in (None, "", "0") else None
+        return cls(
+            timestamp=0,
+            profile=profile,
+            delegate=delegate,
+            market_id=config.market_id,
+            trade_side=_flag(body, "tradeSide"),
+            price=price,
+        )
+
+    return build
+
+
+@post("/updateTakeProfit", status_code=200)
+async def update_take_profit(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    build = _trigger("newTakeProfitPrice", c.UpdateTakeProfit)
+    return await _position_action(request, state, build, "take-profit updated")
+
+
+@post("/updateStopLoss", status_code=200)
+async def update_stop_loss(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    build = _trigger("newStopLossPrice", c.UpdateStopLoss)
+    return await _position_action(request, state, build, "stop-loss updated")
+
+
+@post("/addMargin", status_code=200)
+async def add_margin(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    def build(
+        exchange: Exchange,
+        config: MarketConfig,
+        profile: str,
+        delegate: str | None,
+        body: dict[str, Any],
+    ) -> c.Command:
+        return c.AddMargin(
+            timestamp=0,
+            profile=profile,
+            delegate=delegate,
+            market_id=config.market_id,
+            trade_side=_flag(body, "tradeSide"),
+            amount=_decimal(body.get("amount"), QUOTE_DECIMALS, "amount"),
+        )
+
+    return await _position_action(request, state, build, "margin added")
+
+
+@post("/collapsePosition", status_code=200)
+async def collapse_position(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    def build(
+        exchange: Exchange,
+        config: MarketConfig,
+        profile: str,
+        delegate: str | None,
+        body: dict[str, Any],
+    ) -> c.Command:
+        return c.CollapsePosition(
+            timestamp=0, profile=profile, delegate=delegate, market_id=config.market_id
+        )
+
+    return await _position_action(request, state, build, "positions collapsed")
+
+
+def _orders(exchange: Exchange, profile: str, delegate: str | None, items: object) -> list[Any]:
+    if not isinstance(items, list) or not items:
+        raise ApiError(400, BAD_REQUEST, "orders is a non-empty list")
+    out = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise ApiError(400, BAD_REQUEST, "each order is a JSON object")
+        is_market = item.get("price") is None
+        out.append(_order_command(exchange, profile, delegate, item, is_market))
+    return out
+
+
+@post("/placeMultipleOrders", status_code=200)
+async def place_multiple(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    exchange = _exchange(state)
+    profile, delegate, body = await _signed(request)
+    orders = _orders(exchange, profile, delegate, body.get("orders"))
+    events = await _run(
+        exchange,
+        c.PlaceMultipleOrders(timestamp=0, profile=profile, delegate=delegate, orders=orders),
+    )
+    return envelope(_outcome(exchange, events), "orders placed")
+
+
+@post("/cancelAndPlaceMultipleOrders", status_code=200)
+async def cancel_and_place(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    exchange = _exchange(state)
+    profile, delegate, body = await _signed(request)
+    config = _market(exchange, body.get("marketId"))
+    ids = body.get("cancelOrderIds", [])
+    if not isinstance(ids, list) or not all(isinstance(i, str) and i.isdigit() for i in ids):
+        raise ApiError(400, BAD_REQUEST, "cancelOrderIds is a list of decimal strings")
+    orders = _orders(exchange, profile, delegate, body.get("orders"))
+    events = await _run(
+        exchange,
+        c.CancelAndPlaceMultipleOrders(
+            timestamp=0,
+            profile=profile,
+            delegate=delegate,
+            market_id=config.market_id,
+            cancel_order_ids=[int(i) for i in ids],
+            orders=orders,
+        ),
+    )
+    return envelope(_outcome(exchange, events), "orders replaced")
+
+
+@post("/enableDelegation", status_code=200)
+async def enable_delegation(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    exchange = _exchange(state)
+    profile, delegate, body = await _signed(request)
+    if delegate is not None:
+        raise ApiError(403, int(ErrorCode.NOT_AUTHORISED), "a delegate cannot delegate")
+    expires = body.get("expiresAt")
+    if type(expires) is not int:
+        raise ApiError(400, BAD_REQUEST, "expiresAt is Unix milliseconds")
+    events = await _run(
+        exchange,
+        c.EnableDelegation(
+            timestamp=0,
+            profile=profile,
+            delegate_public_key=str(body.get("delegatePublicKey")),
+            expires_at=expires,
+        ),
+    )
+    return envelope({"transactionVersion": events[-1].version}, "delegation enabled")
+
+
+@post("/disableDelegation", status_code=200)
+async def disable_delegation(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    exchange = _exchange(state)
+    profile, delegate, _body = await _signed(request)
+    if delegate is not None:
+        raise ApiError(403, int(ErrorCode.NOT_AUTHORISED), "a delegate cannot end delegation")
+    events = await _run(exchange, c.DisableDelegation(timestamp=0, profile=profile))
+    return envelope({"transactionVersion": events[-1].version}, "delegation disabled")
+
+
+@get("/getFundingHistory")
+async def funding_history(
+    state: State,
+    userAddress: str,
+    limit: int | None = None,
+    offset: int | None = None,
+    order: str | None = None,
+) -> Response[bytes]:
+    exchange = _exchange(state)
+    profile = _profile_of(userAddress)
+    size, start = _page(limit, offset)
+    if order not in (None, "asc", "desc"):
+        raise ApiError(400, BAD_REQUEST, "order is asc or desc")
+    rows = exchange.models.funding_of(profile, 10**6)
+    if order == "asc":
+        rows.reverse()
+    render = Renderer(exchange.models.markets)
+    return envelope(
+        [
+            {
+                "marketId": str(r.market_id),
+                "tradeSide": r.trade_side,
+                "tradeId": str(r.trade_id),
+                "size": render.size(r.market_id, r.size),
+                "fundingRate": format_scaled(r.rate, 12),
+                "amount": format_scaled(r.amount, QUOTE_DECIMALS),
+                "timestamp": r.timestamp // 1000,
+                "transactionVersion": r.version,
+            }
+            for r in rows[start : start + size]
+        ]
+    )
+
+
+def _admin(request: Request[Any, Any, Any]) -> None:
+    token = request.app.state.admin_token
+    given = request.headers.get("authorization", "")
+    if not token or given != f"Bearer {token}":
+        raise ApiError(401, ADMIN_ONLY, "operator endpoints need the configured bearer token")
+
+
+@post("/admin/oraclePrice", status_code=200)
+async def admin_oracle_price(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    _admin(request)
+    exchange = _exchange(state)
+    body = _body_decoder.decode(await request.body() or b"{}")
+    if not isinstance(body, dict):
+        raise ApiError(400, BAD_REQUEST, "the body is a JSON object")
+    config = _market(exchange, body.get("marketId"))
+    price = _decimal(body.get("price"), config.price_decimals, "price")
+    events = await exchange.keepers.set_price(config.market_id, price)
+    if isinstance(events[0], e.Rejected):
+        raise ApiError(400, events[0].code, events[0].detail)
+    return envelope({"transactionVersion": events[-1].version}, "price set")
+
+
+@post("/admin/pauseMarket", status_code=200)
+async def admin_pause(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    _admin(request)
+    exchange = _exchange(state)
+    body = _body_decoder.decode(await request.body() or b"{}")
+    if not isinstance(body, dict):
+        raise ApiError(400, BAD_REQUEST, "the body is a JSON object")
+    config = _market(exchange, body.get("marketId"))
+    events = await _run(
+        exchange,
+        c.PauseMarket(timestamp=0, market_id=config.market_id, paused=_flag(body, "paused")),
+    )
+    return envelope({"transactionVersion": events[-1].version}, "market updated")
+
+
+def create_app(
+    exchange: Exchange,
+    *,
+    faucet: bool = True,
+    window_ms: int = 30_000,
+    admin_token: str | None = None,
+) -> Litestar:
     """The REST app over a started (or starting) exchange."""
 
     def delegate_of(profile: str) -> tuple[str, int] | None:
@@ -620,12 +857,24 @@ def create_app(exchange: Exchange, *, faucet: bool = True, window_ms: int = 30_0
             deposit,
             withdraw,
             mint_test_tokens,
+            update_take_profit,
+            update_stop_loss,
+            add_margin,
+            collapse_position,
+            place_multiple,
+            cancel_and_place,
+            enable_delegation,
+            disable_delegation,
+            funding_history,
+            admin_oracle_price,
+            admin_pause,
         ],
         state=State(
             {
                 "exchange": exchange,
                 "verifier": RequestVerifier(delegate_of, window_ms=window_ms),
                 "faucet": faucet,
+                "admin_token": admin_token,
             }
         ),
         exception_handlers={Exception: _handle_error},

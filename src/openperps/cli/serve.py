@@ -39,6 +39,10 @@ def serve(
     ),
     ws_port: Annotated[int, typer.Option(envvar="OPENPERPS_WS_PORT", help="feed port")] = 8765,
     api_port: Annotated[int, typer.Option(envvar="OPENPERPS_API_PORT", help="REST port")] = 8080,
+    admin_token: Annotated[
+        str | None,
+        typer.Option(envvar="OPENPERPS_ADMIN_TOKEN", help="bearer token of the /admin/ endpoints"),
+    ] = None,
     network: Annotated[
         str, typer.Option(envvar="OPENPERPS_NETWORK", help="testnet or mainnet market ids")
     ] = "testnet",
@@ -95,6 +99,7 @@ def serve(
                 oracle_interval=oracle_interval,
                 api_port=api_port,
                 faucet=net == "testnet",
+                admin_token=admin_token,
             )
         )
     except KeyboardInterrupt:
@@ -116,6 +121,7 @@ async def _serve(
     oracle_interval: float,
     api_port: int,
     faucet: bool,
+    admin_token: str | None,
 ) -> None:
     import uvicorn
 
@@ -124,7 +130,7 @@ async def _serve(
     exchange = Exchange(settings)
     await exchange.start()
     config = uvicorn.Config(
-        create_app(exchange, faucet=faucet),
+        create_app(exchange, faucet=faucet, admin_token=admin_token),
         host=settings.host,
         port=api_port,
         log_level="warning",
