@@ -880,4 +880,5 @@ def create_app(
         exception_handlers={Exception: _handle_error},
         openapi_config=OpenAPIConfig(title="OpenPerps", version=__version__),
         debug=False,
+        logging_config=None,  # the process configures logging (openperps serve), not the app
     )
