@@ -1,0 +1,125 @@
+"""The SDK against a real server: a whole trading session whose REST answers and feed pushes
+agree, and a feed that loses and repeats nothing across forced disconnects."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from openperps.api.app import create_app
+from openperps.client import ApiError, Client, Feed
+from openperps.feed.session import CLOSE_SLOW_CONSUMER
+from openperps.runtime.app import Exchange, Settings
+from openperps.signing import PrivateKey
+
+APT = "1338"
+
+
+class Server:
+    def __init__(self, exchange: Exchange, api: uvicorn.Server, port: int) -> None:
+        self.exchange = exchange
+        self.api = api
+        self.http = f"http://127.0.0.1:{port}"
+        self.ws = f"ws://127.0.0.1:{exchange.feed.port}/ws/"
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    exchange = Exchange(Settings(db=str(tmp_path / "events.sqlite3"), ws_port=0))
+    await exchange.start()
+    config = uvicorn.Config(
+        create_app(exchange), host="127.0.0.1", port=0, log_level="warning", lifespan="off"
+    )
+    api = uvicorn.Server(config)
+    task = asyncio.create_task(api.serve())
+    while not api.started:
+        await asyncio.sleep(0.01)
+    port = api.servers[0].sockets[0].getsockname()[1]
+    yield Server(exchange, api, port)
+    api.should_exit = True
+    await task
+    await exchange.stop()
+
+
+async def test_a_full_trading_session_rest_and_feed_agree(server: Server) -> None:
+    maker = Client(server.http, PrivateKey.generate())
+    trader = Client(server.http, PrivateKey.generate())
+    async with maker, trader, Feed(server.ws) as feed:
+        await feed.subscribe("live_trade_history", address=trader.profile)
+        await maker.mint_test_tokens("10000")
+        await trader.mint_test_tokens("1000")
+        assert (await trader.balance())["freeBalance"] == Decimal("1000")
+        await maker.place_limit_order(APT, long=False, size="20", price="7.000", leverage=5)
+        await trader.place_market_order(
+            APT, long=True, size="10", leverage=10, take_profit="9", stop_loss="6"
+        )
+        (position,) = await trader.positions()
+        assert position.size == "10" and position.tp == "9" and position.sl == "6"
+        await trader.update_take_profit(APT, long=True, price="8.5")
+        await maker.place_limit_order(APT, long=True, size="20", price="7.200", leverage=5)
+        await trader.place_market_order(APT, long=True, reduce=True, size="4", leverage=10)
+        await trader.place_market_order(APT, long=True, reduce=True, size="6", leverage=10)
+        assert await trader.positions() == []
+        fills = await trader.fills()
+        assert [f.order_type for f in reversed(fills)] == [1, 5, 7]
+        pushed: list[dict[str, Any]] = []
+        while len(pushed) < 3:
+            push = await feed.next(timeout=5)
+            if push.topic == "live_trade_history":
+                pushed.append(push.data)
+        assert [p["trade_id"] for p in pushed] == [f.trade_id for f in reversed(fills)]
+        assert [p["pnl"] for p in pushed] == [f.pnl for f in reversed(fills)]
+        assert Decimal(fills[0].pnl) > 0  # bought at 7, sold at 7.2
+        free = (await trader.balance())["freeBalance"]
+        await trader.withdraw(free)
+        assert (await trader.balance())["freeBalance"] == 0
+        with pytest.raises(ApiError) as refused:
+            await trader.withdraw("1")
+        assert refused.value.code in (1009, 1010) and refused.value.status == 409
+        with pytest.raises(TypeError):
+            await trader.deposit(1.5)  # type: ignore[arg-type]
+
+
+async def test_the_feed_resumes_across_forced_disconnects(server: Server) -> None:
+    exchange = server.exchange
+    maker = Client(server.http, PrivateKey.generate())
+    trader = Client(server.http, PrivateKey.generate())
+    received: list[dict[str, Any]] = []
+    async with maker, trader, Feed(server.ws, max_backoff=0.2) as feed:
+        await feed.subscribe("live_order_history", address=trader.profile)
+        await maker.mint_test_tokens("100000")
+        await trader.mint_test_tokens("100000")
+
+        async def collect() -> None:
+            async for push in feed:
+                if push.topic == "live_order_history":
+                    received.append(push.data)
+
+        collector = asyncio.create_task(collect())
+        for i in range(60):
+            await trader.place_limit_order(
+                APT, long=True, size="1", price=f"{6 + i % 10 / 100}", leverage=5
+            )
+            if i % 7 == 3:  # the server drops every client, as it would a slow one
+                for conn in list(exchange.feed.connections):
+                    conn.close(CLOSE_SLOW_CONSUMER, "forced by the test")
+                for _ in range(200):  # orders keep coming while the client is away
+                    await asyncio.sleep(0.01)
+                    if exchange.feed.connections:
+                        break
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if len(received) >= 60:
+                break
+        collector.cancel()
+        expected, covered = exchange.models.live_changes_since(trader.profile, 0)
+        assert covered
+        versions = [r["transaction_version"] for r in received]
+        assert versions == [r.version for r in expected]  # every change once, in order
+        assert feed.reconnects >= 5
