@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from openperps import __version__
+from openperps.cli import trade
 from openperps.cli.reindex import reindex
 from openperps.cli.serve import serve
 from openperps.core.errors import OpenPerpsError
@@ -77,6 +78,17 @@ def markets(
 
 app.command()(serve)
 app.command()(reindex)
+app.command()(trade.keygen)
+app.command()(trade.account)
+app.command("faucet")(trade.faucet)
+app.command("deposit")(trade.deposit)
+app.command("withdraw")(trade.withdraw)
+app.add_typer(trade.order_app, name="order")
+app.command()(trade.positions)
+app.command("tp")(trade.tp)
+app.command("sl")(trade.sl)
+app.command()(trade.subscribe)
+app.command()(trade.book)
 
 
 def main() -> None:

@@ -1,0 +1,345 @@
+"""Trading commands: a thin layer over ``openperps.client``.
+
+    openperps keygen                       writes a key file (0600)
+    openperps account                      wallet, profile and balances
+    openperps faucet|deposit|withdraw AMOUNT
+    openperps order limit MARKET long|short SIZE PRICE [--leverage N] [--reduce] [--tp P] [--sl P]
+    openperps order market MARKET long|short SIZE [--leverage N] [--reduce]
+    openperps order cancel MARKET ORDER_ID...
+    openperps positions | openperps tp|sl MARKET long|short PRICE
+    openperps subscribe TOPIC [--address A] [--market M] [--json]
+    openperps book MARKET                  a live depth ladder
+
+Errors print the server's code and a one-line explanation and exit 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from openperps.client import ApiError, Client, Feed
+from openperps.signing import PrivateKey, SigningError, load_key, save_key
+
+console = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+DEFAULT_KEY = Path.home() / ".config" / "openperps" / "key.json"
+KeyOption = Annotated[Path, typer.Option("--key", envvar="OPENPERPS_KEY", help="key file")]
+UrlOption = Annotated[str, typer.Option("--url", envvar="OPENPERPS_URL", help="REST base URL")]
+WsOption = Annotated[str, typer.Option("--ws-url", envvar="OPENPERPS_WS_URL", help="feed URL")]
+
+order_app = typer.Typer(help="place and cancel orders", no_args_is_help=True)
+
+
+def _run(work: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return asyncio.run(work())  # type: ignore[arg-type]
+    except ApiError as exc:
+        err.print(f"[red]error {exc.code}[/red]: {exc.message}")
+        raise typer.Exit(1) from None
+    except SigningError as exc:
+        err.print(f"[red]error {int(exc.code)}[/red]: {exc.detail}")
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        err.print(f"[red]error[/red]: cannot reach the exchange: {exc}")
+        raise typer.Exit(1) from None
+
+
+def _client(key_path: Path, url: str) -> Client:
+    try:
+        key = load_key(key_path)
+    except SigningError as exc:
+        err.print(f"[red]error {int(exc.code)}[/red]: {exc.detail} (run `openperps keygen`)")
+        raise typer.Exit(1) from None
+    return Client(url, key)
+
+
+def _side(text: str) -> bool:
+    if text not in ("long", "short"):
+        err.print("[red]error[/red]: side is long or short")
+        raise typer.Exit(2)
+    return text == "long"
+
+
+def _show(result: Any) -> None:
+    if isinstance(result, dict) and "orders" in result:
+        for order in result["orders"]:
+            console.print(
+                f"order {order['order_id']} {order['status']}: {order['size']} @ {order['price']}"
+            )
+        for fill in result["fills"]:
+            console.print(f"fill {fill['size']} @ {fill['price']} fee {fill['fee']}")
+        for refused in result.get("refused", []):
+            console.print(f"[red]refused {refused['code']}[/red]: {refused['message']}")
+        console.print(f"transaction_version {result['transactionVersion']}")
+    else:
+        console.print(result)
+
+
+def keygen(
+    key: KeyOption = DEFAULT_KEY,
+    force: Annotated[bool, typer.Option(help="overwrite an existing key file")] = False,
+) -> None:
+    """Create a new Ed25519 key (your wallet) and write it with 0600 permissions."""
+    new = PrivateKey.generate()
+    try:
+        save_key(key, new, overwrite=force)
+    except SigningError as exc:
+        err.print(f"[red]error {int(exc.code)}[/red]: {exc.detail}")
+        raise typer.Exit(1) from None
+    client = Client("http://unused", new)
+    console.print(f"key file: {key}\nwallet:   {new.address}\nprofile:  {client.profile}")
+
+
+def account(key: KeyOption = DEFAULT_KEY, url: UrlOption = "http://127.0.0.1:8080") -> None:
+    """Wallet, profile address and balances."""
+    client = _client(key, url)
+
+    async def work() -> dict[str, Decimal]:
+        async with client:
+            return await client.balance()
+
+    balances = _run(work)
+    console.print(f"wallet:  {client.wallet}\nprofile: {client.profile}")
+    for name, value in balances.items():
+        console.print(f"{name}: {value}")
+
+
+def _money_command(method: str) -> Callable[..., None]:
+    def command(
+        amount: Annotated[str, typer.Argument(help="USDT, e.g. 100 or 12.5")],
+        key: KeyOption = DEFAULT_KEY,
+        url: UrlOption = "http://127.0.0.1:8080",
+    ) -> None:
+        client = _client(key, url)
+
+        async def work() -> Any:
+            async with client:
+                return await getattr(client, method)(amount)
+
+        _show(_run(work))
+
+    command.__doc__ = {
+        "mint_test_tokens": "Testnet faucet: credit test USDT to your trading account.",
+        "deposit": "Deposit USDT into your trading account.",
+        "withdraw": "Withdraw free USDT from your trading account.",
+    }[method]
+    return command
+
+
+faucet = _money_command("mint_test_tokens")
+deposit = _money_command("deposit")
+withdraw = _money_command("withdraw")
+
+
+@order_app.command("limit")
+def order_limit(
+    market: str,
+    side: str,
+    size: str,
+    price: str,
+    leverage: Annotated[int, typer.Option()] = 5,
+    reduce: Annotated[bool, typer.Option(help="reduce or close instead of open")] = False,
+    restriction: Annotated[int, typer.Option(help="0 none, 1 FOK, 2 IOC, 3 post-only")] = 0,
+    tp: Annotated[str | None, typer.Option(help="take-profit price")] = None,
+    sl: Annotated[str | None, typer.Option(help="stop-loss price")] = None,
+    key: KeyOption = DEFAULT_KEY,
+    url: UrlOption = "http://127.0.0.1:8080",
+) -> None:
+    """Place a limit order."""
+    client = _client(key, url)
+    long = _side(side)
+
+    async def work() -> Any:
+        async with client:
+            return await client.place_limit_order(
+                market,
+                long=long,
+                size=size,
+                price=price,
+                leverage=leverage,
+                reduce=reduce,
+                restriction=restriction,
+                take_profit=tp,
+                stop_loss=sl,
+            )
+
+    _show(_run(work))
+
+
+@order_app.command("market")
+def order_market(
+    market: str,
+    side: str,
+    size: str,
+    leverage: Annotated[int, typer.Option()] = 5,
+    reduce: Annotated[bool, typer.Option(help="reduce or close instead of open")] = False,
+    key: KeyOption = DEFAULT_KEY,
+    url: UrlOption = "http://127.0.0.1:8080",
+) -> None:
+    """Place a market order."""
+    client = _client(key, url)
+    long = _side(side)
+
+    async def work() -> Any:
+        async with client:
+            return await client.place_market_order(
+                market, long=long, size=size, leverage=leverage, reduce=reduce
+            )
+
+    _show(_run(work))
+
+
+@order_app.command("cancel")
+def order_cancel(
+    market: str,
+    order_ids: list[str],
+    key: KeyOption = DEFAULT_KEY,
+    url: UrlOption = "http://127.0.0.1:8080",
+) -> None:
+    """Cancel resting orders."""
+    client = _client(key, url)
+
+    async def work() -> Any:
+        async with client:
+            return await client.cancel_orders(market, order_ids)
+
+    _show(_run(work))
+
+
+def positions(key: KeyOption = DEFAULT_KEY, url: UrlOption = "http://127.0.0.1:8080") -> None:
+    """Your open positions."""
+    client = _client(key, url)
+
+    async def work() -> Any:
+        async with client:
+            return await client.positions()
+
+    table = Table("market", "side", "size", "entry", "margin", "liq. price", "TP", "SL", "lev.")
+    for p in _run(work):
+        table.add_row(
+            p.market_id,
+            "long" if p.trade_side else "short",
+            p.size,
+            p.entry_price,
+            p.margin,
+            p.liq_price,
+            p.tp or "-",
+            p.sl or "-",
+            f"{p.leverage}x",
+        )
+    console.print(table)
+
+
+def _trigger_command(method: str) -> Callable[..., None]:
+    def command(
+        market: str,
+        side: str,
+        price: Annotated[str, typer.Argument(help="trigger price, or 'none' to remove")],
+        key: KeyOption = DEFAULT_KEY,
+        url: UrlOption = "http://127.0.0.1:8080",
+    ) -> None:
+        client = _client(key, url)
+        long = _side(side)
+
+        async def work() -> Any:
+            async with client:
+                return await getattr(client, method)(
+                    market, long=long, price=None if price == "none" else price
+                )
+
+        _show(_run(work))
+
+    command.__doc__ = "Set or remove a position's " + (
+        "take-profit." if method == "update_take_profit" else "stop-loss."
+    )
+    return command
+
+
+tp = _trigger_command("update_take_profit")
+sl = _trigger_command("update_stop_loss")
+
+
+def subscribe(
+    topic: str,
+    address: Annotated[str | None, typer.Option(help="profile address (user topics)")] = None,
+    market: Annotated[str | None, typer.Option(help="market id (market topics)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines")] = False,
+    count: Annotated[int, typer.Option(help="stop after N pushes (0: never)")] = 0,
+    ws_url: WsOption = "ws://127.0.0.1:8765/ws/",
+) -> None:
+    """Print a topic's pushes as they come."""
+
+    async def work() -> None:
+        async with Feed(ws_url) as feed:
+            await feed.subscribe(topic, address=address, market_id=market)
+            seen = 0
+            async for push in feed:
+                if push.topic == "error":
+                    error = push.raw.get("error", {})
+                    err.print(f"[red]error {error.get('code')}[/red]: {error.get('detail')}")
+                    raise typer.Exit(1)
+                if as_json:
+                    print(json.dumps(push.raw), flush=True)
+                else:
+                    records = push.data if isinstance(push.data, list) else [push.data]
+                    console.print(
+                        f"[bold]{push.topic}[/bold] v{push.version}: {len(records)} record(s)"
+                    )
+                    for record in records[:10]:
+                        console.print("  " + ", ".join(f"{k}={v}" for k, v in record.items()))
+                seen += 1
+                if count and seen >= count:
+                    return
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(work())
+
+
+def book(
+    market: str,
+    depth: Annotated[int, typer.Option(help="levels per side")] = 10,
+    count: Annotated[int, typer.Option(help="stop after N updates (0: never)")] = 0,
+    ws_url: WsOption = "ws://127.0.0.1:8765/ws/",
+) -> None:
+    """A live depth ladder of one market."""
+
+    def ladder(levels: list[dict[str, Any]]) -> Table:
+        asks = sorted((lv for lv in levels if lv["is_ask"]), key=lambda lv: lv["price"])[:depth]
+        bids = sorted((lv for lv in levels if not lv["is_ask"]), key=lambda lv: -lv["price"])
+        table = Table("bid size", "price", "ask size", title=f"market {market}")
+        for lv in reversed(asks):
+            table.add_row("", f"[red]{lv['price']}[/red]", lv["size"])
+        for lv in bids[:depth]:
+            table.add_row(lv["size"], f"[green]{lv['price']}[/green]", "")
+        return table
+
+    async def work() -> None:
+        async with Feed(ws_url) as feed:
+            await feed.subscribe("orderbook", market_id=market, limit=depth)
+            seen = 0
+            with Live(ladder([]), console=console, refresh_per_second=8) as live:
+                async for push in feed:
+                    if push.topic == "error":
+                        error = push.raw.get("error", {})
+                        raise ApiError(400, None, f"{error.get('code')}: {error.get('detail')}")
+                    if push.topic == "orderbook":
+                        live.update(ladder(push.data))
+                        seen += 1
+                        if count and seen >= count:
+                            return
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(work)

@@ -1,0 +1,115 @@
+"""The trading commands driven as a user would, against a running `openperps serve`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.runtime.test_demo import free_port
+
+
+@pytest.fixture(scope="module")
+def exchange(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A plain `openperps serve`; its oracle walk starts APT near 5.20, so the orders of the
+    test trade around that price."""
+    home = tmp_path_factory.mktemp("serve")
+    ws_port, api_port = free_port(), free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "openperps.cli.main",
+            "serve",
+            "--ws-port",
+            str(ws_port),
+            "--api-port",
+            str(api_port),
+            "--log-level",
+            "WARNING",
+        ],
+        cwd=home,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{api_port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{url}/health").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.1)
+    env = {
+        **os.environ,
+        "OPENPERPS_URL": url,
+        "OPENPERPS_WS_URL": f"ws://127.0.0.1:{ws_port}/ws/",
+        "COLUMNS": "200",
+    }
+    yield env
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=30)
+
+
+def cli(
+    env: dict[str, str], *args: str, key: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    extra = ["--key", str(key)] if key is not None else []
+    return subprocess.run(
+        [sys.executable, "-m", "openperps.cli.main", *args, *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_user_session_from_the_command_line(exchange: dict[str, str], tmp_path: Path) -> None:
+    maker_key, user_key = tmp_path / "maker.json", tmp_path / "user.json"
+    for key in (maker_key, user_key):
+        made = cli(exchange, "keygen", key=key)
+        assert made.returncode == 0 and "wallet:" in made.stdout
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    again = cli(exchange, "keygen", key=user_key)
+    assert again.returncode == 1 and "error 2111" in again.stderr
+    assert cli(exchange, "faucet", "1000", key=maker_key).returncode == 0
+    assert cli(exchange, "faucet", "500", key=user_key).returncode == 0
+    account = cli(exchange, "account", key=user_key)
+    assert "freeBalance: 500" in account.stdout and "profile:" in account.stdout
+    rest = cli(
+        exchange, "order", "limit", "1338", "short", "20", "5.300", "--leverage", "5", key=maker_key
+    )
+    assert rest.returncode == 0 and "Open: 20 @ 5.3" in rest.stdout
+    taken = cli(exchange, "order", "market", "1338", "long", "5", "--leverage", "10", key=user_key)
+    assert taken.returncode == 0 and "fill 5 @ 5.3" in taken.stdout
+    table = cli(exchange, "positions", key=user_key)
+    assert "1338" in table.stdout and "long" in table.stdout and "4.893" in table.stdout
+    assert cli(exchange, "tp", "1338", "long", "6", key=user_key).returncode == 0
+    assert "│ 6 " in cli(exchange, "positions", key=user_key).stdout
+    profile = account.stdout.split("profile:")[1].split()[0]
+    pushed = cli(exchange, "subscribe", "positions", "--address", profile, "--json", "--count", "1")
+    record = json.loads(pushed.stdout.splitlines()[0])
+    assert record["message"] == "positions" and record["data"][0]["tp"] == "6"
+    ladder = cli(exchange, "book", "1338", "--count", "1")
+    assert ladder.returncode == 0 and "5.3" in ladder.stdout
+    refused = cli(exchange, "withdraw", "100000", key=user_key)
+    assert refused.returncode == 1 and "error 1010" in refused.stderr
+    bad_side = cli(exchange, "order", "market", "1338", "up", "5", key=user_key)
+    assert bad_side.returncode == 2 and "long or short" in bad_side.stderr
+    no_key = cli(exchange, "account", key=tmp_path / "missing.json")
+    assert no_key.returncode == 1 and "keygen" in no_key.stderr
+    unknown = cli(exchange, "subscribe", "nonsense", "--count", "1")
+    assert unknown.returncode == 1 and "unknown_topic" in unknown.stderr
