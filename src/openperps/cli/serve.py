@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
+import uvloop
 from rich.console import Console
 
 from openperps.core.errors import OpenPerpsError
@@ -90,7 +91,7 @@ def serve(
         db = str(data / "events.sqlite3")
     settings = Settings(db=db, markets=configured, host=host, ws_port=ws_port)
     try:
-        asyncio.run(
+        uvloop.run(
             _serve(
                 settings,
                 sim=sim,

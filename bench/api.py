@@ -1,0 +1,146 @@
+"""REST benchmark: signed orders per second from one client process, with latency from
+request to durable answer; the same client hammering ``GET /health`` is the baseline.
+
+Starts ``openperps serve`` (no simulated traders) on 127.0.0.1 in its own process; the client
+keeps ``--concurrency`` requests in flight over keep-alive connections.
+
+Last line: {"bench": "api", "orders_per_s": N, "baseline_per_s": N, "ratio": R,
+            "p50_ms": X, "p99_ms": Y}
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from openperps.signing import PrivateKey, sign_request
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def run(url: str, seconds: float, concurrency: int) -> tuple[float, float, list[float]]:
+    key = PrivateKey.generate()
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as http:
+
+        async def signed(path: str, body: dict[str, object]) -> httpx.Response:
+            data = json.dumps(body).encode()
+            headers = sign_request(key, "POST", path, data, time.time_ns() // 1_000_000)
+            headers["content-type"] = "application/json"
+            return await http.post(path, content=data, headers=headers)
+
+        assert (await signed("/mintTestTokens", {"amount": "100000"})).status_code == 200
+
+        async def health_worker(stop: float, counts: list[int]) -> None:
+            while time.monotonic() < stop:
+                response = await http.get("/health")
+                assert response.status_code == 200
+                counts[0] += 1
+
+        counts = [0]
+        stop = time.monotonic() + seconds
+        await asyncio.gather(*(health_worker(stop, counts) for _ in range(concurrency)))
+        baseline = counts[0] / seconds
+
+        latencies: list[float] = []
+        sequence = [0]
+
+        async def order_worker(stop: float) -> None:
+            while time.monotonic() < stop:
+                sequence[0] += 1
+                price = f"{4 + sequence[0] % 100 / 1000:.3f}"  # passive bids below the market
+                started = time.perf_counter()
+                response = await signed(
+                    "/placeLimitOrder",
+                    {
+                        "marketId": "1338",
+                        "tradeSide": True,
+                        "direction": False,
+                        "size": "0.1",
+                        "price": price,
+                        "leverage": 20,
+                    },
+                )
+                latencies.append((time.perf_counter() - started) * 1000)
+                assert response.status_code == 200, response.text
+
+        stop = time.monotonic() + seconds
+        await asyncio.gather(*(order_worker(stop) for _ in range(concurrency)))
+        return len(latencies) / seconds, baseline, sorted(latencies)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="signed orders per second through REST")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+    api_port = free_port()
+    with tempfile.TemporaryDirectory() as home:
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "openperps.cli.main",
+                "serve",
+                "--api-port",
+                str(api_port),
+                "--ws-port",
+                str(free_port()),
+                "--log-level",
+                "ERROR",
+                "--oracle-interval",
+                "60",
+            ],
+            cwd=Path(home),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        url = f"http://127.0.0.1:{api_port}"
+        try:
+            for _ in range(300):
+                try:
+                    if httpx.get(f"{url}/health").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            orders, baseline, latencies = asyncio.run(run(url, args.seconds, args.concurrency))
+        finally:
+            server.send_signal(signal.SIGINT)
+            server.wait(timeout=30)
+    p50 = latencies[len(latencies) // 2]
+    p99 = latencies[int(len(latencies) * 0.99) - 1]
+    print(
+        f"orders:   {orders:,.0f} signed orders/s ({args.concurrency} in flight), "
+        f"p50 {p50:.2f} ms, p99 {p99:.2f} ms (request -> durable answer)"
+    )
+    print(f"baseline: {baseline:,.0f} GET /health per second")
+    print(
+        json.dumps(
+            {
+                "bench": "api",
+                "orders_per_s": round(orders),
+                "baseline_per_s": round(baseline),
+                "ratio": round(orders / baseline, 3),
+                "p50_ms": round(p50, 2),
+                "p99_ms": round(p99, 2),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
