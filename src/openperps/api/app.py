@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from decimal import Decimal
+from importlib import resources
 from typing import Any
 
 import msgspec
@@ -154,6 +155,24 @@ def _to_builtins(records: Any) -> Any:
 
 # -- reads --------------------------------------------------------------------------------------
 
+DASHBOARD = resources.files("openperps.api").joinpath("dashboard.html")
+
+
+@get("/", media_type="text/html", include_in_schema=False)
+async def dashboard() -> str:
+    """The web dashboard: one page, no build step, fed by this API and the WebSocket feed."""
+    return DASHBOARD.read_text("utf-8")
+
+
+@get("/dashboard/config", include_in_schema=False)
+async def dashboard_config(request: Request[Any, Any, Any], state: State) -> dict[str, Any]:
+    exchange = _exchange(state)
+    host = request.url.hostname or "127.0.0.1"
+    return {
+        "feedUrl": f"ws://{host}:{exchange.feed.port}/ws/",
+        "startedAt": state.started_at,
+    }
+
 
 @get("/health", include_in_schema=True)
 async def health(state: State) -> Response[bytes]:
@@ -206,6 +225,7 @@ def _market_info(config: MarketConfig) -> dict[str, Any]:
         "makerFee": format_scaled(config.maker_fee_bps, 4),
         "takerFee": format_scaled(config.taker_fee_bps, 4),
         "maxPositionValue": format_scaled(config.max_position_value, QUOTE_DECIMALS),
+        "fundingIntervalS": config.funding_interval_ms // 1000,
     }
 
 
@@ -835,6 +855,8 @@ def create_app(
 
     return Litestar(
         route_handlers=[
+            dashboard,
+            dashboard_config,
             health,
             metrics,
             get_market_info,
@@ -875,6 +897,7 @@ def create_app(
                 "verifier": RequestVerifier(delegate_of, window_ms=window_ms),
                 "faucet": faucet,
                 "admin_token": admin_token,
+                "started_at": time.time_ns() // 1_000_000,
             }
         ),
         exception_handlers={Exception: _handle_error},
