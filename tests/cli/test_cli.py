@@ -62,7 +62,9 @@ def test_a_port_in_use_gives_a_one_line_error(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         result = run(["serve", "--ws-port", str(port), "--api-port", "0"], tmp_path)
-    assert "port in use" in one_line_error(result)
+        assert "port in use" in one_line_error(result)
+        api_taken = run(["serve", "--ws-port", "0", "--api-port", str(port)], tmp_path)
+    assert "port in use" in one_line_error(api_taken)
 
 
 @pytest.mark.parametrize("args", [["reindex", "--db", "nowhere.db"], ["markets", "--network", "x"]])

@@ -7,6 +7,7 @@ import contextlib
 import errno
 import logging
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated, Literal
@@ -128,22 +129,29 @@ async def _serve(
 
     from openperps.api.app import create_app
 
+    # bind the REST socket first: a port in use is reported before anything starts
+    rest_socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    rest_socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        rest_socket.bind((settings.host, api_port))
+    except OSError:
+        rest_socket.close()
+        raise
     exchange = Exchange(settings)
-    await exchange.start()
+    try:
+        await exchange.start()
+    except BaseException:
+        rest_socket.close()
+        raise
     config = uvicorn.Config(
         create_app(exchange, faucet=faucet, admin_token=admin_token),
-        host=settings.host,
-        port=api_port,
+        log_config=None,
         log_level="warning",
         lifespan="off",
     )
     api = uvicorn.Server(config)
-    api_task = asyncio.create_task(api.serve(), name="openperps-api")
-    await asyncio.sleep(0.2)
-    if api_task.done():
-        await exchange.stop()
-        api_task.result()  # raises the bind error
-        raise OSError(errno.EADDRINUSE, "REST port unavailable")
+    api_task = asyncio.create_task(api.serve(sockets=[rest_socket]), name="openperps-api")
+    api_port = rest_socket.getsockname()[1]
     engine = exchange.sequencer.engine
     oracle = RandomWalkOracle([m.config for m in engine.markets.values()], seed=seed)
     for market_id, market in engine.markets.items():  # continue from the logged prices
