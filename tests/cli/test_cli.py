@@ -71,3 +71,63 @@ def test_a_port_in_use_gives_a_one_line_error(tmp_path: Path) -> None:
 def test_other_commands_fail_cleanly(tmp_path: Path, args: list[str]) -> None:
     result = run(args, tmp_path)
     assert result.returncode != 0 and "Traceback" not in result.stderr
+
+
+def test_a_toml_file_sets_options_and_flags_win(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    import httpx
+
+    from tests.runtime.test_demo import free_port
+
+    ws_port, api_port, flag_port = free_port(), free_port(), free_port()
+    config = tmp_path / "openperps.toml"
+    config.write_text(
+        f'[serve]\nws_port = {ws_port}\napi_port = {api_port}\nadmin_token = "abc"\n'
+        'log_level = "ERROR"\n'
+    )
+    process = subprocess.Popen(
+        [*OPENPERPS, "serve", "--config", str(config), "--api-port", str(flag_port)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{flag_port}/health")
+                if health.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.1)
+        config_info = httpx.get(f"http://127.0.0.1:{flag_port}/dashboard/config").json()
+        assert config_info["feedUrl"].endswith(f":{ws_port}/ws/")  # from the file
+        admin = httpx.post(
+            f"http://127.0.0.1:{flag_port}/admin/pauseMarket",
+            json={"marketId": "1338", "paused": False},
+            headers={"authorization": "Bearer abc"},
+        )
+        assert admin.status_code == 200  # the token came from the file
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("wat = 1\n", "unknown option 'wat'"),
+        ('ws_port = "x"\n', "ws_port must be int"),
+        ("sim = 1\n", "sim must be bool"),
+        ("[serve\n", "malformed TOML"),
+    ],
+)
+def test_a_bad_toml_file_is_a_one_line_error(tmp_path: Path, text: str, message: str) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    assert message in one_line_error(run(["serve", "--config", str(config)], tmp_path))

@@ -18,7 +18,7 @@ from openperps.runtime.snapshots import pack
 from openperps.runtime.startup import load_engine, load_read_models
 from openperps.store import StoreError, open_log
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def reindex(

@@ -9,8 +9,9 @@ import logging
 import signal
 import socket
 import sys
+import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 import uvloop
@@ -23,10 +24,10 @@ from openperps.runtime.oracle import RandomWalkOracle
 from openperps.runtime.sim import SimulatedMarket
 from openperps.store import StoreError
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     err.print(f"[red]error[/red]: {message}")
     raise typer.Exit(1)
 
@@ -62,8 +63,38 @@ def serve(
         float, typer.Option(envvar="OPENPERPS_ORACLE_INTERVAL", help="seconds between prices")
     ] = 1.0,
     log_level: Annotated[str, typer.Option(envvar="OPENPERPS_LOG_LEVEL")] = "INFO",
+    config: Annotated[
+        Path | None,
+        typer.Option(envvar="OPENPERPS_CONFIG", help="TOML file setting any of these options"),
+    ] = None,
+    *,
+    ctx: typer.Context,
 ) -> None:
-    """Run the exchange: event log, engine, read models, WebSocket feed, oracle, keepers."""
+    """Run the exchange: event log, engine, read models, WebSocket feed, oracle, keepers.
+
+    Precedence: a flag, then its OPENPERPS_* environment variable, then --config, then the
+    default.
+    """
+    if config is not None:
+        values = _read_config(config)
+        given = {
+            name
+            for name in values
+            if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"
+        }
+        chosen = {k: v for k, v in values.items() if k not in given}
+        db = chosen.get("db", db)
+        host = chosen.get("host", host)
+        ws_port = chosen.get("ws_port", ws_port)
+        api_port = chosen.get("api_port", api_port)
+        admin_token = chosen.get("admin_token", admin_token)
+        network = chosen.get("network", network)
+        markets = Path(chosen["markets"]) if "markets" in chosen else markets
+        sim = chosen.get("sim", sim)
+        sim_rate = chosen.get("sim_rate", sim_rate)
+        seed = chosen.get("seed", seed)
+        oracle_interval = chosen.get("oracle_interval", oracle_interval)
+        log_level = chosen.get("log_level", log_level)
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -112,6 +143,41 @@ def serve(
         _fail(f"{exc.strerror or exc}")
     except (StoreError, OpenPerpsError) as exc:
         _fail(str(exc))
+
+
+CONFIG_TYPES: dict[str, tuple[type, ...]] = {
+    "db": (str,),
+    "host": (str,),
+    "ws_port": (int,),
+    "api_port": (int,),
+    "admin_token": (str,),
+    "network": (str,),
+    "markets": (str,),
+    "sim": (bool,),
+    "sim_rate": (int, float),
+    "seed": (int,),
+    "oracle_interval": (int, float),
+    "log_level": (str,),
+}
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """The options a TOML file sets (same names as the flags, with underscores)."""
+    try:
+        document = tomllib.loads(path.read_text("utf-8"))
+    except OSError as exc:
+        _fail(f"cannot read {path}: {exc.strerror}")
+    except tomllib.TOMLDecodeError as exc:
+        _fail(f"{path}: malformed TOML: {exc}")
+    values = document.get("serve", document)
+    for key, value in values.items():
+        kinds = CONFIG_TYPES.get(key)
+        if kinds is None:
+            _fail(f"{path}: unknown option {key!r} (known: {', '.join(CONFIG_TYPES)})")
+        assert kinds is not None
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            _fail(f"{path}: {key} must be {' or '.join(k.__name__ for k in kinds)}")
+    return dict(values)
 
 
 async def _serve(

@@ -32,7 +32,7 @@ from openperps.client import ApiError, Client, Feed
 from openperps.signing import PrivateKey, SigningError, load_key, save_key
 
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
 DEFAULT_KEY = Path.home() / ".config" / "openperps" / "key.json"
