@@ -131,3 +131,11 @@ def test_a_bad_toml_file_is_a_one_line_error(tmp_path: Path, text: str, message:
     config = tmp_path / "bad.toml"
     config.write_text(text)
     assert message in one_line_error(run(["serve", "--config", str(config)], tmp_path))
+
+
+def test_a_bad_price_file_is_a_one_line_error(tmp_path: Path) -> None:
+    prices = tmp_path / "prices.csv"
+    prices.write_text("1000,APT-USD,abc\n")
+    assert "prices.csv:1" in one_line_error(run(["serve", "--oracle-csv", str(prices)], tmp_path))
+    missing = run(["serve", "--oracle-csv", str(tmp_path / "none.csv")], tmp_path)
+    assert "cannot read" in one_line_error(missing)

@@ -19,8 +19,8 @@ from rich.console import Console
 
 from openperps.core.errors import OpenPerpsError
 from openperps.core.markets import default_markets, parse_markets
-from openperps.runtime.app import Exchange, Settings
-from openperps.runtime.oracle import RandomWalkOracle
+from openperps.runtime.app import Exchange, ReplayClock, Settings
+from openperps.runtime.oracle import RandomWalkOracle, Tick, read_csv_prices
 from openperps.runtime.sim import SimulatedMarket
 from openperps.store import StoreError
 
@@ -63,6 +63,16 @@ def serve(
         float, typer.Option(envvar="OPENPERPS_ORACLE_INTERVAL", help="seconds between prices")
     ] = 1.0,
     log_level: Annotated[str, typer.Option(envvar="OPENPERPS_LOG_LEVEL")] = "INFO",
+    oracle_csv: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="OPENPERPS_ORACLE_CSV",
+            help="replay index prices from a CSV (timestamp_ms,market,price)",
+        ),
+    ] = None,
+    replay_speed: Annotated[
+        float, typer.Option(envvar="OPENPERPS_REPLAY_SPEED", help="1: recorded pace, 0: flat out")
+    ] = 1.0,
     config: Annotated[
         Path | None,
         typer.Option(envvar="OPENPERPS_CONFIG", help="TOML file setting any of these options"),
@@ -95,6 +105,8 @@ def serve(
         seed = chosen.get("seed", seed)
         oracle_interval = chosen.get("oracle_interval", oracle_interval)
         log_level = chosen.get("log_level", log_level)
+        oracle_csv = Path(chosen["oracle_csv"]) if "oracle_csv" in chosen else oracle_csv
+        replay_speed = chosen.get("replay_speed", replay_speed)
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -121,7 +133,23 @@ def serve(
         except OSError as exc:
             _fail(f"data directory {data.resolve()} is not writable: {exc.strerror}")
         db = str(data / "events.sqlite3")
-    settings = Settings(db=db, markets=configured, host=host, ws_port=ws_port)
+    ticks: list[Tick] | None = None
+    if oracle_csv is not None:
+        try:
+            ticks = list(read_csv_prices(oracle_csv, configured))
+        except OSError as exc:
+            _fail(f"cannot read {oracle_csv}: {exc.strerror}")
+        except OpenPerpsError as exc:
+            _fail(f"{int(exc.code)} {exc.detail}")
+        if not ticks:
+            _fail(f"{oracle_csv}: no prices")
+    settings = Settings(
+        db=db,
+        markets=configured,
+        host=host,
+        ws_port=ws_port,
+        funding_check_seconds=0 if ticks else 1.0,
+    )
     try:
         uvloop.run(
             _serve(
@@ -133,6 +161,8 @@ def serve(
                 api_port=api_port,
                 faucet=net == "testnet",
                 admin_token=admin_token,
+                ticks=ticks,
+                replay_speed=replay_speed,
             )
         )
     except KeyboardInterrupt:
@@ -158,6 +188,8 @@ CONFIG_TYPES: dict[str, tuple[type, ...]] = {
     "seed": (int,),
     "oracle_interval": (int, float),
     "log_level": (str,),
+    "oracle_csv": (str,),
+    "replay_speed": (int, float),
 }
 
 
@@ -190,6 +222,8 @@ async def _serve(
     api_port: int,
     faucet: bool,
     admin_token: str | None,
+    ticks: list[Tick] | None,
+    replay_speed: float,
 ) -> None:
     import uvicorn
 
@@ -203,7 +237,8 @@ async def _serve(
     except OSError:
         rest_socket.close()
         raise
-    exchange = Exchange(settings)
+    clock = ReplayClock(ticks[0].timestamp or 0) if ticks else None
+    exchange = Exchange(settings, clock=clock) if clock is not None else Exchange(settings)
     try:
         await exchange.start()
     except BaseException:
@@ -223,7 +258,10 @@ async def _serve(
     for market_id, market in engine.markets.items():  # continue from the logged prices
         if market.index_price is not None:
             oracle.prices[market_id] = market.index_price
-    exchange.spawn(lambda: exchange.run_walk(oracle, oracle_interval), "oracle")
+    if ticks is not None and clock is not None:
+        exchange.spawn(lambda: exchange.run_replay(ticks, clock, replay_speed), "replay")
+    else:
+        exchange.spawn(lambda: exchange.run_walk(oracle, oracle_interval), "oracle")
     if sim:
         market_sim = SimulatedMarket(exchange.sequencer, seed=seed, rate=sim_rate)
         exchange.spawn(market_sim.run, "sim")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from openperps.bus import InProcessBus, Published
@@ -20,7 +20,7 @@ from openperps.feed.server import FeedServer, ServerLimits, now_ms
 from openperps.feed.session import FeedLimits
 from openperps.indexer import ReadModels
 from openperps.runtime.keepers import Keepers
-from openperps.runtime.oracle import RandomWalkOracle
+from openperps.runtime.oracle import RandomWalkOracle, Tick
 from openperps.runtime.sequencer import Clock, NotDurable, Sequencer, wall_clock_ms
 from openperps.runtime.snapshots import Snapshotter
 from openperps.runtime.startup import Progress, load_engine, load_read_models
@@ -40,6 +40,16 @@ class Settings:
     snapshot_every_events: int = 200_000
     snapshot_every_seconds: float = 300.0
     funding_check_seconds: float = 1.0
+
+
+class ReplayClock:
+    """A clock that only moves when recorded prices move it (deterministic replays)."""
+
+    def __init__(self, start: int) -> None:
+        self.now = start
+
+    def __call__(self) -> int:
+        return self.now
 
 
 class Exchange:
@@ -82,7 +92,8 @@ class Exchange:
         )
         await self.feed.start(settings.host, settings.ws_port)
         self._spawn(self.snapshotter.run(), "snapshots")
-        self._spawn(self.keepers.run_funding(settings.funding_check_seconds), "funding")
+        if settings.funding_check_seconds > 0:  # 0: funding is driven by a price replay
+            self._spawn(self.keepers.run_funding(settings.funding_check_seconds), "funding")
         self.ready = True
 
     def _spawn(self, work: object, name: str) -> None:
@@ -102,6 +113,23 @@ class Exchange:
                 except NotDurable as exc:
                     logger.warning("oracle price not durable: %s", exc.detail)
             await asyncio.sleep(every)
+
+    async def run_replay(self, ticks: Iterable[Tick], clock: ReplayClock, speed: float) -> None:
+        """Replay recorded prices. The sequencer's clock is the recording's, so the same file
+        gives the same event log; ``speed`` 1 keeps the recorded pace, 0 goes flat out."""
+        previous: int | None = None
+        for tick in ticks:
+            assert tick.timestamp is not None
+            if speed > 0 and previous is not None:
+                await asyncio.sleep(max(tick.timestamp - previous, 0) / 1000 / speed)
+            previous = tick.timestamp
+            clock.now = max(clock.now, tick.timestamp)
+            await self.keepers.settle_due_funding(clock.now)
+            try:
+                await self.keepers.set_price(tick.market_id, tick.price)
+            except NotDurable as exc:
+                logger.warning("replayed price not durable: %s", exc.detail)
+        logger.info("price replay finished at %d", clock.now)
 
     def _on_published(self, batch: Published) -> None:
         applied = self.models.apply_all(batch.events)
