@@ -28,7 +28,9 @@ async def replay(db: Path, prices: Path) -> list[tuple[int, str, bytes]]:
     markets = default_markets()
     ticks = list(read_csv_prices(prices, markets))
     clock = ReplayClock(ticks[0].timestamp or 0)
-    exchange = Exchange(Settings(db=str(db), ws_port=0, markets=markets, funding_check_seconds=0), clock=clock)
+    exchange = Exchange(
+        Settings(db=str(db), ws_port=0, markets=markets, funding_check_seconds=0), clock=clock
+    )
     await exchange.start()
     await exchange.run_replay(ticks, clock, speed=0)
     await exchange.stop()
