@@ -263,7 +263,12 @@ async def _serve(
     else:
         exchange.spawn(lambda: exchange.run_walk(oracle, oracle_interval), "oracle")
     if sim:
-        market_sim = SimulatedMarket(exchange.sequencer, seed=seed, rate=sim_rate)
+        market_sim = SimulatedMarket(
+            exchange.sequencer,
+            rest_url=f"http://{settings.host}:{api_port}",
+            seed=seed,
+            rate=sim_rate,
+        )
         exchange.spawn(market_sim.run, "sim")
     err.print(
         f"[green]OpenPerps[/green] REST on http://{settings.host}:{api_port}/ "

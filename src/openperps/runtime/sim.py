@@ -6,30 +6,44 @@
 - Leveraged traders open positions at high leverage, add, reduce and close them, set
   take-profits and stop-losses, and sometimes get liquidated by the keepers.
 
-Everything goes through the sequencer as commands from the participants' own profiles, so it
-is logged, indexed and pushed like any user's orders. Seeded: the same seed and prices give
-the same orders.
+Each participant holds its own Ed25519 key; with ``rest_url`` (as ``openperps serve --sim``
+runs it) every order is a signed request to the REST API, exactly as a user's bot sends it,
+so the whole path is exercised; without, commands go straight to the sequencer. Seeded: the
+same seed gives the same traders and, for the same prices, the same orders.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import random
+import time
 from dataclasses import dataclass
+from typing import Any
+
+import httpx
 
 from openperps.core import commands as c
 from openperps.core.events import OrderAccepted, Rejected
+from openperps.core.numbers import format_scaled
 from openperps.runtime.sequencer import NotDurable, Sequencer
+from openperps.signing import PrivateKey, profile_address, sign_request
 
 logger = logging.getLogger("openperps.sim")
 
 USDT = 10**6
 
 
+def sim_key(role: str, index: int, seed: int) -> PrivateKey:
+    """A participant's wallet key, derived from the seed (the same seed, the same traders)."""
+    return PrivateKey(hashlib.sha256(f"openperps-sim:{seed}:{role}:{index}".encode()).digest())
+
+
 def sim_profile(role: str, index: int, seed: int) -> str:
-    return "0x" + hashlib.sha256(f"openperps-sim:{seed}:{role}:{index}".encode()).hexdigest()
+    """The profile (trading account) a participant trades from."""
+    return profile_address(sim_key(role, index, seed).address)
 
 
 @dataclass
@@ -43,6 +57,7 @@ class SimulatedMarket:
         self,
         sequencer: Sequencer,
         *,
+        rest_url: str | None = None,
         seed: int = 7,
         rate: float = 20.0,
         makers: int = 3,
@@ -52,9 +67,19 @@ class SimulatedMarket:
         self.sequencer = sequencer
         self.rng = random.Random(seed)
         self.rate = rate
-        self.makers = [sim_profile("maker", i, seed) for i in range(makers)]
-        self.takers = [sim_profile("taker", i, seed) for i in range(takers)]
-        self.leveraged = [sim_profile("leveraged", i, seed) for i in range(leveraged)]
+        self.rest_url = rest_url
+        self.keys: dict[str, PrivateKey] = {}
+        groups: list[list[str]] = [[], [], []]
+        for group, role, count in zip(
+            groups, ("maker", "taker", "leveraged"), (makers, takers, leveraged), strict=True
+        ):
+            for i in range(count):
+                key = sim_key(role, i, seed)
+                profile = profile_address(key.address)
+                self.keys[profile] = key
+                group.append(profile)
+        self.makers, self.takers, self.leveraged = groups
+        self._http: httpx.AsyncClient | None = None
         self.quotes: dict[tuple[str, int], list[int]] = {}
         self.stats = SimStats()
 
@@ -70,16 +95,68 @@ class SimulatedMarket:
             if account is None or account.free < amount * USDT // 4:
                 await self._run(c.Deposit(timestamp=0, profile=who, amount=amount * USDT))
 
-    async def _run(self, command: c.Command) -> list[object]:
+    async def _run(self, command: c.Command) -> list[int]:
+        """Send one participant's command; returns the ids of the orders it placed."""
+        self.stats.commands += 1
+        if self.rest_url is not None:
+            return await self._send(command)
         try:
             events = await self.sequencer.execute(command)
         except NotDurable as exc:
             logger.warning("simulated order not durable: %s", exc.detail)
             return []
-        self.stats.commands += 1
         if events and isinstance(events[0], Rejected):
             self.stats.rejected += 1
-        return list(events)
+        return [e.order_id for e in events if isinstance(e, OrderAccepted)]
+
+    async def _send(self, command: c.Command) -> list[int]:
+        """The same command as a signed REST call, as any user's bot would send it."""
+        assert isinstance(command, c.UserCommand) and self.rest_url is not None
+        if self._http is None:
+            self._http = httpx.AsyncClient(base_url=self.rest_url, timeout=10)
+        path, body = self._rest_request(command)
+        data = json.dumps(body).encode()
+        headers = sign_request(
+            self.keys[command.profile], "POST", path, data, time.time_ns() // 1_000_000
+        )
+        headers["content-type"] = "application/json"
+        try:
+            response = await self._http.post(path, content=data, headers=headers)
+        except httpx.TransportError as exc:
+            logger.warning("simulated %s not sent: %s", path, exc)
+            return []
+        if response.status_code != 200:
+            self.stats.rejected += 1
+            return []
+        orders = response.json()["data"].get("orders", []) if path != "/deposit" else []
+        return [int(order["order_id"]) for order in orders]
+
+    def _rest_request(self, command: c.UserCommand) -> tuple[str, dict[str, Any]]:
+        engine = self.sequencer.engine
+        if isinstance(command, c.Deposit):
+            return "/deposit", {"amount": format_scaled(command.amount, 6)}
+        if isinstance(command, c.CancelOrder):
+            return "/cancelMultipleOrders", {
+                "marketId": str(command.market_id),
+                "cancelOrderIds": [str(command.order_id)],
+            }
+        assert isinstance(command, c.PlaceLimitOrder | c.PlaceMarketOrder)
+        config = engine.markets[command.market_id].config
+        body: dict[str, Any] = {
+            "marketId": str(command.market_id),
+            "tradeSide": command.trade_side,
+            "direction": command.direction,
+            "size": format_scaled(command.size, config.size_decimals),
+            "leverage": command.leverage,
+        }
+        for key, value in (("takeProfit", command.take_profit), ("stopLoss", command.stop_loss)):
+            if value is not None:
+                body[key] = format_scaled(value, config.price_decimals)
+        if isinstance(command, c.PlaceMarketOrder):
+            return "/placeMarketOrder", body
+        body["price"] = format_scaled(command.price, config.price_decimals)
+        body["restriction"] = command.restriction
+        return "/placeLimitOrder", body
 
     async def run(self) -> None:
         await self.fund()
@@ -148,7 +225,7 @@ class SimulatedMarket:
                 )
                 trade_side = (not is_buy) if direction else is_buy
                 leverage = reduce_pos.leverage if direction and reduce_pos else 5
-                events = await self._run(
+                placed += await self._run(
                     c.PlaceLimitOrder(
                         timestamp=0,
                         profile=maker,
@@ -161,7 +238,6 @@ class SimulatedMarket:
                         restriction=int(c.Restriction.POST_ONLY),
                     )
                 )
-                placed += [e.order_id for e in events if isinstance(e, OrderAccepted)]
         self.quotes[(maker, market_id)] = placed
 
     # -- takers and leveraged traders -----------------------------------------------------
