@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/openperps serve --sim
+	$(BIN)/openperps serve --sim --funding-interval 120
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -13,6 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn
 
+import msgspec
 import typer
 import uvloop
 from rich.console import Console
@@ -70,6 +71,13 @@ def serve(
             help="replay index prices from a CSV (timestamp_ms,market,price)",
         ),
     ] = None,
+    funding_interval: Annotated[
+        int | None,
+        typer.Option(
+            envvar="OPENPERPS_FUNDING_INTERVAL",
+            help="seconds between funding settlements for newly listed markets",
+        ),
+    ] = None,
     replay_speed: Annotated[
         float, typer.Option(envvar="OPENPERPS_REPLAY_SPEED", help="1: recorded pace, 0: flat out")
     ] = 1.0,
@@ -107,6 +115,7 @@ def serve(
         log_level = chosen.get("log_level", log_level)
         oracle_csv = Path(chosen["oracle_csv"]) if "oracle_csv" in chosen else oracle_csv
         replay_speed = chosen.get("replay_speed", replay_speed)
+        funding_interval = chosen.get("funding_interval", funding_interval)
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -133,6 +142,20 @@ def serve(
         except OSError as exc:
             _fail(f"data directory {data.resolve()} is not writable: {exc.strerror}")
         db = str(data / "events.sqlite3")
+    if funding_interval is not None:
+        if funding_interval <= 0:
+            _fail("--funding-interval must be a positive number of seconds")
+        configured = [
+            msgspec.structs.replace(
+                m,
+                funding_interval_ms=funding_interval * 1000,
+                interest_per_interval=m.interest_per_interval
+                * funding_interval
+                * 1000
+                // m.funding_interval_ms,
+            )
+            for m in configured
+        ]
     ticks: list[Tick] | None = None
     if oracle_csv is not None:
         try:
@@ -190,6 +213,7 @@ CONFIG_TYPES: dict[str, tuple[type, ...]] = {
     "log_level": (str,),
     "oracle_csv": (str,),
     "replay_speed": (int, float),
+    "funding_interval": (int,),
 }
 
 

@@ -20,7 +20,8 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -50,6 +51,7 @@ def sim_profile(role: str, index: int, seed: int) -> str:
 class SimStats:
     commands: int = 0
     rejected: int = 0
+    by_profile: Counter[str] = field(default_factory=Counter)
 
 
 class SimulatedMarket:
@@ -98,6 +100,8 @@ class SimulatedMarket:
     async def _run(self, command: c.Command) -> list[int]:
         """Send one participant's command; returns the ids of the orders it placed."""
         self.stats.commands += 1
+        if isinstance(command, c.UserCommand):
+            self.stats.by_profile[command.profile] += 1
         if self.rest_url is not None:
             return await self._send(command)
         try:
