@@ -139,3 +139,10 @@ def test_a_bad_price_file_is_a_one_line_error(tmp_path: Path) -> None:
     assert "prices.csv:1" in one_line_error(run(["serve", "--oracle-csv", str(prices)], tmp_path))
     missing = run(["serve", "--oracle-csv", str(tmp_path / "none.csv")], tmp_path)
     assert "cannot read" in one_line_error(missing)
+
+
+def test_a_price_file_naming_an_unknown_market_is_a_one_line_error(tmp_path: Path) -> None:
+    prices = tmp_path / "prices.csv"
+    prices.write_text("1000,DOGE-USD,0.1\n")
+    result = run(["serve", "--oracle-csv", str(prices)], tmp_path)
+    assert "market DOGE-USD" in one_line_error(result)

@@ -22,7 +22,9 @@ async def test_a_simulated_market_stays_sane(tmp_path: Path) -> None:
     exchange = Exchange(Settings(db=str(tmp_path / "events.sqlite3"), ws_port=0))
     await exchange.start()
     engine = exchange.sequencer.engine
-    oracle = RandomWalkOracle([m.config for m in engine.markets.values()], seed=11, step_bps=15)
+    oracle = RandomWalkOracle(
+        [m.config for m in engine.markets.values()], seed=11, step_bps=15, jump_every=25
+    )
     sim = SimulatedMarket(exchange.sequencer, seed=11, rate=150)
     exchange.spawn(lambda: exchange.run_walk(oracle, 0.2), "oracle")
     exchange.spawn(sim.run, "sim")
@@ -46,5 +48,6 @@ async def test_a_simulated_market_stays_sane(tmp_path: Path) -> None:
     everyone = [*sim.makers, *sim.takers, *sim.leveraged]
     assert all(sim.stats.by_profile[p] > 0 for p in everyone), sim.stats.by_profile
     assert sim.stats.commands > SECONDS * 50
+    assert exchange.keepers.liquidations > 0  # jumps put leveraged traders under
     trades = [m for m in exchange.models.recent_trades.values() if m]
     assert len(trades) == len(engine.markets)  # every market traded

@@ -36,11 +36,23 @@ class Tick:
 
 class RandomWalkOracle:
     """Each step moves every market by a whole number of basis points, pulled back gently
-    towards its start so a long demo stays near realistic prices."""
+    towards its start so a long demo stays near realistic prices, with an occasional jump."""
 
-    def __init__(self, markets: list[MarketConfig], *, seed: int = 1, step_bps: int = 8) -> None:
+    def __init__(
+        self,
+        markets: list[MarketConfig],
+        *,
+        seed: int = 1,
+        step_bps: int = 8,
+        jump_bps: int = 400,
+        jump_every: int = 240,
+    ) -> None:
+        """``jump_every``: on average one step in that many also jumps by up to ``jump_bps``
+        (a news move: what makes leveraged positions go under now and then)."""
         self.rng = random.Random(seed)
         self.step_bps = step_bps
+        self.jump_bps = jump_bps
+        self.jump_every = jump_every
         self.markets = list(markets)
         self.start: dict[int, int] = {}
         self.prices: dict[int, int] = {}
@@ -56,6 +68,10 @@ class RandomWalkOracle:
             mid = market.market_id
             price = self.prices[mid]
             move = self.rng.randint(-self.step_bps, self.step_bps)
+            if self.jump_every and self.rng.randrange(self.jump_every) == 0:
+                move += self.rng.choice((-1, 1)) * self.rng.randint(
+                    self.jump_bps // 2, self.jump_bps
+                )
             # mean reversion: a quarter of a step towards the start per 10 % away from it
             away_bps = (price - self.start[mid]) * BPS_ONE // self.start[mid]
             move -= away_bps // 400
