@@ -30,6 +30,8 @@ from typing import Any, Self
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from openperps.client.book import LocalBook
+
 logger = logging.getLogger("openperps.client.feed")
 
 USER_TOPICS = frozenset(
@@ -77,6 +79,7 @@ class Feed:
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._closing = False
+        self.books: dict[str, LocalBook] = {}
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -109,6 +112,27 @@ class Feed:
         self.requests.append(request)
         if self._ws is not None:
             await self._ws.send(json.dumps(self._request(request)))
+
+    async def book(self, market_id: str, depth: int = 100) -> LocalBook:
+        """Keep a local copy of a market's book from delta pushes (re-snapshots on a gap)."""
+        local = self.books.get(str(market_id))
+        if local is None:
+            local = self.books[str(market_id)] = LocalBook(str(market_id))
+            await self.subscribe("orderbook", market_id=str(market_id), mode="delta", limit=depth)
+        return local
+
+    async def _resnapshot(self, market_id: str) -> None:
+        request = next(
+            (
+                r
+                for r in self.requests
+                if r["topic"] == "orderbook" and str(r.get("market_id")) == market_id
+            ),
+            None,
+        )
+        if request is not None and self._ws is not None:
+            await self._ws.send(json.dumps({**request, "method": "unsubscribe"}))
+            await self._ws.send(json.dumps(request))
 
     def _key(self, topic: str, data: Any) -> tuple[str, str | None]:
         address = None
@@ -171,6 +195,13 @@ class Feed:
             return
         version = message.get("transaction_version")
         data = message.get("data")
+        if topic == "orderbook" and "mode" in message and isinstance(data, list):
+            market = str(data[0]["market_id"]) if data else None
+            local = self.books.get(market) if market else None
+            if local is None and len(self.books) == 1:
+                local = next(iter(self.books.values()))  # an empty delta names no market
+            if local is not None and not local.apply(message):
+                asyncio.get_running_loop().create_task(self._resnapshot(local.market_id))
         if topic in LIVE_TOPICS and isinstance(version, int):
             key = self._key(topic, data)
             if version <= self.last_version.get(key, 0):

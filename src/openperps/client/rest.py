@@ -242,3 +242,46 @@ class Client:
             "/addMargin",
             {"marketId": market_id, "tradeSide": long, "amount": _number(amount, "amount")},
         )
+
+
+class SyncClient:
+    """``Client`` for code without an event loop: the same methods, called plainly.
+
+    client = SyncClient("http://127.0.0.1:8080", key)
+    client.mint_test_tokens("1000")
+    print(client.positions())
+    client.close()
+    """
+
+    def __init__(self, base_url: str, key: PrivateKey | None = None, **options: Any) -> None:
+        import asyncio
+        import threading
+
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._client = self._call(self._make(base_url, key, options))
+
+    @staticmethod
+    async def _make(base_url: str, key: PrivateKey | None, options: dict[str, Any]) -> Client:
+        return Client(base_url, key, **options)
+
+    def _call(self, work: Any) -> Any:
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(work, self._loop).result()
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._call(attribute(*args, **kwargs))
+
+        return call
+
+    def close(self) -> None:
+        self._call(self._client.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)

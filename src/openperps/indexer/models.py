@@ -502,6 +502,11 @@ class ReadModels:
         asks = sorted((p, s) for (ask, p), s in book.items() if ask)
         return bids, asks
 
+    def book_version_of(self, market_id: int) -> int:
+        """The version of the last change to a market's book (0 before any)."""
+        market = self.markets.get(market_id)
+        return market.book_version if market is not None else 0
+
     def recent_trades_of(self, market_id: int, limit: int = 100) -> list[FillRow]:
         return list(reversed(self.recent_trades.get(market_id, ())))[:limit]
 

@@ -1,0 +1,65 @@
+"""A local copy of one market's book, kept from the feed's delta mode.
+
+The first push is a snapshot at version V; each delta says the version it brings the book to
+and the previous one. A delta whose ``prev_version`` is newer than the book is a gap: the
+book says so (``apply`` returns False) and the feed takes a fresh snapshot.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+
+class LocalBook:
+    def __init__(self, market_id: str) -> None:
+        self.market_id = market_id
+        self.bids: dict[Decimal, Decimal] = {}
+        self.asks: dict[Decimal, Decimal] = {}
+        self.version: int | None = None
+        self.gaps = 0
+
+    def apply(self, push: dict[str, Any]) -> bool:
+        """Fold in one orderbook push; False when a gap means a new snapshot is needed."""
+        version = push.get("transaction_version")
+        if not isinstance(version, int):
+            return True
+        if push.get("mode", "snapshot") == "snapshot":
+            self.bids.clear()
+            self.asks.clear()
+            self._levels(push.get("data", []))
+            self.version = version
+            return True
+        previous = push.get("prev_version")
+        if self.version is None or not isinstance(previous, int) or previous > self.version:
+            self.gaps += 1
+            self.version = None
+            return False
+        if version <= self.version:
+            return True  # already part of the snapshot
+        self._levels(push.get("data", []))
+        self.version = version
+        return True
+
+    def _levels(self, levels: list[dict[str, Any]]) -> None:
+        for level in levels:
+            side = self.asks if level["is_ask"] else self.bids
+            price = Decimal(str(level["price"]))
+            size = Decimal(level["size"])
+            if size:
+                side[price] = size
+            else:
+                side.pop(price, None)
+
+    def best_bid(self) -> tuple[Decimal, Decimal] | None:
+        return max(self.bids.items()) if self.bids else None
+
+    def best_ask(self) -> tuple[Decimal, Decimal] | None:
+        return min(self.asks.items()) if self.asks else None
+
+    def levels(
+        self, depth: int = 10
+    ) -> tuple[list[tuple[Decimal, Decimal]], list[tuple[Decimal, Decimal]]]:
+        bids = sorted(self.bids.items(), reverse=True)[:depth]
+        asks = sorted(self.asks.items())[:depth]
+        return bids, asks
