@@ -17,6 +17,7 @@ import msgspec
 import typer
 import uvloop
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
 from openperps.core.errors import OpenPerpsError
 from openperps.core.markets import default_markets, parse_markets
@@ -264,7 +265,19 @@ async def _serve(
     clock = ReplayClock(ticks[0].timestamp or 0) if ticks else None
     exchange = Exchange(settings, clock=clock) if clock is not None else Exchange(settings)
     try:
-        await exchange.start()
+        # replaying a long log after the newest snapshot shows its progress
+        with Progress(
+            TextColumn("replaying the event log"),
+            BarColumn(),
+            TaskProgressColumn(),
+            console=err,
+            transient=True,
+            disable=not err.is_terminal,
+        ) as progress:
+            task = progress.add_task("replay", total=None)
+            await exchange.start(
+                progress=lambda done, total: progress.update(task, completed=done, total=total)
+            )
     except BaseException:
         rest_socket.close()
         raise
