@@ -124,6 +124,21 @@ def test_market_order_fills_only_what_the_balance_pays_for() -> None:
     assert x.free(ALICE) >= 0
 
 
+def test_a_market_order_whose_balance_pays_for_no_lot_is_refused() -> None:
+    """Regression (found by the engine state machine): with a few units of free balance, an
+    opening market order was accepted, filled nothing and was cancelled as "no liquidity"."""
+    x = Exchange()
+    x.deposit(ALICE, "10")
+    x.deposit(BOB, "100000")
+    x.do(c.Withdraw(timestamp=x.tick(), profile=ALICE, amount=x.usd("10") - 7))
+    x.limit(BOB, "open short", "100", "7.000")
+    # one lot (0.01 APT at 7.000, 10x) costs 7 000 units of margin plus 35 of fee
+    assert rejected(x.market_order(ALICE, "open long", "1")) == 1014
+    x.deposit(ALICE, "0.007035")
+    assert x.free(ALICE) == 7_042
+    assert only(x.market_order(ALICE, "open long", "1"), e.TradeExecuted).size == x.sz("0.01")
+
+
 def test_self_match_cancels_the_resting_order_and_goes_on() -> None:
     x = funded()
     own = x.order_ids(x.limit(ALICE, "open short", "1", "7.000"))[0]

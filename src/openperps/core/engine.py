@@ -707,7 +707,9 @@ class Engine:
                 reserve = -(-notional // leverage) + -(-(notional * fee_bps) // BPS_ONE)
                 if account is None or account.free < reserve:
                     raise _Reject(ErrorCode.INVALID_INITIAL_MARGIN)
-            elif account is None or account.free <= 0:
+            elif account is None or account.free < self._first_lot_cost(
+                market, profile, is_buy, leverage
+            ):
                 raise _Reject(ErrorCode.INVALID_INITIAL_MARGIN)
         # restrictions that refuse before anything happens
         if price is None:
@@ -855,6 +857,19 @@ class Engine:
                     if total >= wanted:
                         return total
         return total
+
+    @staticmethod
+    def _first_lot_cost(market: MarketState, profile: str, is_buy: bool, leverage: int) -> int:
+        """Margin and taker fee of one lot at the first price an opening market order could
+        fill at (its own orders are skipped: self-match cancels them). An order that cannot
+        pay for that lot would fill nothing, so it is refused rather than accepted and
+        cancelled. 1 when no other profile's order rests on that side."""
+        for price, level in market.book.levels(not is_buy):
+            if any(maker.profile != profile for maker in level.values()):
+                notional = price * market.config.lot * market.mul
+                fee = ceil_div(notional * market.config.taker_fee_bps, BPS_ONE)
+                return ceil_div(notional, leverage) + fee
+        return 1
 
     def _affordable(self, market: MarketState, order: Order, price: int, wanted: int) -> int:
         """For a market order opening a position: the largest size the free balance pays."""
