@@ -19,6 +19,8 @@ After every command (``EngineMachine.run``):
   ``|rate| x size x mark`` (payers rounded up, receivers down) and stays within the cap;
 - every liquidation closes the position and splits what was left 50/30/20 (rest to house);
 - no profile trades with itself, and fees are the market's rates, rounded up;
+- an accepted market order fills something or meets its own profile's orders (self-match):
+  one that can do neither is refused, not accepted and cancelled;
 - the events alone tell the state: projecting them (open orders and what each has left,
   positions, free and reserved balances, the fee account as the sum of fill fees) gives
   exactly the engine's state. This is what the read models rely on;
@@ -888,7 +890,9 @@ class EngineMachine(RuleBasedStateMachine):
         TOTALS["restarts"] += 1
 
 
-EngineMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=50, deadline=None)
+EngineMachine.TestCase.settings = settings(
+    max_examples=200, stateful_step_count=50, deadline=None, derandomize=True
+)
 TestEngineMachine = EngineMachine.TestCase
 
 
@@ -899,7 +903,10 @@ def test_the_machine_exercised_the_engine() -> None:
         from hypothesis.stateful import run_state_machine_as_test
 
         run_state_machine_as_test(
-            EngineMachine, settings=settings(max_examples=40, stateful_step_count=50, deadline=None)
+            EngineMachine,
+            settings=settings(
+                max_examples=40, stateful_step_count=50, deadline=None, derandomize=True
+            ),
         )
     accepted, rejected = TOTALS["accepted"], TOTALS["rejected"]
     assert accepted >= 2 * rejected, TOTALS
