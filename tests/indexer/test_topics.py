@@ -12,7 +12,7 @@ import pytest
 from openperps.core import commands as c
 from openperps.indexer import ReadModels
 from openperps.indexer.topics import ALL_TOPICS, TopicData
-from openperps.wire.records import ENCODER
+from openperps.wire.shapes import ENCODER
 from tests.core.harness import ALICE, APT, BOB, CAROL, Exchange
 
 # field: JSON type, from the contract (ws-protocol.md)
@@ -185,7 +185,7 @@ def test_values_agree_with_each_other(data: TopicData) -> None:
 
 
 def test_the_contract_example_decodes_into_our_record() -> None:
-    from openperps.wire.records import OrderHistoryRecord
+    from openperps.wire.shapes import OrderHistoryRecord
 
     example = b"""{"address": "0x51f531abefc697845eabae4ba20c7cc26b1f849561bb016c4d90707c4ede1912",
       "order_id": "11905620858892513160724480", "market_id": "14", "order_type": 9,

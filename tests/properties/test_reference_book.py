@@ -312,7 +312,7 @@ class BookAgainstReference(RuleBasedStateMachine):
 
 
 BookAgainstReference.TestCase.settings = settings(
-    max_examples=150, stateful_step_count=50, deadline=None
+    max_examples=300, stateful_step_count=50, deadline=None
 )
 TestBookAgainstReference = BookAgainstReference.TestCase
 

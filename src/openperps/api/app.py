@@ -35,7 +35,7 @@ from openperps.indexer.render import Renderer
 from openperps.runtime.app import Exchange
 from openperps.runtime.sequencer import NotDurable
 from openperps.signing import RequestVerifier, SigningError, normalise_address, profile_address
-from openperps.wire.records import ENCODER
+from openperps.wire.shapes import ENCODER
 
 # exchange codes -> HTTP status (anything else refused by the rules: 409)
 STATUS = {

@@ -24,7 +24,7 @@ import httpx
 import msgspec
 
 from openperps.signing import PrivateKey, profile_address, sign_request
-from openperps.wire.records import (
+from openperps.wire.shapes import (
     DepositWithdrawRecord,
     OpenOrderRecord,
     OrderHistoryRecord,

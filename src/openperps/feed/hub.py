@@ -28,7 +28,7 @@ import msgspec
 from openperps.feed.session import Subscription
 from openperps.indexer.models import Applied, FillRow, OrderRow
 from openperps.indexer.topics import LIVE_TOPICS, TopicData
-from openperps.wire.records import ENCODER
+from openperps.wire.shapes import ENCODER
 
 Conn = Hashable
 

@@ -15,7 +15,7 @@ from openperps.core.margin import liquidation_price
 from openperps.core.markets import MarketConfig
 from openperps.core.numbers import QUOTE_DECIMALS, RATE_DECIMALS, format_fraction, format_scaled
 from openperps.indexer.models import FillRow, MarketRow, OrderRow, PositionRow, TransferRow
-from openperps.wire.records import (
+from openperps.wire.shapes import (
     DepositWithdrawRecord,
     FundingRateRecord,
     LiveTradeRecord,
