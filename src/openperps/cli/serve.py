@@ -321,6 +321,7 @@ async def _serve(
     try:
         await stop.wait()
     finally:
+        await exchange.stop_work()  # the traders stop before the API they trade through
         api.should_exit = True
         await api_task
         await exchange.stop()

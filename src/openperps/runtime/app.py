@@ -135,12 +135,16 @@ class Exchange:
         applied = self.models.apply_all(batch.events)
         self.feed.on_applied(applied, durable_at_ms=now_ms())
 
-    async def stop(self) -> None:
-        self.ready = False
+    async def stop_work(self) -> None:
+        """Stop what was spawned (oracle, simulated traders, keepers); idempotent."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+
+    async def stop(self) -> None:
+        self.ready = False
+        await self.stop_work()
         await self.feed.stop()
         if self.log is not None:
             await self.writer.close()
