@@ -609,8 +609,8 @@ class EngineMachine(RuleBasedStateMachine):
         stranger: int,
         via: int,
     ) -> None:
-        """placeMultipleOrders, or cancelAndPlaceMultipleOrders when there is something to
-        cancel; now and then an item names another profile (refused on its own, 1001)."""
+        """placeMultipleOrders, or cancelAndPlaceMultipleOrders (its cancels may be none); now
+        and then an item names another profile (refused on its own, 1001)."""
         self.tick()
         orders: list[c.PlaceLimitOrder | c.PlaceMarketOrder] = []
         for i, (long, reduce, offset, lots, restriction) in enumerate(items):
@@ -622,8 +622,8 @@ class EngineMachine(RuleBasedStateMachine):
             orders.append(order)
         mine = self.own_orders(who, market)
         delegate = self.signer(who, via)
-        if cancels and mine:
-            ids = list(dict.fromkeys(mine[p % len(mine)] for p in cancels))
+        if cancels:
+            ids = list(dict.fromkeys(mine[p % len(mine)] for p in cancels)) if mine else []
             self.run(
                 c.CancelAndPlaceMultipleOrders(
                     timestamp=self.now,
@@ -763,12 +763,14 @@ class EngineMachine(RuleBasedStateMachine):
             self.quote(market, 3)
         self.liquidate_due(market)
 
-    @rule(market=markets, down=st.booleans(), size=st.integers(3, 12))
-    def shock(self, market: int, down: bool, size: int) -> None:
-        """The maker pulls its quotes and the index jumps: leveraged positions go under."""
+    @rule(market=markets, down=st.booleans(), size=st.integers(3, 12), refill=st.booleans())
+    def shock(self, market: int, down: bool, size: int, refill: bool) -> None:
+        """The maker pulls its quotes and the index jumps: leveraged positions go under. The
+        keeper closes them into an empty book (the fund takes them over) or, when the maker
+        is back first, into the maker's new quotes."""
         self.quote(market, 0)
         steps = self.mids[market] * size // 100 // STEP[market]
-        self.move_price(market, -steps if down else steps, False)
+        self.move_price(market, -steps if down else steps, refill)
 
     @rule(market=markets, pick=st.integers(0, 10**6))
     def liquidate_healthy(self, market: int, pick: int) -> None:
@@ -841,7 +843,7 @@ class EngineMachine(RuleBasedStateMachine):
         """Revoke a delegation (mostly one that exists; 2019 otherwise)."""
         if who not in self.delegations and via % 4:
             if not self.delegations:
-                return
+                self.enable_delegation(who, 10**8, 0)
             who = min(self.delegations)
         self.run(
             c.DisableDelegation(
@@ -891,7 +893,7 @@ class EngineMachine(RuleBasedStateMachine):
 
 
 EngineMachine.TestCase.settings = settings(
-    max_examples=200, stateful_step_count=50, deadline=None, derandomize=True
+    max_examples=400, stateful_step_count=50, deadline=None, derandomize=True
 )
 TestEngineMachine = EngineMachine.TestCase
 
@@ -902,12 +904,7 @@ def test_the_machine_exercised_the_engine() -> None:
     if not TOTALS:  # run on its own: drive a short machine first
         from hypothesis.stateful import run_state_machine_as_test
 
-        run_state_machine_as_test(
-            EngineMachine,
-            settings=settings(
-                max_examples=40, stateful_step_count=50, deadline=None, derandomize=True
-            ),
-        )
+        run_state_machine_as_test(EngineMachine, settings=EngineMachine.TestCase.settings)
     accepted, rejected = TOTALS["accepted"], TOTALS["rejected"]
     assert accepted >= 2 * rejected, TOTALS
     # the traders' own commands (the rules' random ones, malformed ones included)
