@@ -323,8 +323,7 @@ def test_the_reference_machine_exercised_the_book() -> None:
         from hypothesis.stateful import run_state_machine_as_test
 
         run_state_machine_as_test(
-            BookAgainstReference,
-            settings=settings(max_examples=40, stateful_step_count=50, deadline=None),
+            BookAgainstReference, settings=BookAgainstReference.TestCase.settings
         )
     assert TOTALS["accepted"] > 1.5 * TOTALS["rejected"], TOTALS
     for kind in (
