@@ -105,6 +105,12 @@ class OrderbookLevel(_Record, frozen=True):
     last_updated: int
     transaction_version: int
 
+    def __post_init__(self) -> None:
+        # msgspec does not check types on construction: without this a float (or a NaN,
+        # which ENCODER would write as invalid JSON) could reach the wire
+        if not isinstance(self.price, Decimal) or not self.price.is_finite():
+            raise ValueError("an order-book price is a finite Decimal, never a float")
+
 
 class RecentTradeRecord(_Record, frozen=True):
     address: str
