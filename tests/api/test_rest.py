@@ -190,6 +190,15 @@ async def test_bad_input_and_rule_refusals(api: httpx.AsyncClient) -> None:
     assert missing.status_code == 400 and missing.json()["success"] is False
     unknown = await api.get("/fetchOrderStatusById", params={"marketId": APT, "orderId": "5"})
     refused(unknown, 404, 2007)
+    # digits of other scripts and superscripts pass str.isdigit but are not ids
+    for market_id, order_id in (("\u00b2", "5"), (APT, "\u0661\u0663"), (APT, "9" * 40)):
+        odd = {"marketId": market_id, "orderId": order_id}
+        refused(await api.get("/fetchOrderStatusById", params=odd), 400, 2030)
+    refused(await alice.post("/placeLimitOrder", {**order, "marketId": "\u00b2"}), 400, 2030)
+    refused(await alice.post("/placeLimitOrder", {**order, "marketId": True}), 400, 2030)
+    for ids in (["\u00b9"], ["1", 2], "1", ["9" * 5000]):
+        cancel = {"marketId": APT, "cancelOrderIds": ids}
+        refused(await alice.post("/cancelMultipleOrders", cancel), 400, 2030)
     refused(
         await api.get("/getOrderHistory", params={"userAddress": alice.wallet, "limit": 5000}),
         400,

@@ -30,7 +30,13 @@ from openperps.core import commands as c
 from openperps.core import events as e
 from openperps.core.errors import MESSAGES, ErrorCode, InvalidInput, OpenPerpsError
 from openperps.core.markets import MarketConfig
-from openperps.core.numbers import QUOTE_DECIMALS, format_scaled, parse_decimal
+from openperps.core.numbers import (
+    MAX_ID,
+    QUOTE_DECIMALS,
+    format_scaled,
+    parse_decimal,
+    parse_id,
+)
 from openperps.indexer.render import Renderer
 from openperps.runtime.app import Exchange
 from openperps.runtime.sequencer import NotDurable
@@ -105,10 +111,11 @@ def _exchange(state: State) -> Exchange:
 
 
 def _market(exchange: Exchange, market_id: object) -> MarketConfig:
-    text = str(market_id).strip() if market_id is not None else ""
-    if not text.isdigit():
+    plain = isinstance(market_id, (str, int)) and not isinstance(market_id, bool)
+    number = parse_id(str(market_id)) if plain else None
+    if number is None:
         raise ApiError(400, BAD_REQUEST, "marketId must be a decimal integer")
-    row = exchange.models.markets.get(int(text))
+    row = exchange.models.markets.get(number)
     if row is None:
         raise ApiError(404, int(ErrorCode.MARKET_NOT_FOUND), MESSAGES[ErrorCode.MARKET_NOT_FOUND])
     return row.config
@@ -408,9 +415,10 @@ async def order_status(
 ) -> Response[bytes]:
     exchange = _exchange(state)
     config = _market(exchange, marketId)
-    if not orderId.isdigit():
+    order_id = parse_id(orderId, MAX_ID)
+    if order_id is None:
         raise ApiError(400, BAD_REQUEST, "orderId must be a decimal integer")
-    row = exchange.models.orders.get(int(orderId))
+    row = exchange.models.orders.get(order_id)
     if row is None or row.market_id != config.market_id:
         raise ApiError(404, int(ErrorCode.ORDER_NOT_FOUND), MESSAGES[ErrorCode.ORDER_NOT_FOUND])
     return envelope(_to_builtins(Renderer(exchange.models.markets).order(row)))
@@ -560,7 +568,8 @@ async def cancel_orders(request: Request[Any, Any, Any], state: State) -> Respon
     profile, delegate, body = await _signed(request)
     config = _market(exchange, body.get("marketId"))
     ids = body.get("cancelOrderIds")
-    if not isinstance(ids, list) or not all(isinstance(i, str) and i.isdigit() for i in ids):
+    order_ids = [parse_id(i, MAX_ID) for i in ids] if isinstance(ids, list) else [None]
+    if not all(i is not None for i in order_ids):
         raise ApiError(400, BAD_REQUEST, "cancelOrderIds is a list of decimal strings")
     events = await _run(
         exchange,
@@ -569,7 +578,7 @@ async def cancel_orders(request: Request[Any, Any, Any], state: State) -> Respon
             profile=profile,
             delegate=delegate,
             market_id=config.market_id,
-            order_ids=[int(i) for i in ids],
+            order_ids=[i for i in order_ids if i is not None],
         ),
     )
     return envelope(_outcome(exchange, events), "orders cancelled")
@@ -722,7 +731,8 @@ async def cancel_and_place(request: Request[Any, Any, Any], state: State) -> Res
     profile, delegate, body = await _signed(request)
     config = _market(exchange, body.get("marketId"))
     ids = body.get("cancelOrderIds", [])
-    if not isinstance(ids, list) or not all(isinstance(i, str) and i.isdigit() for i in ids):
+    order_ids = [parse_id(i, MAX_ID) for i in ids] if isinstance(ids, list) else [None]
+    if not all(i is not None for i in order_ids):
         raise ApiError(400, BAD_REQUEST, "cancelOrderIds is a list of decimal strings")
     orders = _orders(exchange, profile, delegate, body.get("orders"))
     events = await _run(
@@ -732,7 +742,7 @@ async def cancel_and_place(request: Request[Any, Any, Any], state: State) -> Res
             profile=profile,
             delegate=delegate,
             market_id=config.market_id,
-            cancel_order_ids=[int(i) for i in ids],
+            cancel_order_ids=[i for i in order_ids if i is not None],
             orders=orders,
         ),
     )

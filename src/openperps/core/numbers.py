@@ -55,6 +55,24 @@ def is_positive_int(value: object) -> bool:
     return type(value) is int and 0 < value <= MAX_INPUT
 
 
+MAX_ID: Final = 2**128 - 1  # order and trade ids are unsigned 128-bit integers
+
+
+def parse_id(text: object, maximum: int = MAX_INPUT) -> int | None:
+    """An identifier written as ASCII decimal digits (market ids, order ids, timestamps in a
+    file): its value, or None when it is not one. ``str.isdigit`` alone is not enough: it
+    accepts superscripts and other scripts' digits that ``int`` then refuses or reads
+    differently. Surrounding spaces are allowed; the value must not pass ``maximum`` (64
+    signed bits unless told; ``MAX_ID`` for order ids)."""
+    if not isinstance(text, str):
+        return None
+    digits = text.strip()
+    if not digits or len(digits) > 39 or not digits.isascii() or not digits.isdigit():
+        return None
+    value = int(digits)
+    return value if value <= maximum else None
+
+
 def parse_decimal(text: object, decimals: int, *, what: str = "value") -> int:
     """Parse a decimal string (or an int) into an integer scaled by ``10**decimals``.
 

@@ -25,6 +25,7 @@ from typing import Any, Final
 
 import msgspec
 
+from openperps.core.numbers import parse_id
 from openperps.indexer.topics import ALL_TOPICS, LIVE_TOPICS, MARKET_TOPICS, USER_TOPICS
 
 # close codes, in one place
@@ -69,7 +70,7 @@ class Subscription(msgspec.Struct, frozen=True, order=True):
             out["address"] = self.key
         elif self.topic in MARKET_TOPICS:
             out["market_id"] = str(self.key)
-        if self.topic in HISTORY_TOPICS or self.topic == "orderbook":
+        if self.topic in HISTORY_TOPICS or self.topic in ("orderbook", "open_orders"):
             out["limit"] = self.limit
         if self.delta:
             out["mode"] = "delta"
@@ -177,14 +178,21 @@ class FeedSession:
             ]
             return actions + self._violation(now_ms, CLOSE_TOO_LARGE, "frames too large")
         if not self._take_token(now_ms):
+            # the request is not carried out, but a client matching answers by id still gets
+            # its id (and request) back when the frame is a readable object
+            try:
+                refused = _decoder.decode(data)
+            except (msgspec.DecodeError, UnicodeDecodeError):
+                refused = None
+            readable = isinstance(refused, dict)
             return [
                 Send(
                     error_frame(
                         "rate_limited",
                         f"at most {self.limits.requests_per_second:g} requests per second",
-                        None,
-                        None,
-                        False,
+                        refused if readable else None,
+                        refused.get("id") if readable else None,
+                        readable and "id" in refused,
                     )
                 ),
                 *self._violation(now_ms, CLOSE_POLICY, "rate limit exceeded repeatedly"),
@@ -334,9 +342,9 @@ class FeedSession:
         if isinstance(value, bool) or not isinstance(value, (str, int)):
             raise RequestError("unknown_market", "market_id is a decimal string or an integer")
         text = str(value).strip()
-        if not text.isdigit() or len(text) > 20:
+        market_id = parse_id(text)
+        if market_id is None:
             raise RequestError("unknown_market", "market_id is a decimal string or an integer")
-        market_id = int(text)
         if market_id not in self.markets:
             known = ", ".join(str(m) for m in sorted(self.markets))
             raise RequestError("unknown_market", f"market {text} is not listed; markets: {known}")

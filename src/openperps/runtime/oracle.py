@@ -21,7 +21,7 @@ from pathlib import Path
 
 from openperps.core.errors import ErrorCode, InvalidInput
 from openperps.core.markets import MarketConfig
-from openperps.core.numbers import BPS_ONE, parse_decimal
+from openperps.core.numbers import BPS_ONE, parse_decimal, parse_id
 
 # where each market's walk starts, in human units
 START_PRICES = {"APT-USD": "5.20", "BTC-USD": "91000", "ETH-USD": "3050", "SOL-USD": "142"}
@@ -94,7 +94,7 @@ def read_csv_prices(path: Path, markets: list[MarketConfig]) -> Iterator[Tick]:
         for line_no, row in enumerate(csv.reader(handle), start=1):
             if not row or row[0].startswith("#"):
                 continue
-            if line_no == 1 and not row[0].strip().isdigit():
+            if line_no == 1 and parse_id(row[0]) is None:
                 continue  # header
             if len(row) != 3:
                 raise InvalidInput(
@@ -104,9 +104,10 @@ def read_csv_prices(path: Path, markets: list[MarketConfig]) -> Iterator[Tick]:
             market = by_key.get(key.lower())
             if market is None:
                 raise InvalidInput(ErrorCode.MARKET_NOT_FOUND, f"{path}:{line_no}: market {key}")
-            if not stamp_text.isdigit():
+            parsed = parse_id(stamp_text)
+            if parsed is None:
                 raise InvalidInput(ErrorCode.INVALID_NUMBER, f"{path}:{line_no}: bad timestamp")
-            stamp = int(stamp_text)
+            stamp = parsed
             if stamp < last:
                 raise InvalidInput(
                     ErrorCode.TIMESTAMP_REGRESSED, f"{path}:{line_no}: timestamps go back"
