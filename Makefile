@@ -21,8 +21,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench setup.py
+	$(BIN)/ruff format --check src tests bench setup.py
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -30,7 +30,7 @@ typecheck: $(STAMP)
 check: lint typecheck test
 
 coverage: $(STAMP)
-	$(BIN)/python -m pytest -q --cov=openperps.core --cov-branch --cov-report=term-missing tests/core tests/properties
+	OPENPERPS_PURE=1 $(BIN)/python -m pytest -q --cov=openperps.core --cov-branch --cov-report=term-missing tests/core tests/properties
 
 bench: $(STAMP)
 	$(BIN)/python bench/engine.py
@@ -40,3 +40,4 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	find src -name "*.so" -delete

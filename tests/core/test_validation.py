@@ -9,9 +9,10 @@ import pytest
 
 from openperps.core import commands as c
 from openperps.core import events as e
-from openperps.core.engine import Engine, EngineSnapshot
+from openperps.core.engine import Engine
 from openperps.core.errors import ErrorCode
 from openperps.core.markets import default_markets
+from openperps.core.snapshot import EngineSnapshot
 from tests.core.harness import ALICE, APT, BOB, Exchange, rejected
 
 

@@ -43,12 +43,13 @@ from hypothesis.stateful import RuleBasedStateMachine, rule
 
 from openperps.core import commands as c
 from openperps.core import events as e
-from openperps.core.engine import FEES_ACCOUNT, INSURANCE_FUND, Engine, EngineSnapshot
+from openperps.core.engine import FEES_ACCOUNT, INSURANCE_FUND, Engine
 from openperps.core.errors import ErrorCode
 from openperps.core.invariants import version_gaps, violations
 from openperps.core.markets import default_markets
 from openperps.core.numbers import BPS_ONE, RATE_ONE, ceil_div, floor_div
 from openperps.core.replay import replay_events
+from openperps.core.snapshot import EngineSnapshot
 
 APT, BTC = 1338, 1339  # APT: tick 0.001, min size 0.1; BTC: tick 0.1, min size 0.0001
 MARKETS = (APT, BTC)

@@ -14,6 +14,7 @@ past 64 bits is rejected with a code, not trusted.
 
 from __future__ import annotations
 
+import typing
 from enum import IntEnum
 
 import msgspec
@@ -172,3 +173,49 @@ AnyCommand = (
     | ListMarket
     | PauseMarket
 )
+
+
+# -- field types, as the engine checks them -------------------------------------------------
+# The engine refuses a command whose fields don't have their declared types (a float size, a
+# bool where an int belongs, a str market id) before it reads them: the compiled engine
+# (mypyc) would otherwise coerce a bool to an int or raise TypeError where it reads a field.
+INT, OPT_INT, BOOL, STR, OPT_STR, RESTRICTION, INT_LIST, STRUCT, STRUCT_LIST = range(9)
+
+
+def _kind(annotation: object) -> tuple[int, tuple[type, ...]]:
+    args = typing.get_args(annotation)
+    if annotation is int:
+        return INT, ()
+    if annotation is bool:
+        return BOOL, ()
+    if annotation is str:
+        return STR, ()
+    if annotation is Restriction:
+        return RESTRICTION, ()
+    if annotation == int | None:
+        return OPT_INT, ()
+    if annotation == str | None:
+        return OPT_STR, ()
+    if typing.get_origin(annotation) is list and args == (int,):
+        return INT_LIST, ()
+    if isinstance(annotation, type) and issubclass(annotation, msgspec.Struct):
+        return STRUCT, (annotation,)
+    if typing.get_origin(annotation) is list and len(args) == 1:
+        members = typing.get_args(args[0]) or args
+        if all(isinstance(m, type) and issubclass(m, msgspec.Struct) for m in members):
+            return STRUCT_LIST, tuple(members)
+    raise TypeError(f"no type check for {annotation!r}")
+
+
+def field_kinds(cls: type[msgspec.Struct]) -> tuple[tuple[str, int, tuple[type, ...]], ...]:
+    """(field name, kind, allowed struct classes) for every field of a command or struct."""
+    hints = typing.get_type_hints(cls)
+    return tuple(
+        (name, RESTRICTION, ()) if name == "restriction" else (name, *_kind(hints[name]))
+        for name in cls.__struct_fields__
+    )
+
+
+FIELD_KINDS: dict[type, tuple[tuple[str, int, tuple[type, ...]], ...]] = {}
+for _cls in (*typing.get_args(AnyCommand), MarketConfig):
+    FIELD_KINDS[_cls] = field_kinds(_cls)

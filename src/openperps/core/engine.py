@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from functools import partial
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import msgspec
 
@@ -44,6 +44,16 @@ from openperps.core.numbers import (
     floor_div,
     is_valid_int,
 )
+from openperps.core.snapshot import (
+    AccountSnap,
+    DelegationSnap,
+    EngineSnapshot,
+    MarketSnap,
+    OrderSnap,
+    PositionSnap,
+    decode_snapshot,
+    encode_snapshot,
+)
 
 INSURANCE_FUND: Final = "0x" + "0" * 63 + "1"
 FEES_ACCOUNT: Final = "0x" + "0" * 63 + "2"
@@ -54,6 +64,97 @@ MAX_BATCH: Final = 20
 PREMIUM_CLAMP: Final = 5 * RATE_ONE // BPS_ONE  # the +-0.05 % bound on (interest - premium)
 LIQUIDATION_SPLIT: Final = (50, 30, 20)  # user, liquidator, insurance fund (percent)
 _HEX: Final = frozenset("0123456789abcdef")
+# the code a wrongly typed field is refused with (any other field: INVALID_NUMBER)
+_TYPE_CODES: Final = {
+    "trade_side": ErrorCode.INVALID_FLAG,
+    "direction": ErrorCode.INVALID_FLAG,
+    "paused": ErrorCode.INVALID_FLAG,
+    "restriction": ErrorCode.INVALID_RESTRICTION,
+    "profile": ErrorCode.INVALID_ADDRESS,
+    "liquidator": ErrorCode.INVALID_ADDRESS,
+    "delegate": ErrorCode.NOT_AUTHORISED,
+    "delegate_public_key": ErrorCode.INVALID_DELEGATION,
+    "market_id": ErrorCode.MARKET_NOT_FOUND,
+    "order_id": ErrorCode.ORDER_NOT_FOUND,
+}
+
+
+def _type_code(path: str) -> ErrorCode:
+    """The code for a wrongly typed field at ``path`` (``size``, ``orders[2].price``, ...)."""
+    if path == "market" or path.startswith("market."):
+        return ErrorCode.INVALID_MARKET_CONFIG  # a listed market's configuration
+    leaf = path.rsplit(".", 1)[-1]
+    if leaf.endswith("]") and leaf.startswith("orders["):
+        return ErrorCode.UNKNOWN_COMMAND  # a batch item that is not an order
+    return _TYPE_CODES.get(leaf.split("[", 1)[0], ErrorCode.INVALID_NUMBER)
+
+
+# field kinds (commands.FIELD_KINDS) as literals the compiler can inline
+_INT: Final = 0
+_OPT_INT: Final = 1
+_BOOL: Final = 2
+_STR: Final = 3
+_OPT_STR: Final = 4
+_RESTRICTION: Final = 5
+_INT_LIST: Final = 6
+_STRUCT: Final = 7
+if (_INT, _OPT_INT, _BOOL, _STR, _OPT_STR, _RESTRICTION, _INT_LIST, _STRUCT) != (
+    c.INT,
+    c.OPT_INT,
+    c.BOOL,
+    c.STR,
+    c.OPT_STR,
+    c.RESTRICTION,
+    c.INT_LIST,
+    c.STRUCT,
+):
+    raise ImportError("core.engine and core.commands disagree on field kinds")
+
+
+def _mistyped(value: object, kinds: tuple[tuple[str, int, tuple[type, ...]], ...]) -> str | None:
+    """The path of the first field of a command (or of a struct in it) that does not hold
+    its declared type exactly (``commands.FIELD_KINDS``), or None."""
+    for name, kind, classes in kinds:
+        field = getattr(value, name)
+        t = type(field)
+        if kind == _INT:
+            ok = t is int
+        elif kind == _STR:
+            ok = t is str
+        elif kind == _BOOL:
+            ok = t is bool
+        elif kind == _OPT_INT:
+            ok = field is None or t is int
+        elif kind == _OPT_STR:
+            ok = field is None or t is str
+        elif kind == _RESTRICTION:
+            ok = t is int or t is c.Restriction
+        elif kind == _INT_LIST:
+            ok = t is list and all(type(item) is int for item in field)
+        elif kind == _STRUCT:
+            if t not in classes:
+                return name
+            inner = _mistyped(field, c.FIELD_KINDS[t])
+            if inner is not None:
+                return f"{name}.{inner}"
+            ok = True
+        else:  # STRUCT_LIST
+            if t is not list:
+                return name
+            for i, item in enumerate(field):
+                if type(item) not in classes:
+                    return f"{name}[{i}]"
+                inner = _mistyped(item, c.FIELD_KINDS[type(item)])
+                if inner is not None:
+                    return f"{name}[{i}].{inner}"
+            ok = True
+        if not ok:
+            return name
+    return None
+
+
+_command_encoder: Final = msgspec.json.Encoder()
+_command_decoder: Final = msgspec.json.Decoder(c.AnyCommand)
 
 # order_type codes (exchange-rules.md): odd = long side, even = short side
 OPEN, INCREASE, DECREASE, CLOSE, TPSL, LIQUIDATION = 1, 3, 5, 7, 9, 11
@@ -213,96 +314,6 @@ class _Reject(Exception):
 
 
 # ---------------------------------------------------------------------------------------------
-# snapshot shapes
-
-
-class OrderSnap(msgspec.Struct, frozen=True, array_like=True):
-    order_id: int
-    profile: str
-    trade_side: bool
-    direction: bool
-    order_type: int
-    price: int
-    size: int
-    remaining: int
-    leverage: int
-    trade_id: int
-    timestamp: int
-    restriction: int
-    reserved: int
-    take_profit: int | None
-    stop_loss: int | None
-
-
-class PositionSnap(msgspec.Struct, frozen=True, array_like=True):
-    profile: str
-    trade_side: bool
-    trade_id: int
-    leverage: int
-    size: int
-    entry_value: int
-    margin: int
-    take_profit: int | None
-    stop_loss: int | None
-    pending_open: int
-    pending_reduce: int
-
-
-class MarketSnap(msgspec.Struct, frozen=True):
-    config: MarketConfig
-    paused: bool
-    index_price: int | None
-    last_trade_price: int | None
-    premium_acc: int
-    last_premium: int
-    last_sample_ts: int
-    interval_start: int
-    last_funding_ts: int
-    funding_rate: int
-    position_counter: int
-    orders: list[OrderSnap]
-    positions: list[PositionSnap]
-
-
-class AccountSnap(msgspec.Struct, frozen=True, array_like=True):
-    profile: str
-    free: int
-    reserved: int
-    deposited: int
-    withdrawn: int
-
-
-class DelegationSnap(msgspec.Struct, frozen=True, array_like=True):
-    profile: str
-    public_key: str
-    expires_at: int
-
-
-class EngineSnapshot(msgspec.Struct, frozen=True):
-    """The whole engine state at ``version``, in a canonical (sorted) order."""
-
-    version: int
-    last_timestamp: int
-    order_counter: int
-    markets: list[MarketSnap]
-    accounts: list[AccountSnap]
-    delegations: list[DelegationSnap]
-
-
-_command_encoder = msgspec.json.Encoder()
-_command_decoder = msgspec.json.Decoder(c.AnyCommand)
-
-# JSON rather than msgpack: ids are 128-bit integers, which msgpack cannot carry.
-_snapshot_encoder = msgspec.json.Encoder()
-_snapshot_decoder = msgspec.json.Decoder(EngineSnapshot)
-
-
-def encode_snapshot(snapshot: EngineSnapshot) -> bytes:
-    """The canonical bytes of a snapshot; ``state_hash`` is their SHA-256."""
-    return _snapshot_encoder.encode(snapshot)
-
-
-# ---------------------------------------------------------------------------------------------
 
 
 class Engine:
@@ -358,6 +369,9 @@ class Engine:
         try:
             if handler is None:
                 raise _Reject(ErrorCode.UNKNOWN_COMMAND)
+            mistyped = _mistyped(command, c.FIELD_KINDS[type(command)])
+            if mistyped is not None:
+                raise _Reject(_type_code(mistyped), f"{mistyped} has the wrong type")
             ts = command.timestamp
             if type(ts) is not int or not self.last_timestamp <= ts <= MAX_INPUT:
                 if type(ts) is not int or not 0 <= ts <= MAX_INPUT:
@@ -372,18 +386,22 @@ class Engine:
                 self._authorise(command)
             # the command itself is journaled first: replay re-executes it (core.replay)
             self.version = start + 1
-            out.append(e.CommandExecuted(start + 1, ts, cast(c.AnyCommand, command)))
+            journaled: Any = command  # one of c.AnyCommand: its handler exists (no re-check)
+            out.append(e.CommandExecuted(start + 1, ts, journaled))
             handler(command)
         except _Reject as rejection:
             # handlers refuse before they change anything; drop what was journaled
-            out.clear()
-            self.version = start
-            self._dirty_positions.clear()
-            self._dirty_accounts.clear()
+            self._undo(start)
             self._reject(type(command).__name__, command, rejection.code, rejection.detail)
         if self._dirty_positions or self._dirty_accounts:
             self._flush()
         return out
+
+    def _undo(self, start: int) -> None:
+        self._out.clear()
+        self.version = start
+        self._dirty_positions.clear()
+        self._dirty_accounts.clear()
 
     def _authorise(self, command: c.UserCommand) -> None:
         profile = command.profile
@@ -1620,7 +1638,7 @@ class Engine:
 
     @classmethod
     def restore(cls, data: bytes | EngineSnapshot) -> Engine:
-        snap = data if isinstance(data, EngineSnapshot) else _snapshot_decoder.decode(data)
+        snap = data if isinstance(data, EngineSnapshot) else decode_snapshot(data)
         engine = cls([], timestamp=snap.last_timestamp)
         engine.version = snap.version
         engine.order_counter = snap.order_counter

@@ -20,7 +20,7 @@ import time
 
 import msgspec
 
-from openperps.core.engine import EngineSnapshot, encode_snapshot
+from openperps.core.snapshot import EngineSnapshot, encode_snapshot
 from openperps.indexer.models import ReadModels, save_state
 from openperps.runtime.sequencer import Sequencer
 from openperps.store.base import EventLog
