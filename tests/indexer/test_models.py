@@ -32,7 +32,9 @@ def session(seed: int, steps: int = 1500) -> tuple[Engine, list[e.Event]]:
     for config in default_markets():
         run(c.ListMarket(timestamp=now, market=config))
     for who in [*PROFILES, KEEPER]:
-        run(c.Deposit(timestamp=now, profile=who, amount=rng.randint(50, 5000) * 10**6))
+        amount = rng.randint(50, 5000) * 10**6
+        run(c.Mint(timestamp=now, profile=who, amount=amount + 100 * 10**6))
+        run(c.Deposit(timestamp=now, profile=who, amount=amount))
     mids = {APT: 7_000, BTC: 900_000}
     for _ in range(steps):
         now += rng.randint(1, 20_000)
@@ -132,6 +134,9 @@ def assert_models_match(engine: Engine, models: ReadModels) -> None:
             continue
         account_row = models.accounts[profile]
         assert (account_row.free, account_row.reserved) == (account.free, account.reserved)
+    for profile in engine.wallets:
+        assert models.wallet_of(profile) == engine.wallet(profile)
+    assert models.wallet_of("0x" + "ab" * 32) == 0
 
 
 def test_read_models_agree_with_the_engine() -> None:
@@ -202,6 +207,7 @@ def state(models: ReadModels) -> bytes:
             sorted(models.positions.items()),
             sorted((k, list(v)) for k, v in models.transfers.items()),
             sorted(models.accounts.items()),
+            sorted(models.wallets.items()),
             sorted((m, sorted(b.items())) for m, b in models.books.items()),
         ]
     )
