@@ -91,6 +91,8 @@ async def test_a_trading_session_through_the_api(api: httpx.AsyncClient) -> None
         assert await trader.get("/getNetProfileBalance") == "0"  # the faucet fills the wallet
         deposited = await trader.post("/deposit", {"amount": "1000"})
         assert deposited.status_code == 200, deposited.text
+        moved = deposited.json()["data"]
+        assert (moved["freeBalance"], moved["walletBalance"]) == ("1000", "0")
         assert await trader.get("/getWalletAccountBalance") == "0"
     balance = await alice.get("/getProfileBalanceSnapshot")
     assert balance["freeBalance"] == "1000" and balance["profileAddress"] == alice.profile
@@ -145,6 +147,7 @@ async def test_a_trading_session_through_the_api(api: httpx.AsyncClient) -> None
     assert cancel.json()["data"]["orders"][0]["status"] == "Cancelled"
     out = await bob.post("/withdraw", {"amount": 10.5})
     assert out.status_code == 200, out.text
+    assert out.json()["data"]["walletBalance"] == "10.5"
     (transfer, *_) = await bob.get("/getDepositAndWithdrawHistory")
     assert transfer["amount"] == "10.5" and transfer["is_deposit"] is False
     assert await bob.get("/getWalletAccountBalance") == "10.5"  # back in the wallet

@@ -228,3 +228,38 @@ def test_a_saved_state_restores_and_carries_on_like_the_original() -> None:
     assert state(restored) == state(original)
     address = PROFILES[0]
     assert restored.live_changes_since(address, 0) == original.live_changes_since(address, 0)
+
+
+def test_wallets_follow_mints_deposits_and_withdrawals() -> None:
+    engine = Engine(default_markets())
+    models = ReadModels(default_markets())
+    alice = PROFILES[0]
+
+    def run(command: c.Command) -> None:
+        models.apply_all(engine.handle(command))
+
+    run(c.Mint(timestamp=1, profile=alice, amount=100))
+    assert models.wallet_of(alice) == 100 and alice not in models.accounts
+    run(c.Deposit(timestamp=2, profile=alice, amount=70))
+    assert models.wallet_of(alice) == 30 and models.accounts[alice].free == 70
+    run(c.Deposit(timestamp=3, profile=alice, amount=31))  # refused: nothing changes
+    assert models.wallet_of(alice) == 30
+    run(c.Withdraw(timestamp=4, profile=alice, amount=20))
+    assert models.wallet_of(alice) == 50 == engine.wallet(alice)
+    assert models.accounts[alice].free == 50
+    # a log from before wallets: its deposits leave the wallet alone
+    models.apply(e.Deposited(models.version + 1, 5, alice, 5, 55))
+    assert models.wallet_of(alice) == 50 and models.accounts[alice].free == 55
+
+
+def test_a_state_saved_before_wallets_still_loads() -> None:
+    from openperps.indexer.models import ModelsState, load_state, save_state
+
+    _engine, log = session(4, steps=50)
+    models = ReadModels()
+    models.apply_all(log)
+    assert models.wallets  # the session leaves something in every wallet
+    saved = msgspec.to_builtins(save_state(models))
+    del saved["wallets"]
+    loaded = load_state(msgspec.convert(saved, ModelsState))
+    assert loaded.wallets == {} and loaded.accounts == models.accounts

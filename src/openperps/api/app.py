@@ -610,7 +610,7 @@ async def deposit(request: Request[Any, Any, Any], state: State) -> Response[byt
     events = await _run(
         exchange, c.Deposit(timestamp=0, profile=profile, delegate=delegate, amount=amount)
     )
-    return envelope({"transactionVersion": events[-1].version}, "deposited")
+    return envelope(_transfer(events), "deposited")
 
 
 @post(["/withdraw", "/withdrawSpecifiMarket"], status_code=200)
@@ -621,7 +621,18 @@ async def withdraw(request: Request[Any, Any, Any], state: State) -> Response[by
         raise ApiError(403, int(ErrorCode.NOT_AUTHORISED), "a delegate cannot withdraw")
     amount = _decimal(body.get("amount"), QUOTE_DECIMALS, "amount")
     events = await _run(exchange, c.Withdraw(timestamp=0, profile=profile, amount=amount))
-    return envelope({"transactionVersion": events[-1].version}, "withdrawn")
+    return envelope(_transfer(events), "withdrawn to the wallet")
+
+
+def _transfer(events: list[e.Event]) -> dict[str, Any]:
+    """A deposit's or withdrawal's answer: the balances on both sides after it."""
+    moved = next(ev for ev in events if isinstance(ev, e.Deposited | e.Withdrawn))
+    assert moved.wallet is not None  # the engine always reports it now
+    return {
+        "transactionVersion": events[-1].version,
+        "freeBalance": format_scaled(moved.free, QUOTE_DECIMALS),
+        "walletBalance": format_scaled(moved.wallet, QUOTE_DECIMALS),
+    }
 
 
 async def _mint(exchange: Exchange, profile: str, amount: int) -> dict[str, Any]:
