@@ -77,6 +77,9 @@ async def test_health_markets_and_openapi(api: httpx.AsyncClient) -> None:
     assert info["symbol"] == "APT-USD" and info["takerFee"] == "0.0005"
     schema = (await api.get("/schema/openapi.json")).json()
     assert "/placeLimitOrder" in schema["paths"] and "/getPositions" in schema["paths"]
+    for path in ("/getWalletAccountBalance", "/settlePnl", "/admin/creditWallet"):
+        assert path in schema["paths"]
+    assert "/admin/listMarket" in schema["paths"]
     metrics = (await api.get("/metrics")).text
     assert "openperps_feed_connections" in metrics
 
@@ -484,6 +487,8 @@ async def test_the_operator_lists_a_market_that_trades_and_streams(tmp_path: Pat
             await early.send(json.dumps({"topic": "orderbook", "market_id": "4242", "id": 2}))
             ack = json.loads(await asyncio.wait_for(early.recv(), 5))
             assert ack["id"] == 2 and "error" not in ack, ack
+            snapshot = json.loads(await asyncio.wait_for(early.recv(), 5))
+            assert snapshot["message"] == "orderbook" and snapshot["data"] == [], snapshot
         # it trades like the others
         alice, bob = Trader(api), Trader(api)
         for who in (alice, bob):
