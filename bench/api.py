@@ -44,6 +44,7 @@ async def run(url: str, seconds: float, concurrency: int) -> tuple[float, float,
             return await http.post(path, content=data, headers=headers)
 
         assert (await signed("/mintTestTokens", {"amount": "100000"})).status_code == 200
+        assert (await signed("/deposit", {"amount": "100000"})).status_code == 200
 
         async def health_worker(stop: float, counts: list[int]) -> None:
             while time.monotonic() < stop:

@@ -73,6 +73,7 @@ def workload(n: int, accounts: int, seed: int) -> list[Op]:
 def fresh_engine(accounts: int) -> Engine:
     engine = Engine(default_markets())
     for i in range(accounts):
+        engine.handle(c.Mint(timestamp=0, profile=profile_of(i), amount=10**15))
         engine.handle(c.Deposit(timestamp=0, profile=profile_of(i), amount=10**15))
     engine.handle(c.SetOraclePrice(timestamp=0, market_id=MARKET, price=MID))
     return engine

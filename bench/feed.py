@@ -71,7 +71,9 @@ async def serve_exchange(port: int, rate: float, durable_log: Path | None, secon
                 lambda batch: durable.__setitem__(batch.last_version, time.time_ns())
             )
         seq = exchange.sequencer
+        await seq.execute(c.Mint(timestamp=0, profile=ALICE, amount=10**15))
         await seq.execute(c.Deposit(timestamp=0, profile=ALICE, amount=10**15))
+        await seq.execute(c.Mint(timestamp=0, profile=BOB, amount=10**15))
         await seq.execute(c.Deposit(timestamp=0, profile=BOB, amount=10**15))
         print("ready", flush=True)
         await asyncio.to_thread(sys.stdin.readline)  # wait until the client is connected

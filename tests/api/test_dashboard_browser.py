@@ -88,6 +88,7 @@ def open_position(url: str) -> str:
         assert response.status_code == 200, response.text
 
     post("/mintTestTokens", {"amount": "1000"})
+    post("/deposit", {"amount": "1000"})
     for _ in range(50):  # the simulated makers quote within a second or two
         try:
             post(

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import websockets
 
 from openperps.api.app import create_app
 from openperps.runtime.app import Exchange, Settings
@@ -73,6 +77,9 @@ async def test_health_markets_and_openapi(api: httpx.AsyncClient) -> None:
     assert info["symbol"] == "APT-USD" and info["takerFee"] == "0.0005"
     schema = (await api.get("/schema/openapi.json")).json()
     assert "/placeLimitOrder" in schema["paths"] and "/getPositions" in schema["paths"]
+    for path in ("/getWalletAccountBalance", "/settlePnl", "/admin/creditWallet"):
+        assert path in schema["paths"]
+    assert "/admin/listMarket" in schema["paths"]
     metrics = (await api.get("/metrics")).text
     assert "openperps_feed_connections" in metrics
 
@@ -82,6 +89,14 @@ async def test_a_trading_session_through_the_api(api: httpx.AsyncClient) -> None
     for trader in (alice, bob):
         minted = await trader.post("/mintTestTokens", {"amount": "1000"})
         assert minted.status_code == 200, minted.text
+        assert minted.json()["data"]["walletBalance"] == "1000"
+        assert await trader.get("/getWalletAccountBalance") == "1000"
+        assert await trader.get("/getNetProfileBalance") == "0"  # the faucet fills the wallet
+        deposited = await trader.post("/deposit", {"amount": "1000"})
+        assert deposited.status_code == 200, deposited.text
+        moved = deposited.json()["data"]
+        assert (moved["freeBalance"], moved["walletBalance"]) == ("1000", "0")
+        assert await trader.get("/getWalletAccountBalance") == "0"
     balance = await alice.get("/getProfileBalanceSnapshot")
     assert balance["freeBalance"] == "1000" and balance["profileAddress"] == alice.profile
     placed = await bob.post(
@@ -135,12 +150,15 @@ async def test_a_trading_session_through_the_api(api: httpx.AsyncClient) -> None
     assert cancel.json()["data"]["orders"][0]["status"] == "Cancelled"
     out = await bob.post("/withdraw", {"amount": 10.5})
     assert out.status_code == 200, out.text
+    assert out.json()["data"]["walletBalance"] == "10.5"
     (transfer, *_) = await bob.get("/getDepositAndWithdrawHistory")
     assert transfer["amount"] == "10.5" and transfer["is_deposit"] is False
+    assert await bob.get("/getWalletAccountBalance") == "10.5"  # back in the wallet
 
 
 async def test_signature_failures_are_401_with_codes(api: httpx.AsyncClient) -> None:
     alice = Trader(api)
+    await alice.post("/mintTestTokens", {"amount": "1"})
     bare = await api.post("/deposit", content=b'{"amount": "1"}')
     refused(bare, 401, 2101)
     body = json.dumps({"amount": "1"}).encode()
@@ -162,7 +180,16 @@ async def test_signature_failures_are_401_with_codes(api: httpx.AsyncClient) -> 
 
 async def test_bad_input_and_rule_refusals(api: httpx.AsyncClient) -> None:
     alice = Trader(api)
-    await alice.post("/mintTestTokens", {"amount": "100"})
+    await alice.post("/mintTestTokens", {"amount": "150"})
+    refused(await alice.post("/deposit", {"amount": "150.000001"}), 409, 2027)
+    refused(await alice.post("/deposit", {"amount": "0"}), 400, 2018)
+    refused(await alice.post("/deposit", {"amount": "1.0000001"}), 400, 2001)
+    refused(await alice.post("/deposit", {"amount": True}), 400, 2001)
+    assert (await alice.post("/deposit", {"amount": "100"})).status_code == 200
+    assert await alice.get("/getWalletAccountBalance") == "50"
+    refused(await alice.post("/deposit", {"amount": "50.5"}), 409, 2027)
+    assert await alice.get("/getWalletAccountBalance") == "50"  # the refusal moved nothing
+    assert await alice.get("/getNetProfileBalance") == "100"
     order = {
         "marketId": APT,
         "tradeSide": True,
@@ -184,6 +211,15 @@ async def test_bad_input_and_rule_refusals(api: httpx.AsyncClient) -> None:
     assert (await alice.post("/placeLimitOrder", order)).status_code == 200
     refused(await alice.post("/withdraw", {"amount": "100"}), 409, 1009)
     refused(await alice.post("/mintTestTokens", {"amount": "1000000"}), 400, 2018)
+    refused(await alice.post("/mintTestTokens", {"amount": "-1"}), 400, 2018)
+    refused(await alice.post("/mintTestTokens", {"amount": "0.0000001"}), 400, 2001)
+    assert await alice.get("/getWalletAccountBalance") == "50"
+    wallet = await api.get("/getWalletAccountBalance", params={"userAddress": "0xnothex"})
+    refused(wallet, 400, 2017)
+    missing_wallet = await api.get("/getWalletAccountBalance")
+    assert missing_wallet.status_code == 400 and missing_wallet.json()["success"] is False
+    stranger = Trader(api)
+    assert await stranger.get("/getWalletAccountBalance") == "0"  # never credited
     bad_address = await api.get("/getPositions", params={"userAddress": "0xnothex"})
     refused(bad_address, 400, 2017)
     missing = await api.get("/getPositions")
@@ -215,6 +251,7 @@ async def test_position_actions_batches_delegation_and_admin(tmp_path: Path) -> 
         alice, bob = Trader(api), Trader(api)
         for trader in (alice, bob):
             await trader.post("/mintTestTokens", {"amount": "1000"})
+            await trader.post("/deposit", {"amount": "1000"})
         batch = await bob.post(
             "/placeMultipleOrders",
             {
@@ -289,6 +326,16 @@ async def test_position_actions_batches_delegation_and_admin(tmp_path: Path) -> 
             delegate, "POST", "/withdraw", body, time.time_ns() // 1_000_000, wallet=alice.wallet
         )
         refused(await api.post("/withdraw", content=body, headers=headers), 403, 1001)
+        headers = sign_request(
+            delegate,
+            "POST",
+            "/withdrawSpecifiMarket",
+            body,
+            time.time_ns() // 1_000_000,
+            wallet=alice.wallet,
+        )
+        refused(await api.post("/withdrawSpecifiMarket", content=body, headers=headers), 403, 1001)
+        assert await alice.get("/getWalletAccountBalance") == "0"
         del as_delegate
         # operator endpoints need the bearer token
         refused(
@@ -320,3 +367,163 @@ async def test_position_actions_batches_delegation_and_admin(tmp_path: Path) -> 
         funding = await alice.get("/getFundingHistory")
         assert funding == []
     await exchange.stop()
+
+
+@contextlib.asynccontextmanager
+async def operated(tmp_path: Path, **options: Any) -> AsyncIterator[tuple[Exchange, Any]]:
+    """An exchange whose operator endpoints take the token ``s3cret``."""
+    exchange = Exchange(Settings(db=str(tmp_path / "events.sqlite3"), ws_port=0))
+    await exchange.start()
+    app = create_app(exchange, admin_token="s3cret", **options)
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://openperps") as api:
+        yield exchange, api
+    await exchange.stop()
+
+
+ADMIN = {"authorization": "Bearer s3cret"}
+
+
+async def test_settle_pnl_moves_nothing_and_answers_the_balances(api: httpx.AsyncClient) -> None:
+    maker, trader = Trader(api), Trader(api)
+    for who in (maker, trader):
+        await who.post("/mintTestTokens", {"amount": "1000"})
+        await who.post("/deposit", {"amount": "1000"})
+    bare = await api.post("/settlePnl", content=b"{}")
+    refused(bare, 401, 2101)
+    book = {"marketId": APT, "direction": False, "size": "10", "leverage": 10}
+    await maker.post("/placeLimitOrder", {**book, "tradeSide": False, "price": "7"})
+    await trader.post("/placeMarketOrder", {**book, "tradeSide": True})
+    await maker.post("/placeLimitOrder", {**book, "tradeSide": True, "price": "7.5"})
+    closed = await trader.post("/placeMarketOrder", {**book, "tradeSide": True, "direction": True})
+    version = closed.json()["data"]["transactionVersion"]
+    before = await trader.get("/getProfileBalanceSnapshot")
+    assert Decimal(before["freeBalance"]) > 1000  # the profit arrived with the closing fill
+    answer = await trader.post("/settlePnl", {})
+    assert answer.status_code == 200, answer.text
+    data = answer.json()["data"]
+    assert {k: data[k] for k in before} == before
+    assert data["netBalance"] == before["freeBalance"] and data["settledPnl"] == "0"
+    assert data["transactionVersion"] == version and "marketId" not in data
+    with_market = (await trader.post("/settlePnl", {"marketId": APT})).json()["data"]
+    assert with_market["marketId"] == APT and with_market["transactionVersion"] == version
+    assert await trader.get("/getProfileBalanceSnapshot") == before  # nothing moved
+    refused(await trader.post("/settlePnl", {"marketId": "99"}), 404, 1003)
+    refused(await trader.post("/settlePnl", {"marketId": "x"}), 400, 2030)
+    refused(await trader.post("/settlePnl", {"marketId": True}), 400, 2030)
+    refused(await trader.post("/settlePnl", [APT]), 400, 2030)
+    nobody = (await Trader(api).post("/settlePnl", {})).json()["data"]
+    assert nobody["freeBalance"] == nobody["totalBalance"] == "0"
+
+
+async def test_mainnet_has_no_faucet_but_the_operator_credits_wallets(tmp_path: Path) -> None:
+    async with operated(tmp_path, faucet=False, network="mainnet") as (exchange, api):
+        alice = Trader(api)
+        refused(await alice.post("/mintTestTokens", {"amount": "10"}), 404, 2032)
+        assert await alice.get("/getWalletAccountBalance") == "0"
+        credit = {"userAddress": alice.wallet, "amount": "250.5"}
+        refused(await api.post("/admin/creditWallet", json=credit), 401, 2033)
+        wrong = {"authorization": "Bearer guess"}
+        refused(await api.post("/admin/creditWallet", json=credit, headers=wrong), 401, 2033)
+        credited = await api.post("/admin/creditWallet", json=credit, headers=ADMIN)
+        assert credited.status_code == 200, credited.text
+        assert credited.json()["data"]["walletBalance"] == "250.5"
+        assert await alice.get("/getWalletAccountBalance") == "250.5"
+        assert (await alice.post("/deposit", {"amount": "200"})).status_code == 200
+        assert await alice.get("/getWalletAccountBalance") == "50.5"
+        assert await alice.get("/getNetProfileBalance") == "200"
+        assert exchange.sequencer.engine.wallet(alice.profile) == 50_500_000
+        for bad, status, code in (
+            ({"userAddress": "0xzz", "amount": "1"}, 400, 2017),
+            ({"userAddress": 5, "amount": "1"}, 400, 2030),
+            ({"amount": "1"}, 400, 2030),
+            ({"userAddress": alice.wallet, "amount": "0"}, 400, 2018),
+            ({"userAddress": alice.wallet, "amount": "-3"}, 400, 2018),
+            ({"userAddress": alice.wallet, "amount": "0.0000001"}, 400, 2001),
+            ({"userAddress": alice.wallet}, 400, 2001),
+        ):
+            refused(await api.post("/admin/creditWallet", json=bad, headers=ADMIN), status, code)
+        not_json = await api.post("/admin/creditWallet", content=b"{", headers=ADMIN)
+        refused(not_json, 400, 2030)
+        refused(await api.post("/admin/creditWallet", json=[1], headers=ADMIN), 400, 2030)
+        assert await alice.get("/getWalletAccountBalance") == "50.5"
+
+
+NEW_MARKET = {
+    "symbol": "DOGE-USD",
+    "market_id": 4242,
+    "price_decimals": 5,
+    "size_decimals": 0,
+    "tick": "0.00001",
+    "lot": "1",
+    "min_size": "10",
+    "max_size": "1000000",
+    "max_position_value": "1000000",
+    "max_leverage": 10,
+    "maintenance_margin_bps": 500,
+    "maker_fee_bps": 0,
+    "taker_fee_bps": 5,
+    "funding_interval_s": 3600,
+    "funding_cap_bps": 75,
+    "interest_bps_per_8h": 1,
+}
+
+
+async def test_the_operator_lists_a_market_that_trades_and_streams(tmp_path: Path) -> None:
+    async with operated(tmp_path) as (exchange, api):
+        feed_url = f"ws://127.0.0.1:{exchange.feed.port}/ws/"
+        async with websockets.connect(feed_url) as early:  # open before the listing
+            refused(await api.post("/admin/listMarket", json=NEW_MARKET), 401, 2033)
+            await early.send(json.dumps({"topic": "orderbook", "market_id": "4242", "id": 1}))
+            frame = json.loads(await asyncio.wait_for(early.recv(), 5))
+            assert frame["error"]["code"] == "unknown_market"
+            listed = await api.post("/admin/listMarket", json=NEW_MARKET, headers=ADMIN)
+            assert listed.status_code == 200, listed.text
+            info = listed.json()["data"]["market"]
+            assert info["marketId"] == "4242" and info["tickSize"] == "0.00001"
+            assert "4242" in [m["marketId"] for m in (await api.get(ALL_MARKETS)).json()["data"]]
+            got = (await api.get("/getMarketInfo", params={"marketId": "4242"})).json()["data"]
+            assert got == info
+            await early.send(json.dumps({"topic": "orderbook", "market_id": "4242", "id": 2}))
+            ack = json.loads(await asyncio.wait_for(early.recv(), 5))
+            assert ack["id"] == 2 and "error" not in ack, ack
+            snapshot = json.loads(await asyncio.wait_for(early.recv(), 5))
+            assert snapshot["message"] == "orderbook" and snapshot["data"] == [], snapshot
+        # it trades like the others
+        alice, bob = Trader(api), Trader(api)
+        for who in (alice, bob):
+            await who.post("/mintTestTokens", {"amount": "1000"})
+            await who.post("/deposit", {"amount": "1000"})
+        order = {"marketId": "4242", "direction": False, "size": "100", "leverage": 5}
+        rest = await bob.post("/placeLimitOrder", {**order, "tradeSide": False, "price": "0.1"})
+        assert rest.status_code == 200, rest.text
+        took = await alice.post("/placeMarketOrder", {**order, "tradeSide": True})
+        assert took.json()["data"]["fills"][0]["price"] == "0.1"
+        # duplicates and bad configurations are refused with codes, nothing listed
+        again = await api.post("/admin/listMarket", json=NEW_MARKET, headers=ADMIN)
+        refused(again, 409, 2016)
+        for bad in (
+            {**NEW_MARKET, "market_id": 4243, "tick": "0"},
+            {**NEW_MARKET, "market_id": 4243, "max_leverage": "10"},
+            {**NEW_MARKET, "market_id": 4243, "maintenance_margin_bps": 2000},
+            {**NEW_MARKET, "market_id": 4243, "price_decimals": 5, "size_decimals": 2},
+            {k: v for k, v in NEW_MARKET.items() if k != "lot"} | {"market_id": 4243},
+            {**NEW_MARKET, "market_id": 0},
+            {**NEW_MARKET, "market_id": 4243, "tick": "0.000001"},
+        ):
+            refused(await api.post("/admin/listMarket", json=bad, headers=ADMIN), 400, 2022)
+        refused(await api.post("/admin/listMarket", json=[], headers=ADMIN), 400, 2030)
+        assert len((await api.get(ALL_MARKETS)).json()["data"]) == 5
+        as_number = {**NEW_MARKET, "market_id": 4244, "symbol": "NUM-USD"}
+        raw = json.dumps(as_number).replace('"0.00001"', "0.00001").encode()
+        number = await api.post("/admin/listMarket", content=raw, headers=ADMIN)
+        assert number.status_code == 200, number.text  # an exact JSON number works too
+    # a restart keeps the market: it is on the log
+    again_exchange = Exchange(Settings(db=str(tmp_path / "events.sqlite3"), ws_port=0))
+    await again_exchange.start()
+    assert 4242 in again_exchange.sequencer.engine.markets
+    assert 4242 in again_exchange.models.markets
+    await again_exchange.stop()
+
+
+ALL_MARKETS = "/getPerpetualAssetsInfo/allMarkets"

@@ -86,9 +86,18 @@ def test_a_user_session_from_the_command_line(exchange: dict[str, str], tmp_path
     again = cli(exchange, "keygen", key=user_key)
     assert again.returncode == 1 and "error 2111" in again.stderr
     assert cli(exchange, "faucet", "1000", key=maker_key).returncode == 0
-    assert cli(exchange, "faucet", "500", key=user_key).returncode == 0
+    minted = cli(exchange, "faucet", "600", key=user_key)
+    assert minted.returncode == 0 and "walletBalance: 600" in minted.stdout
+    account = cli(exchange, "account", key=user_key)
+    assert "walletBalance: 600" in account.stdout and "freeBalance: 0" in account.stdout
+    too_much = cli(exchange, "deposit", "600.5", key=user_key)
+    assert too_much.returncode == 1 and "error 2027" in too_much.stderr
+    assert cli(exchange, "deposit", "1000", key=maker_key).returncode == 0
+    deposited = cli(exchange, "deposit", "500", key=user_key)
+    assert deposited.returncode == 0 and "walletBalance: 100" in deposited.stdout
     account = cli(exchange, "account", key=user_key)
     assert "freeBalance: 500" in account.stdout and "profile:" in account.stdout
+    assert "walletBalance: 100" in account.stdout
     rest = cli(
         exchange, "order", "limit", "1338", "short", "20", "5.300", "--leverage", "5", key=maker_key
     )
@@ -107,6 +116,8 @@ def test_a_user_session_from_the_command_line(exchange: dict[str, str], tmp_path
     assert ladder.returncode == 0 and "5.3" in ladder.stdout
     refused = cli(exchange, "withdraw", "100000", key=user_key)
     assert refused.returncode == 1 and "error 1010" in refused.stderr
+    withdrawn = cli(exchange, "withdraw", "10", key=user_key)
+    assert withdrawn.returncode == 0 and "walletBalance: 110" in withdrawn.stdout
     bad_side = cli(exchange, "order", "market", "1338", "up", "5", key=user_key)
     assert bad_side.returncode == 2 and "long or short" in bad_side.stderr
     no_key = cli(exchange, "account", key=tmp_path / "missing.json")

@@ -38,6 +38,7 @@ async def test_the_feed_keeps_a_local_book_equal_to_the_servers(server: Server) 
     async with maker, Feed(server.ws) as feed:
         local = await feed.book(APT)
         await maker.mint_test_tokens("100000")
+        await maker.deposit("100000")
         for i in range(20):
             await maker.place_limit_order(
                 APT,
@@ -78,10 +79,12 @@ async def test_the_sync_client_works_without_an_event_loop(server: Server) -> No
         sync = SyncClient(server.http, PrivateKey.generate())
         try:
             sync.mint_test_tokens("100")
-            return [sync.balance(), sync.positions(), sync.profile]
+            sync.deposit("60")
+            return [sync.balance(), sync.positions(), sync.profile, sync.wallet_balance()]
         finally:
             sync.close()
 
-    balance, positions, profile = await asyncio.to_thread(session)
-    assert balance["freeBalance"] == Decimal("100")  # type: ignore[index]
+    balance, positions, profile, wallet = await asyncio.to_thread(session)
+    assert balance["freeBalance"] == Decimal("60")  # type: ignore[index]
+    assert wallet == Decimal("40")
     assert positions == [] and str(profile).startswith("0x")

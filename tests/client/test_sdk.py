@@ -52,8 +52,17 @@ async def test_a_full_trading_session_rest_and_feed_agree(server: Server) -> Non
     trader = Client(server.http, PrivateKey.generate())
     async with maker, trader, Feed(server.ws) as feed:
         await feed.subscribe("live_trade_history", address=trader.profile)
-        await maker.mint_test_tokens("10000")
-        await trader.mint_test_tokens("1000")
+        for client, amount in ((maker, "10000"), (trader, "1000")):
+            minted = await client.mint_test_tokens(amount)  # the faucet fills the wallet
+            assert minted["walletBalance"] == amount
+        assert await trader.wallet_balance() == Decimal("1000")
+        assert (await trader.balance())["freeBalance"] == 0
+        with pytest.raises(ApiError) as short:
+            await trader.deposit("1000.000001")
+        assert short.value.code == 2027 and short.value.status == 409
+        await maker.deposit("10000")
+        await trader.deposit("1000")
+        assert await trader.wallet_balance() == 0
         assert (await trader.balance())["freeBalance"] == Decimal("1000")
         await maker.place_limit_order(APT, long=False, size="20", price="7.000", leverage=5)
         await trader.place_market_order(
@@ -77,8 +86,12 @@ async def test_a_full_trading_session_rest_and_feed_agree(server: Server) -> Non
         assert [p["pnl"] for p in pushed] == [f.pnl for f in reversed(fills)]
         assert Decimal(fills[0].pnl) > 0  # bought at 7, sold at 7.2
         free = (await trader.balance())["freeBalance"]
+        settled = await trader.settle_pnl(APT)  # already settled by the fills: moves nothing
+        assert Decimal(settled["freeBalance"]) == free and settled["settledPnl"] == "0"
+        assert free > Decimal("1000")  # the profit is in the free balance
         await trader.withdraw(free)
         assert (await trader.balance())["freeBalance"] == 0
+        assert await trader.wallet_balance() == free  # back in the wallet, profit and all
         with pytest.raises(ApiError) as refused:
             await trader.withdraw("1")
         assert refused.value.code in (1009, 1010) and refused.value.status == 409
@@ -93,8 +106,9 @@ async def test_the_feed_resumes_across_forced_disconnects(server: Server) -> Non
     received: list[dict[str, Any]] = []
     async with maker, trader, Feed(server.ws, max_backoff=0.2) as feed:
         await feed.subscribe("live_order_history", address=trader.profile)
-        await maker.mint_test_tokens("100000")
-        await trader.mint_test_tokens("100000")
+        for client in (maker, trader):
+            await client.mint_test_tokens("100000")
+            await client.deposit("100000")
 
         async def collect() -> None:
             async for push in feed:

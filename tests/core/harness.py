@@ -62,8 +62,19 @@ class Exchange:
         self.now += ms
         return self.now
 
-    def deposit(self, who: str, amount: str) -> list[e.Event]:
+    def mint(self, who: str, amount: str) -> list[e.Event]:
+        """Credit the wallet of ``who``'s owner, as the faucet does."""
+        return self.do(c.Mint(timestamp=self.tick(), profile=who, amount=self.usd(amount)))
+
+    def deposit(self, who: str, amount: str, *, mint: bool = True) -> list[e.Event]:
+        """Deposit into ``who``'s trading account; the Deposit's events. Mints the amount into
+        the wallet first unless ``mint`` is False."""
+        if mint:
+            self.mint(who, amount)
         return self.do(c.Deposit(timestamp=self.tick(), profile=who, amount=self.usd(amount)))
+
+    def withdraw(self, who: str, amount: str) -> list[e.Event]:
+        return self.do(c.Withdraw(timestamp=self.tick(), profile=who, amount=self.usd(amount)))
 
     def limit(
         self,
@@ -132,6 +143,9 @@ class Exchange:
     def free(self, who: str) -> int:
         account = self.engine.accounts.get(who)
         return account.free if account else 0
+
+    def wallet(self, who: str) -> int:
+        return self.engine.wallet(who)
 
     def reserved(self, who: str) -> int:
         account = self.engine.accounts.get(who)

@@ -1,11 +1,15 @@
-"""Deposits, withdrawals, delegation and the system accounts."""
+"""Wallets, deposits, withdrawals, delegation and the system accounts."""
 
 from __future__ import annotations
 
+import msgspec
+
 from openperps.core import commands as c
 from openperps.core import events as e
-from openperps.core.engine import FEES_ACCOUNT, INSURANCE_FUND
+from openperps.core.engine import FEES_ACCOUNT, HOUSE_ACCOUNT, INSURANCE_FUND, Engine
 from openperps.core.errors import ErrorCode
+from openperps.core.invariants import conservation_gap, violations
+from openperps.core.numbers import MAX_INPUT
 from tests.core.harness import ALICE, APT, BOB, Exchange, only, rejected
 
 DELEGATE = "0x" + "5e" * 32
@@ -16,6 +20,108 @@ def test_deposit_credits_free_balance() -> None:
     event = only(x.deposit(ALICE, "12.5"), e.Deposited)
     assert event.amount == x.usd("12.5") and event.free == x.usd("12.5")
     assert only(x.deposit(ALICE, "0.5"), e.Deposited).free == x.usd("13")
+
+
+def test_minting_credits_the_wallet_only() -> None:
+    x = Exchange()
+    assert x.wallet(ALICE) == 0
+    minted = only(x.mint(ALICE, "100"), e.Minted)
+    assert (minted.profile, minted.amount, minted.wallet) == (ALICE, x.usd("100"), x.usd("100"))
+    assert only(x.mint(ALICE, "0.5"), e.Minted).wallet == x.usd("100.5")
+    assert x.wallet(ALICE) == x.usd("100.5") and x.free(ALICE) == 0
+    assert x.engine.account(ALICE) is None  # a wallet is not a trading account
+
+
+def test_a_deposit_moves_money_from_the_wallet() -> None:
+    x = Exchange()
+    x.mint(ALICE, "100")
+    event = only(x.deposit(ALICE, "30", mint=False), e.Deposited)
+    assert (event.free, event.wallet) == (x.usd("30"), x.usd("70"))
+    assert (x.free(ALICE), x.wallet(ALICE)) == (x.usd("30"), x.usd("70"))
+    only(x.deposit(ALICE, "70", mint=False), e.Deposited)  # all of it
+    assert (x.free(ALICE), x.wallet(ALICE)) == (x.usd("100"), 0)
+
+
+def test_a_deposit_above_the_wallet_is_refused_and_changes_nothing() -> None:
+    x = Exchange()
+    never = c.Deposit(timestamp=x.tick(), profile=BOB, amount=1)
+    assert rejected(x.do(never)) == ErrorCode.INSUFFICIENT_WALLET_BALANCE  # no wallet at all
+    x.mint(ALICE, "10")
+    x.deposit(ALICE, "4", mint=False)
+    before = x.engine.snapshot_bytes()
+    events = x.deposit(ALICE, "6.000001", mint=False)
+    assert rejected(events) == ErrorCode.INSUFFICIENT_WALLET_BALANCE
+    assert int(ErrorCode.INSUFFICIENT_WALLET_BALANCE) == 2027  # append-only numbering
+    refusal = events[0]
+    assert isinstance(refusal, e.Rejected)
+    assert (refusal.command, refusal.profile) == ("Deposit", ALICE)
+    assert refusal.detail == "not enough USDT in the wallet to deposit"
+    # only the version and the clock moved
+    restored = Engine.restore(before)
+    restored.skip_rejection(x.engine.version, x.engine.last_timestamp)
+    assert restored.snapshot_bytes() == x.engine.snapshot_bytes()
+    assert (x.free(ALICE), x.wallet(ALICE)) == (x.usd("4"), x.usd("6"))
+
+
+def test_a_withdrawal_returns_to_the_wallet() -> None:
+    x = Exchange()
+    x.deposit(ALICE, "100")
+    assert x.wallet(ALICE) == 0
+    event = only(x.withdraw(ALICE, "40"), e.Withdrawn)
+    assert (event.free, event.wallet) == (x.usd("60"), x.usd("40"))
+    assert (x.free(ALICE), x.wallet(ALICE)) == (x.usd("60"), x.usd("40"))
+    # and can be deposited again
+    assert only(x.deposit(ALICE, "40", mint=False), e.Deposited).wallet == 0
+    assert x.free(ALICE) == x.usd("100")
+
+
+def test_mint_amounts_and_addresses_are_checked() -> None:
+    x = Exchange()
+    for amount in (0, -5):
+        command = c.Mint(timestamp=x.tick(), profile=ALICE, amount=amount)
+        assert rejected(x.do(command)) == ErrorCode.INVALID_AMOUNT
+    for bad in (1.5, True, MAX_INPUT + 1, "5"):
+        command = c.Mint(timestamp=x.tick(), profile=ALICE, amount=bad)  # type: ignore[arg-type]
+        assert rejected(x.do(command)) == ErrorCode.INVALID_NUMBER
+    for address in ("0x1234", ALICE.upper(), "a1" * 33, 7):
+        command = c.Mint(timestamp=x.tick(), profile=address, amount=1)  # type: ignore[arg-type]
+        assert rejected(x.do(command)) == ErrorCode.INVALID_ADDRESS
+    for system in (INSURANCE_FUND, FEES_ACCOUNT, HOUSE_ACCOUNT):
+        command = c.Mint(timestamp=x.tick(), profile=system, amount=1)
+        assert rejected(x.do(command)) == ErrorCode.NOT_AUTHORISED
+    assert x.engine.wallets == {}
+    assert only(x.do(c.Mint(timestamp=x.tick(), profile=ALICE, amount=MAX_INPUT)), e.Minted)
+
+
+def test_wallets_count_in_conservation() -> None:
+    x = Exchange()
+    x.deposit(ALICE, "100")
+    x.mint(BOB, "50")
+    x.withdraw(ALICE, "25")
+    assert conservation_gap(x.engine) == 0 and violations(x.engine) == []
+    x.engine.wallets[BOB].balance += 1  # a unit from nowhere, in a wallet
+    assert conservation_gap(x.engine) == -1
+    found = " | ".join(violations(x.engine))
+    assert "conservation" in found and f"{BOB}: wallet off by 1" in found
+    x.engine.wallets[BOB].balance -= 1
+    x.engine.accounts[ALICE].deposited += 1  # the books say more came out of the wallet
+    assert f"{ALICE}: wallet off by 1" in " | ".join(violations(x.engine))
+
+
+def test_wallets_survive_a_snapshot_and_change_the_state_hash() -> None:
+    x = Exchange()
+    x.deposit(ALICE, "100")
+    x.mint(ALICE, "7")
+    x.withdraw(ALICE, "3")
+    restored = Engine.restore(x.engine.snapshot_bytes())
+    assert restored.wallet(ALICE) == x.usd("10")
+    assert restored.wallets[ALICE].minted == x.usd("107")
+    assert restored.state_hash() == x.engine.state_hash()
+    other = Exchange()
+    other.deposit(ALICE, "100")
+    other.withdraw(ALICE, "3")
+    assert other.engine.snapshot().accounts == x.engine.snapshot().accounts
+    assert other.engine.state_hash() != x.engine.state_hash()  # only the wallets differ
 
 
 def test_withdraw_takes_only_free_balance() -> None:
@@ -68,6 +174,7 @@ def test_a_delegate_trades_until_expiry_and_never_withdraws() -> None:
     assert only(x.do(order), e.OrderAccepted).profile == ALICE
     withdraw = c.Withdraw(timestamp=x.tick(), profile=ALICE, delegate=DELEGATE, amount=1)
     assert rejected(x.do(withdraw)) == ErrorCode.NOT_AUTHORISED
+    assert x.wallet(ALICE) == 0  # nothing reached the wallet
     redelegate = c.DisableDelegation(timestamp=x.tick(), profile=ALICE, delegate=DELEGATE)
     assert rejected(x.do(redelegate)) == ErrorCode.NOT_AUTHORISED
     stranger = c.Deposit(timestamp=x.tick(), profile=ALICE, delegate="0x" + "77" * 32, amount=1)
@@ -104,3 +211,20 @@ def test_system_accounts_take_no_user_commands() -> None:
     for system in (INSURANCE_FUND, FEES_ACCOUNT):
         command = c.Deposit(timestamp=x.tick(), profile=system, amount=1)
         assert rejected(x.do(command)) == ErrorCode.NOT_AUTHORISED
+        withdraw = c.Withdraw(timestamp=x.tick(), profile=system, amount=1)
+        assert rejected(x.do(withdraw)) == ErrorCode.NOT_AUTHORISED
+
+
+def test_events_and_snapshots_from_before_wallets_still_decode() -> None:
+    old = b'{"type":"Deposited","version":3,"timestamp":9,"profile":"%s","amount":5,"free":5}'
+    event = e.decode_event(old % ALICE.encode())
+    assert isinstance(event, e.Deposited) and event.wallet is None and event.free == 5
+    old = b'{"type":"Withdrawn","version":4,"timestamp":9,"profile":"%s","amount":5,"free":0}'
+    withdrawn = e.decode_event(old % ALICE.encode())
+    assert isinstance(withdrawn, e.Withdrawn) and withdrawn.wallet is None
+    x = Exchange()
+    x.deposit(ALICE, "1")
+    snapshot = msgspec.json.decode(x.engine.snapshot_bytes())
+    del snapshot["wallets"]
+    restored = Engine.restore(msgspec.json.encode(snapshot))
+    assert restored.wallets == {} and restored.account(ALICE) is not None

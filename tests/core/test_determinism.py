@@ -1,9 +1,10 @@
 """One command log, one event log: byte for byte, hash for hash, with or without a snapshot.
 
 The command log is recorded from a seeded ``random.Random`` session on a fresh exchange: it
-lists the markets itself, then deposits, orders of every kind (opening and reducing, all
-restrictions, market orders, TP/SL, batches), cancels, oracle moves with the liquidations they
-cause, funding settled when due, delegation, pauses and withdrawals. The recorder consults its
+lists the markets itself, then mints into wallets and deposits (some above the wallet), orders
+of every kind (opening and reducing, all restrictions, market orders, TP/SL, batches),
+cancels, oracle moves with the liquidations they cause, funding settled when due, delegation,
+pauses and withdrawals. The recorder consults its
 own engine only to choose sensible commands (which orders to cancel, who is liquidatable).
 
 Replaying that log must give, every time: the same encoded events (``encode_event``), the
@@ -28,6 +29,7 @@ import pytest
 from openperps.core import commands as c
 from openperps.core import events as e
 from openperps.core.engine import Engine
+from openperps.core.errors import ErrorCode
 from openperps.core.events import decode_event, encode_event
 from openperps.core.invariants import version_gaps, violations
 from openperps.core.markets import default_markets
@@ -123,9 +125,14 @@ def record(seed: int, steps: int = 1500) -> list[c.AnyCommand]:
 
     for config in default_markets():
         run(c.ListMarket(timestamp=now, market=config))
+
+    def deposit(who: str, amount: int) -> None:
+        run(c.Mint(timestamp=now, profile=who, amount=amount))
+        run(c.Deposit(timestamp=now, profile=who, amount=amount))
+
     for who in TRADERS:
-        run(c.Deposit(timestamp=now, profile=who, amount=rng.randint(200, 8_000) * 10**6))
-    run(c.Deposit(timestamp=now, profile=MAKER, amount=10**13))
+        deposit(who, rng.randint(200, 8_000) * 10**6)
+    deposit(MAKER, 10**13)
     for market, price in mids.items():
         run(c.SetOraclePrice(timestamp=now, market_id=market, price=price))
     for _ in range(steps):
@@ -199,7 +206,11 @@ def record(seed: int, steps: int = 1500) -> list[c.AnyCommand]:
             run(c.SettleFunding(timestamp=now, market_id=market))
             liquidate(market)
         elif roll < 0.89:
-            run(c.Deposit(timestamp=now, profile=who, amount=rng.randint(1, 3_000) * 10**6))
+            if rng.random() < 0.2:  # more than the wallet holds: refused
+                wallet = engine.wallet(who)
+                run(c.Deposit(timestamp=now, profile=who, amount=wallet + 1))
+            else:
+                deposit(who, rng.randint(1, 3_000) * 10**6)
         elif roll < 0.91:
             run(c.Withdraw(timestamp=now, profile=who, amount=rng.randint(1, 1_000) * 10**6))
         elif roll < 0.94:
@@ -293,10 +304,13 @@ def test_the_session_is_realistic(commands: list[c.AnyCommand]) -> None:
         ("DelegationEnabled", 1),
         ("MarketPaused", 2),
         ("Withdrawn", 1),
+        ("Minted", 10),
     ):
         assert kinds[kind] >= least, (kind, kinds)
     assert any(isinstance(ev, e.FundingSettled) and ev.payments for ev in events)
     assert any(isinstance(ev, e.PositionLiquidated) and ev.taken_over_size for ev in events)
+    short_wallet = int(ErrorCode.INSUFFICIENT_WALLET_BALANCE)
+    assert any(isinstance(ev, e.Rejected) and ev.code == short_wallet for ev in events)
 
 
 def test_the_same_commands_give_byte_identical_events_and_hashes(

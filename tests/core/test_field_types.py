@@ -51,6 +51,7 @@ def examples() -> list[c.Command]:
         leverage=10,
     )
     return [
+        c.Mint(timestamp=T, profile=ALICE, amount=10**6),
         c.Deposit(timestamp=T, profile=ALICE, amount=10**6),
         c.Withdraw(timestamp=T, profile=ALICE, amount=10**6),
         order(take_profit=7_500, stop_loss=5_500, restriction=c.Restriction.POST_ONLY),
@@ -101,12 +102,12 @@ def cases() -> list[tuple[str, c.Command]]:
                 broken = msgspec.structs.replace(example, **{name: value})
                 found.append((f"{type(example).__name__}.{name}={value!r}", broken))
     # one level down: a field of an order inside a batch, a field of a listed market's config
-    batch = examples()[5]
+    batch = examples()[6]
     assert isinstance(batch, c.PlaceMultipleOrders)
     for name, kind, _ in c.FIELD_KINDS[c.PlaceLimitOrder]:
         bad = msgspec.structs.replace(batch.orders[0], **{name: wrong_values(kind)[0]})
         found.append((f"batch order {name}", msgspec.structs.replace(batch, orders=[bad])))
-    listing = examples()[17]
+    listing = examples()[18]
     assert isinstance(listing, c.ListMarket)
     for name, kind, _ in c.FIELD_KINDS[type(listing.market)]:
         config = msgspec.structs.replace(listing.market, **{name: wrong_values(kind)[0]})
@@ -134,6 +135,7 @@ def test_every_field_kind_is_covered() -> None:
     kinds = {kind for table in c.FIELD_KINDS.values() for _, kind, _ in table}
     assert kinds == set(range(9))
     assert set(c.FIELD_KINDS) >= set(typing.get_args(c.AnyCommand))
+    assert {type(example) for example in examples()} == set(typing.get_args(c.AnyCommand))
     assert len(CASES) > 300
 
 
@@ -166,6 +168,7 @@ def test_a_wrongly_typed_field_is_refused_and_changes_nothing(
 DIFFERENTIAL = """
 import sys
 from openperps.core import is_compiled
+from openperps.core.events import encode_event
 from tests.core.test_field_types import CASES, funded, examples
 
 assert is_compiled() is (sys.argv[1] == "compiled"), "wrong build loaded"

@@ -46,7 +46,9 @@ async def until(ws: Any, message: str, timeout: float = 5.0) -> dict[str, Any]:
 
 async def trade(ex: Exchange) -> None:
     seq = ex.sequencer
+    await seq.execute(c.Mint(timestamp=0, profile=ALICE, amount=10**9))
     await seq.execute(c.Deposit(timestamp=0, profile=ALICE, amount=10**9))
+    await seq.execute(c.Mint(timestamp=0, profile=BOB, amount=10**9))
     await seq.execute(c.Deposit(timestamp=0, profile=BOB, amount=10**9))
     await seq.execute(
         c.PlaceLimitOrder(

@@ -34,6 +34,7 @@ async def tight(tmp_path: Path) -> AsyncIterator[Exchange]:
 
 async def test_a_client_that_stops_reading_is_closed_with_4010(tight: Exchange) -> None:
     seq = tight.sequencer
+    await seq.execute(c.Mint(timestamp=0, profile=ALICE, amount=10**12))
     await seq.execute(c.Deposit(timestamp=0, profile=ALICE, amount=10**12))
     async with websockets.connect(url(tight)) as probe:
         await probe.send(json.dumps({"topic": "orderbook", "market_id": APT}))

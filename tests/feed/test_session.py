@@ -527,3 +527,13 @@ def test_fuzz_with_real_limits_closes_only_abusers() -> None:
             assert s.closed and s.receive_text(b"{}", now) == []
             s, refused, closes = FeedSession(MARKETS, limits), [], closes + 1
     assert closes > 10
+
+
+def test_a_session_learns_markets_listed_after_it_opened() -> None:
+    listed = dict.fromkeys(MARKETS)  # the read models' market table, as the server passes it
+    s = FeedSession(listed.keys(), FeedLimits())
+    request = {"topic": "orderbook", "market_id": "4242"}
+    assert error_code(send(s, request)) == "unknown_market"
+    listed[4242] = None
+    actions = send(s, request, 10_000)
+    assert any(isinstance(a, Subscribe) for a in actions), actions

@@ -1,6 +1,7 @@
 """Random command sequences through the whole engine; every rule-file invariant after every step.
 
-Several traders, a market maker and a keeper act on two markets: deposits and withdrawals;
+Several traders, a market maker and a keeper act on two markets: mints into wallets, deposits
+(within the wallet and past it) and withdrawals;
 limit orders of all four restrictions, opening and reducing, both sides (hedge mode); market
 orders; cancels and the three batch commands; TP/SL with orders and as updates; add margin;
 collapse; oracle moves that fire TP/SL and make positions liquidatable; liquidations of
@@ -22,7 +23,7 @@ After every command (``EngineMachine.run``):
 - an accepted market order fills something or meets its own profile's orders (self-match):
   one that can do neither is refused, not accepted and cancelled;
 - the events alone tell the state: projecting them (open orders and what each has left,
-  positions, free and reserved balances, the fee account as the sum of fill fees) gives
+  positions, free and reserved balances, wallets, the fee account as the sum of fill fees) gives
   exactly the engine's state. This is what the read models rely on;
 - orders in a paused market are refused with 1002, and a delegate that is not the profile's
   live delegate with 1001.
@@ -87,10 +88,11 @@ class EngineMachine(RuleBasedStateMachine):
         self.open_orders: dict[int, int] = {}
         self.positions: dict[tuple[str, int, bool], PositionRow] = {}
         self.balances: dict[str, tuple[int, int]] = {}
+        self.wallets: dict[str, int] = {}
         self.fees = 0
         for i, who in enumerate(TRADERS):
-            self.run(c.Deposit(timestamp=self.tick(), profile=who, amount=(500 + 4000 * i) * 10**6))
-        self.run(c.Deposit(timestamp=self.tick(), profile=MAKER, amount=10**7 * 10**6))
+            self.fund(who, (500 + 4000 * i) * 10**6)
+        self.fund(MAKER, 10**7 * 10**6)
         for market in MARKETS:
             self.run(
                 c.SetOraclePrice(timestamp=self.tick(), market_id=market, price=self.mids[market])
@@ -102,6 +104,11 @@ class EngineMachine(RuleBasedStateMachine):
     def tick(self, ms: int = 1) -> int:
         self.now += ms
         return self.now
+
+    def fund(self, who: str, amount: int) -> None:
+        """Mint into the wallet, then deposit all of it."""
+        self.run(c.Mint(timestamp=self.tick(), profile=who, amount=amount))
+        self.run(c.Deposit(timestamp=self.tick(), profile=who, amount=amount))
 
     def run(self, command: c.Command) -> list[e.Event]:
         engine = self.engine
@@ -262,6 +269,12 @@ class EngineMachine(RuleBasedStateMachine):
             elif isinstance(ev, (e.Deposited, e.Withdrawn)):
                 reserved = self.balances.get(ev.profile, (0, 0))[1]
                 self.balances[ev.profile] = (ev.free, reserved)
+                moved = ev.amount if isinstance(ev, e.Withdrawn) else -ev.amount
+                assert ev.wallet == self.wallets.get(ev.profile, 0) + moved
+                self.wallets[ev.profile] = ev.wallet
+            elif isinstance(ev, e.Minted):
+                assert ev.wallet == self.wallets.get(ev.profile, 0) + ev.amount
+                self.wallets[ev.profile] = ev.wallet
             elif isinstance(ev, e.DelegationEnabled):
                 self.delegations[ev.profile] = (ev.delegate_public_key, ev.expires_at)
             elif isinstance(ev, e.DelegationDisabled):
@@ -296,6 +309,7 @@ class EngineMachine(RuleBasedStateMachine):
             if pos.size
         }
         assert self.positions == positions
+        assert self.wallets == {p: w.balance for p, w in engine.wallets.items()}
         for profile, account in engine.accounts.items():
             if profile == FEES_ACCOUNT:
                 assert account.free == self.fees and account.reserved == 0
@@ -490,9 +504,25 @@ class EngineMachine(RuleBasedStateMachine):
     leverages = st.sampled_from([1, 2, 3, 5, 10, 20, 20])
     vias = st.integers(0, 29)
 
-    @rule(who=st.sampled_from([*TRADERS, KEEPER]), amount=st.integers(1, 5_000))
-    def deposit(self, who: str, amount: int) -> None:
-        self.run(c.Deposit(timestamp=self.tick(), profile=who, amount=amount * 10**6))
+    @rule(
+        who=st.sampled_from([*TRADERS, KEEPER]),
+        amount=st.integers(1, 5_000),
+        mint=st.sampled_from([True, True, False]),
+    )
+    def deposit(self, who: str, amount: int, mint: bool) -> None:
+        """Mint and deposit it (accepted), or deposit without minting: past what the wallet
+        holds it is refused with 2027 and nothing moves."""
+        amount *= 10**6
+        if mint:
+            self.run(c.Mint(timestamp=self.tick(), profile=who, amount=amount))
+        wallet = self.engine.wallet(who)
+        events = self.run(c.Deposit(timestamp=self.tick(), profile=who, amount=amount))
+        if amount > wallet:
+            assert isinstance(events[0], e.Rejected), events
+            assert events[0].code == ErrorCode.INSUFFICIENT_WALLET_BALANCE
+        else:
+            deposited = next(ev for ev in events if isinstance(ev, e.Deposited))
+            assert deposited.wallet == wallet - amount == self.engine.wallet(who)
 
     @rule(who=traders, share=st.sampled_from([1, 5, 9, 10, 10, 12]), via=vias)
     def withdraw(self, who: str, share: int, via: int) -> None:
@@ -918,6 +948,8 @@ def test_the_machine_exercised_the_engine() -> None:
         "PositionsCollapsed",
         "MarginAdded",
         "Withdrawn",
+        "Minted",
+        f"Deposit rejected {int(ErrorCode.INSUFFICIENT_WALLET_BALANCE)}",
         "DelegationEnabled",
         "DelegationDisabled",
         "PlaceLimitOrder accepted",

@@ -79,6 +79,7 @@ class BookAgainstReference(RuleBasedStateMachine):
         self.size: Counter[tuple[str, bool]] = Counter()
         self.pending_reduce: Counter[tuple[str, bool]] = Counter()
         for who in PROFILES:
+            self.engine.handle(c.Mint(timestamp=0, profile=who, amount=10**15))
             self.engine.handle(c.Deposit(timestamp=0, profile=who, amount=10**15))
         # a few levels each side to start from, so most orders meet something
         for i, who in enumerate(PROFILES):

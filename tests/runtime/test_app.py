@@ -20,7 +20,9 @@ APT = 1338
 
 async def trade(ex: Exchange, price: int) -> None:
     seq = ex.sequencer
+    await seq.execute(c.Mint(timestamp=0, profile=ALICE, amount=10**9))
     await seq.execute(c.Deposit(timestamp=0, profile=ALICE, amount=10**9))
+    await seq.execute(c.Mint(timestamp=0, profile=BOB, amount=10**9))
     await seq.execute(c.Deposit(timestamp=0, profile=BOB, amount=10**9))
     await seq.execute(
         c.PlaceLimitOrder(

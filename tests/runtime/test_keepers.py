@@ -10,7 +10,7 @@ import pytest
 from openperps.core import commands as c
 from openperps.core import events as e
 from openperps.runtime.keepers import KEEPER_ACCOUNT, Keepers
-from tests.runtime.test_sequencer import ALICE, APT, BOB, Rig, deposit
+from tests.runtime.test_sequencer import ALICE, APT, BOB, Rig, fund
 
 
 @pytest.fixture
@@ -37,8 +37,8 @@ def limit(who: str, long: bool, size: int, price: int, leverage: int = 10) -> c.
 async def test_a_price_move_liquidates_through_the_log(rig: Rig) -> None:
     seq = rig.sequencer
     keepers = Keepers(seq)
-    await seq.execute(deposit(ALICE, 10**9))
-    await seq.execute(deposit(BOB, 10**9))
+    await fund(seq, ALICE, 10**9)
+    await fund(seq, BOB, 10**9)
     await seq.execute(limit(BOB, False, 1000, 7_000))
     await seq.execute(limit(ALICE, True, 1000, 7_000, leverage=20))  # long 10 @ 7 at 20x
     await seq.execute(limit(BOB, True, 5000, 6_700))

@@ -76,8 +76,14 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     await rig.stop()
 
 
-def deposit(who: str, amount: int) -> c.Deposit:
-    return c.Deposit(timestamp=0, profile=who, amount=amount)
+def mint(who: str, amount: int) -> c.Mint:
+    return c.Mint(timestamp=0, profile=who, amount=amount)
+
+
+async def fund(seq: Sequencer, who: str, amount: int) -> list[e.Event]:
+    """Mint into the wallet and deposit it; the deposit's events."""
+    await seq.execute(mint(who, amount))
+    return await seq.execute(c.Deposit(timestamp=0, profile=who, amount=amount))
 
 
 def order(who: str, long: bool, price: int) -> c.PlaceLimitOrder:
@@ -95,9 +101,9 @@ def order(who: str, long: bool, price: int) -> c.PlaceLimitOrder:
 
 async def test_commands_are_durable_published_in_order_and_stamped(rig: Rig) -> None:
     seq = rig.sequencer
-    events = await seq.execute(deposit(ALICE, 10**9))
+    events = await fund(seq, ALICE, 10**9)
     assert isinstance(events[0], e.CommandExecuted) and events[0].timestamp > 1_000
-    await seq.execute(deposit(BOB, 10**9))
+    await fund(seq, BOB, 10**9)
     await seq.execute(order(ALICE, True, 7_000))
     await seq.execute(order(BOB, False, 7_000))
     assert await rig.log.last_version() == seq.engine.version
@@ -111,7 +117,7 @@ async def test_commands_are_durable_published_in_order_and_stamped(rig: Rig) -> 
 
 async def test_concurrent_commands_share_commits_and_keep_order(rig: Rig) -> None:
     seq = rig.sequencer
-    await asyncio.gather(*(seq.execute(deposit(ALICE, n + 1)) for n in range(200)))
+    await asyncio.gather(*(seq.execute(mint(ALICE, n + 1)) for n in range(200)))
     versions = [env.version for batch in rig.published for env in batch.envelopes]
     assert versions == sorted(versions) == list(range(1, seq.engine.version + 1))
     assert rig.writer.groups_committed < seq.commands
@@ -119,8 +125,8 @@ async def test_concurrent_commands_share_commits_and_keep_order(rig: Rig) -> Non
 
 async def test_restart_rebuilds_the_same_state_with_and_without_a_snapshot(rig: Rig) -> None:
     seq = rig.sequencer
-    await seq.execute(deposit(ALICE, 10**9))
-    await seq.execute(deposit(BOB, 10**9))
+    await fund(seq, ALICE, 10**9)
+    await fund(seq, BOB, 10**9)
     await seq.execute(order(ALICE, True, 7_000))
     snapshotter = Snapshotter(seq, rig.log)
     assert await snapshotter.take() == seq.engine.version
@@ -149,20 +155,20 @@ async def test_restart_rebuilds_the_same_state_with_and_without_a_snapshot(rig: 
 
 async def test_a_storage_fault_acknowledges_nothing_and_the_engine_recovers(rig: Rig) -> None:
     seq = rig.sequencer
-    await seq.execute(deposit(ALICE, 10**9))
+    await fund(seq, ALICE, 10**9)
     before = seq.engine.state_hash()
     durable = await rig.log.last_version()
     published = len(rig.published)
     rig.log.failing = True
     with pytest.raises(NotDurable) as caught:
-        await seq.execute(deposit(ALICE, 5))
+        await seq.execute(mint(ALICE, 5))
     assert caught.value.code == 2026
     assert len(rig.published) == published  # nothing published that is not durable
     rig.log.failing = False
-    # the next command waits for the rebuild, which drops the deposit that never landed
-    events = await seq.execute(deposit(BOB, 7))
+    # the next command waits for the rebuild, which drops the mint that never landed
+    events = await seq.execute(mint(BOB, 7))
     assert events[0].version == durable + 1
-    assert seq.engine.accounts[ALICE].free == 10**9
+    assert seq.engine.accounts[ALICE].free == 10**9 and seq.engine.wallet(ALICE) == 0
     assert seq.generation == 1
     assert await rig.log.last_version() == seq.engine.version
     restart = await load_engine(rig.log)
@@ -171,17 +177,17 @@ async def test_a_storage_fault_acknowledges_nothing_and_the_engine_recovers(rig:
 
 async def test_a_snapshot_of_an_engine_that_was_rebuilt_is_discarded(rig: Rig) -> None:
     seq = rig.sequencer
-    await seq.execute(deposit(ALICE, 10**9))
+    await fund(seq, ALICE, 10**9)
     snapshotter = Snapshotter(seq, rig.log)
     rig.log.failing = True
     with pytest.raises(NotDurable):
-        await seq.execute(deposit(ALICE, 5))
+        await seq.execute(mint(ALICE, 5))
     # the engine is ahead of the log right now; its snapshot must never be saved
     diverged = seq.engine
     taking = asyncio.create_task(snapshotter.take())
     await asyncio.sleep(0)
     rig.log.failing = False
-    await seq.execute(deposit(BOB, 1))
+    await seq.execute(mint(BOB, 1))
     assert seq.engine is not diverged
     assert await taking is None
     assert await rig.log.load_latest_snapshot() is None

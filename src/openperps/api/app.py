@@ -8,6 +8,13 @@ signature, 403 not allowed, 404 unknown market or order, 409 refused by the exch
 Reads are unsigned GETs answered from the read models. Actions are signed POSTs
 (``openperps.signing``): they run through the sequencer and answer once their events are
 durable, with the records they produced and the ``transaction_version`` that made them.
+``settlePnl`` is the one signed call that changes nothing: realised PnL is credited with every
+reducing fill (docs/exchange-rules.md, "Margin"), so there is never anything left to settle;
+it answers the profile's balances for Kana clients that call it after closing a position.
+
+Money enters through wallets: ``mintTestTokens`` (testnet only) and the operator's
+``/admin/creditWallet`` credit the wallet, ``deposit`` moves wallet -> trading account,
+``withdraw`` back, and ``getWalletAccountBalance`` reads the wallet.
 Amounts, sizes and prices are decimal strings in human units; a JSON number is accepted
 only when it is exact at the field's precision.
 """
@@ -29,7 +36,7 @@ from openperps import __version__
 from openperps.core import commands as c
 from openperps.core import events as e
 from openperps.core.errors import MESSAGES, ErrorCode, InvalidInput, OpenPerpsError
-from openperps.core.markets import MarketConfig
+from openperps.core.markets import MarketConfig, Network, market_from_table
 from openperps.core.numbers import (
     MAX_ID,
     QUOTE_DECIMALS,
@@ -57,6 +64,7 @@ STATUS = {
     ErrorCode.INVALID_RESTRICTION: 400,
     ErrorCode.INVALID_LEVERAGE: 400,
     ErrorCode.TOO_MANY_ORDERS: 400,
+    ErrorCode.INVALID_MARKET_CONFIG: 400,
     ErrorCode.NOT_DURABLE: 503,
 }
 BAD_REQUEST = 2030  # request body or parameters malformed (REST edge)
@@ -289,23 +297,25 @@ async def get_profile_address(state: State, userAddress: str) -> Response[bytes]
     return envelope(_profile_of(userAddress))
 
 
-@get("/getProfileBalanceSnapshot")
-async def get_balance(state: State, userAddress: str) -> Response[bytes]:
-    exchange = _exchange(state)
-    profile = _profile_of(userAddress)
+def _balances(exchange: Exchange, profile: str) -> dict[str, str]:
+    """A profile's balances as decimal strings, from the read models."""
     account = exchange.models.accounts.get(profile)
     free = account.free if account else 0
     reserved = account.reserved if account else 0
     margin = sum(p.margin for p in exchange.models.positions_of(profile))
-    return envelope(
-        {
-            "profileAddress": profile,
-            "freeBalance": format_scaled(free, QUOTE_DECIMALS),
-            "reservedForOrders": format_scaled(reserved, QUOTE_DECIMALS),
-            "positionMargin": format_scaled(margin, QUOTE_DECIMALS),
-            "totalBalance": format_scaled(free + reserved + margin, QUOTE_DECIMALS),
-        }
-    )
+    return {
+        "profileAddress": profile,
+        "freeBalance": format_scaled(free, QUOTE_DECIMALS),
+        "reservedForOrders": format_scaled(reserved, QUOTE_DECIMALS),
+        "positionMargin": format_scaled(margin, QUOTE_DECIMALS),
+        "totalBalance": format_scaled(free + reserved + margin, QUOTE_DECIMALS),
+    }
+
+
+@get("/getProfileBalanceSnapshot")
+async def get_balance(state: State, userAddress: str) -> Response[bytes]:
+    exchange = _exchange(state)
+    return envelope(_balances(exchange, _profile_of(userAddress)))
 
 
 @get("/getNetProfileBalance")
@@ -314,6 +324,14 @@ async def get_net_balance(state: State, userAddress: str) -> Response[bytes]:
     profile = _profile_of(userAddress)
     account = exchange.models.accounts.get(profile)
     return envelope(format_scaled(account.free if account else 0, QUOTE_DECIMALS))
+
+
+@get("/getWalletAccountBalance")
+async def get_wallet_balance(state: State, userAddress: str) -> Response[bytes]:
+    """The USDT the wallet holds outside the exchange (0 for a wallet never credited)."""
+    exchange = _exchange(state)
+    profile = _profile_of(userAddress)
+    return envelope(format_scaled(exchange.models.wallet_of(profile), QUOTE_DECIMALS))
 
 
 def _market_filter(exchange: Exchange, market_id: str | None) -> int | None:
@@ -592,7 +610,7 @@ async def deposit(request: Request[Any, Any, Any], state: State) -> Response[byt
     events = await _run(
         exchange, c.Deposit(timestamp=0, profile=profile, delegate=delegate, amount=amount)
     )
-    return envelope({"transactionVersion": events[-1].version}, "deposited")
+    return envelope(_transfer(events), "deposited")
 
 
 @post(["/withdraw", "/withdrawSpecifiMarket"], status_code=200)
@@ -603,11 +621,32 @@ async def withdraw(request: Request[Any, Any, Any], state: State) -> Response[by
         raise ApiError(403, int(ErrorCode.NOT_AUTHORISED), "a delegate cannot withdraw")
     amount = _decimal(body.get("amount"), QUOTE_DECIMALS, "amount")
     events = await _run(exchange, c.Withdraw(timestamp=0, profile=profile, amount=amount))
-    return envelope({"transactionVersion": events[-1].version}, "withdrawn")
+    return envelope(_transfer(events), "withdrawn to the wallet")
+
+
+def _transfer(events: list[e.Event]) -> dict[str, Any]:
+    """A deposit's or withdrawal's answer: the balances on both sides after it."""
+    moved = next(ev for ev in events if isinstance(ev, e.Deposited | e.Withdrawn))
+    assert moved.wallet is not None  # the engine always reports it now
+    return {
+        "transactionVersion": events[-1].version,
+        "freeBalance": format_scaled(moved.free, QUOTE_DECIMALS),
+        "walletBalance": format_scaled(moved.wallet, QUOTE_DECIMALS),
+    }
+
+
+async def _mint(exchange: Exchange, profile: str, amount: int) -> dict[str, Any]:
+    events = await _run(exchange, c.Mint(timestamp=0, profile=profile, amount=amount))
+    minted = next(ev for ev in events if isinstance(ev, e.Minted))
+    return {
+        "transactionVersion": events[-1].version,
+        "walletBalance": format_scaled(minted.wallet, QUOTE_DECIMALS),
+    }
 
 
 @post("/mintTestTokens", status_code=200)
 async def mint_test_tokens(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    """Testnet faucet: credit test USDT to the signer's wallet (``deposit`` it to trade)."""
     exchange = _exchange(state)
     if not state.faucet:
         raise ApiError(404, FAUCET_CLOSED, "the faucet exists on testnet deployments only")
@@ -615,8 +654,25 @@ async def mint_test_tokens(request: Request[Any, Any, Any], state: State) -> Res
     amount = _decimal(body.get("amount", "1000"), QUOTE_DECIMALS, "amount")
     if not 0 < amount <= 100_000 * 10**QUOTE_DECIMALS:
         raise ApiError(400, int(ErrorCode.INVALID_AMOUNT), "the faucet gives 0 to 100000 USDT")
-    events = await _run(exchange, c.Deposit(timestamp=0, profile=profile, amount=amount))
-    return envelope({"transactionVersion": events[-1].version}, "test tokens minted")
+    return envelope(await _mint(exchange, profile, amount), "test tokens minted to the wallet")
+
+
+@post("/settlePnl", status_code=200)
+async def settle_pnl(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    """Kana's settle call. Realised PnL reaches the free balance with every reducing fill, so
+    nothing is pending and nothing moves; the answer is the profile's balances and the
+    version they include."""
+    exchange = _exchange(state)
+    profile, _delegate, body = await _signed(request)
+    data: dict[str, Any] = {}
+    if body.get("marketId") is not None:
+        data["marketId"] = str(_market(exchange, body["marketId"]).market_id)
+    data.update(_balances(exchange, profile))
+    account = exchange.models.accounts.get(profile)
+    data["netBalance"] = format_scaled(account.free if account else 0, QUOTE_DECIMALS)
+    data["settledPnl"] = "0"
+    data["transactionVersion"] = exchange.models.version
+    return envelope(data, "nothing to settle: PnL is settled with every fill")
 
 
 async def _position_action(
@@ -821,13 +877,21 @@ def _admin(request: Request[Any, Any, Any]) -> None:
         raise ApiError(401, ADMIN_ONLY, "operator endpoints need the configured bearer token")
 
 
+async def _admin_body(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    try:
+        body = _body_decoder.decode(await request.body() or b"{}")
+    except msgspec.DecodeError:
+        raise ApiError(400, BAD_REQUEST, "the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, BAD_REQUEST, "the body is a JSON object")
+    return body
+
+
 @post("/admin/oraclePrice", status_code=200)
 async def admin_oracle_price(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
     _admin(request)
     exchange = _exchange(state)
-    body = _body_decoder.decode(await request.body() or b"{}")
-    if not isinstance(body, dict):
-        raise ApiError(400, BAD_REQUEST, "the body is a JSON object")
+    body = await _admin_body(request)
     config = _market(exchange, body.get("marketId"))
     price = _decimal(body.get("price"), config.price_decimals, "price")
     events = await exchange.keepers.set_price(config.market_id, price)
@@ -840,9 +904,7 @@ async def admin_oracle_price(request: Request[Any, Any, Any], state: State) -> R
 async def admin_pause(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
     _admin(request)
     exchange = _exchange(state)
-    body = _body_decoder.decode(await request.body() or b"{}")
-    if not isinstance(body, dict):
-        raise ApiError(400, BAD_REQUEST, "the body is a JSON object")
+    body = await _admin_body(request)
     config = _market(exchange, body.get("marketId"))
     events = await _run(
         exchange,
@@ -851,14 +913,44 @@ async def admin_pause(request: Request[Any, Any, Any], state: State) -> Response
     return envelope({"transactionVersion": events[-1].version}, "market updated")
 
 
+@post("/admin/creditWallet", status_code=200)
+async def admin_credit_wallet(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    """Record USDT arriving in a wallet from outside (an on-chain transfer in): how money
+    reaches a deployment without a faucet. Body: ``{userAddress, amount}``."""
+    _admin(request)
+    exchange = _exchange(state)
+    body = await _admin_body(request)
+    address = body.get("userAddress")
+    profile = _profile_of(address if isinstance(address, str) else None)
+    amount = _decimal(body.get("amount"), QUOTE_DECIMALS, "amount")
+    return envelope(await _mint(exchange, profile, amount), "wallet credited")
+
+
+@post("/admin/listMarket", status_code=200)
+async def admin_list_market(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    """List a market while running. The body is one ``[[market]]`` table of ``markets.toml``
+    as JSON: figures in human units as decimal strings, ``market_id`` (or the deployment
+    network's ``testnet_id``/``mainnet_id``)."""
+    _admin(request)
+    exchange = _exchange(state)
+    body = await _admin_body(request)
+    table = {k: format(v, "f") if isinstance(v, Decimal) else v for k, v in body.items()}
+    config = market_from_table(table, state.network)
+    events = await _run(exchange, c.ListMarket(timestamp=0, market=config))
+    data = {"transactionVersion": events[-1].version, "market": _market_info(config)}
+    return envelope(data, "market listed")
+
+
 def create_app(
     exchange: Exchange,
     *,
     faucet: bool = True,
+    network: Network = "testnet",
     window_ms: int = 30_000,
     admin_token: str | None = None,
 ) -> Litestar:
-    """The REST app over a started (or starting) exchange."""
+    """The REST app over a started (or starting) exchange. ``network`` picks which id of a
+    market table ``/admin/listMarket`` uses."""
 
     def delegate_of(profile: str) -> tuple[str, int] | None:
         return exchange.models.delegations.get(profile)
@@ -876,6 +968,7 @@ def create_app(
             get_profile_address,
             get_balance,
             get_net_balance,
+            get_wallet_balance,
             get_open_orders,
             get_order_history,
             get_positions,
@@ -889,6 +982,7 @@ def create_app(
             deposit,
             withdraw,
             mint_test_tokens,
+            settle_pnl,
             update_take_profit,
             update_stop_loss,
             add_margin,
@@ -900,12 +994,15 @@ def create_app(
             funding_history,
             admin_oracle_price,
             admin_pause,
+            admin_credit_wallet,
+            admin_list_market,
         ],
         state=State(
             {
                 "exchange": exchange,
                 "verifier": RequestVerifier(delegate_of, window_ms=window_ms),
                 "faucet": faucet,
+                "network": network,
                 "admin_token": admin_token,
                 "started_at": time.time_ns() // 1_000_000,
             }

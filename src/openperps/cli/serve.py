@@ -183,7 +183,7 @@ def serve(
                 seed=seed,
                 oracle_interval=oracle_interval,
                 api_port=api_port,
-                faucet=net == "testnet",
+                network=net,
                 admin_token=admin_token,
                 ticks=ticks,
                 replay_speed=replay_speed,
@@ -245,7 +245,7 @@ async def _serve(
     seed: int,
     oracle_interval: float,
     api_port: int,
-    faucet: bool,
+    network: Literal["mainnet", "testnet"],
     admin_token: str | None,
     ticks: list[Tick] | None,
     replay_speed: float,
@@ -282,7 +282,7 @@ async def _serve(
         rest_socket.close()
         raise
     config = uvicorn.Config(
-        create_app(exchange, faucet=faucet, admin_token=admin_token),
+        create_app(exchange, faucet=network == "testnet", network=network, admin_token=admin_token),
         log_config=None,
         log_level="warning",
         lifespan="off",

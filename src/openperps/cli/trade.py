@@ -1,8 +1,9 @@
 """Trading commands: a thin layer over ``openperps.client``.
 
     openperps keygen                       writes a key file (0600)
-    openperps account                      wallet, profile and balances
-    openperps faucet|deposit|withdraw AMOUNT
+    openperps account                      wallet, profile, wallet and trading balances
+    openperps faucet AMOUNT                testnet: mint test USDT into your wallet
+    openperps deposit|withdraw AMOUNT      wallet -> trading account, and back
     openperps order limit MARKET long|short SIZE PRICE [--leverage N] [--reduce] [--tp P] [--sl P]
     openperps order market MARKET long|short SIZE [--leverage N] [--reduce]
     openperps order cancel MARKET ORDER_ID...
@@ -84,6 +85,11 @@ def _show(result: Any) -> None:
         for refused in result.get("refused", []):
             console.print(f"[red]refused {refused['code']}[/red]: {refused['message']}")
         console.print(f"transaction_version {result['transactionVersion']}")
+    elif isinstance(result, dict) and "walletBalance" in result:  # faucet, deposit, withdraw
+        for name in ("walletBalance", "freeBalance"):
+            if name in result:
+                console.print(f"{name}: {result[name]}")
+        console.print(f"transaction_version {result['transactionVersion']}")
     else:
         console.print(result)
 
@@ -104,15 +110,16 @@ def keygen(
 
 
 def account(key: KeyOption = DEFAULT_KEY, url: UrlOption = "http://127.0.0.1:8080") -> None:
-    """Wallet, profile address and balances."""
+    """Wallet, profile address, the wallet's USDT and the trading account's balances."""
     client = _client(key, url)
 
-    async def work() -> dict[str, Decimal]:
+    async def work() -> tuple[Decimal, dict[str, Decimal]]:
         async with client:
-            return await client.balance()
+            return await client.wallet_balance(), await client.balance()
 
-    balances = _run(work)
+    wallet, balances = _run(work)
     console.print(f"wallet:  {client.wallet}\nprofile: {client.profile}")
+    console.print(f"walletBalance: {wallet}")
     for name, value in balances.items():
         console.print(f"{name}: {value}")
 
@@ -132,9 +139,9 @@ def _money_command(method: str) -> Callable[..., None]:
         _show(_run(work))
 
     command.__doc__ = {
-        "mint_test_tokens": "Testnet faucet: credit test USDT to your trading account.",
-        "deposit": "Deposit USDT into your trading account.",
-        "withdraw": "Withdraw free USDT from your trading account.",
+        "mint_test_tokens": "Testnet faucet: mint test USDT into your wallet (then deposit).",
+        "deposit": "Deposit USDT from your wallet into your trading account.",
+        "withdraw": "Withdraw free USDT from your trading account to your wallet.",
     }[method]
     return command
 

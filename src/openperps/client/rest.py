@@ -2,7 +2,8 @@
 wire types the server uses.
 
     async with Client("http://127.0.0.1:8080", key) as client:
-        await client.mint_test_tokens("1000")
+        await client.mint_test_tokens("1000")     # testnet faucet: into your wallet
+        await client.deposit("1000")              # wallet -> trading account
         placed = await client.place_limit_order("1338", long=True, size="10", price="5.1",
                                                 leverage=5)
         for position in await client.positions():
@@ -125,6 +126,10 @@ class Client:
         data = await self.get("/getProfileBalanceSnapshot", userAddress=self.wallet)
         return {k: Decimal(v) for k, v in data.items() if k != "profileAddress"}
 
+    async def wallet_balance(self) -> Decimal:
+        """USDT in your wallet, outside the exchange (what ``deposit`` can move in)."""
+        return Decimal(await self.get("/getWalletAccountBalance", userAddress=self.wallet))
+
     async def positions(self, market_id: str | None = None) -> list[PositionRecord]:
         data = await self.get("/getPositions", userAddress=self.wallet, marketId=market_id)
         return self._records(data, PositionRecord)
@@ -159,6 +164,12 @@ class Client:
 
     async def withdraw(self, amount: Number) -> Any:
         return await self.post("/withdraw", {"amount": _number(amount, "amount")})
+
+    async def settle_pnl(self, market_id: str | None = None) -> dict[str, Any]:
+        """Kana's settle call: PnL is already settled with every fill, so this moves nothing
+        and answers your balances and the ``transactionVersion`` they include."""
+        body = {} if market_id is None else {"marketId": market_id}
+        return dict(await self.post("/settlePnl", body))
 
     async def place_limit_order(
         self,
@@ -249,7 +260,8 @@ class SyncClient:
 
     client = SyncClient("http://127.0.0.1:8080", key)
     client.mint_test_tokens("1000")
-    print(client.positions())
+    client.deposit("1000")
+    print(client.wallet_balance(), client.positions())
     client.close()
     """
 

@@ -39,10 +39,23 @@ class UserCommand(Command, frozen=True, kw_only=True):
 
 
 class Deposit(UserCommand, frozen=True, kw_only=True):
+    """Move ``amount`` from the owner's wallet into the profile's free balance."""
+
     amount: int
 
 
 class Withdraw(UserCommand, frozen=True, kw_only=True):
+    """Move ``amount`` of free balance back to the owner's wallet."""
+
+    amount: int
+
+
+class Mint(Command, frozen=True, kw_only=True):
+    """Credit ``amount`` to the wallet of ``profile``'s owner: USDT arriving from outside the
+    exchange (the testnet faucet, or an operator recording an on-chain transfer in). Wallets
+    are keyed by profile, like everything in the engine."""
+
+    profile: str
     amount: int
 
 
@@ -155,6 +168,7 @@ class PauseMarket(Command, frozen=True, kw_only=True):
 AnyCommand = (
     Deposit
     | Withdraw
+    | Mint
     | PlaceLimitOrder
     | PlaceMarketOrder
     | CancelOrder

@@ -14,11 +14,15 @@ one ``PositionChanged`` per position it touched and one ``BalanceChanged`` per a
 free or reserved balance moved (except the fee account, whose balance is the running sum of
 the fees in ``TradeExecuted``).
 
-Money flows between accounts only; system accounts hold what belongs to nobody:
-``FEES_ACCOUNT`` (trading fees), ``INSURANCE_FUND`` (liquidation proceeds; covers shortfalls,
-may hold positions it took over) and ``HOUSE_ACCOUNT`` (rounding remainders). So
-deposits - withdrawals always equals every free, reserved and margin balance plus the net
-cost basis of open positions, to the unit (see ``core.invariants``).
+Money enters only by ``Mint``, into a wallet: the USDT a profile's owner holds outside the
+exchange (the testnet faucet, or an operator recording a transfer in). ``Deposit`` moves it
+from the wallet to the profile's free balance and ``Withdraw`` back. On the exchange, money
+flows between accounts only; system accounts hold what belongs to nobody: ``FEES_ACCOUNT``
+(trading fees), ``INSURANCE_FUND`` (liquidation proceeds; covers shortfalls, may hold
+positions it took over) and ``HOUSE_ACCOUNT`` (rounding remainders). So everything minted
+always equals the wallets plus every free, reserved and margin balance plus the net cost
+basis of open positions, to the unit, and each wallet holds what was minted into it less
+what it deposited plus what it withdrew (see ``core.invariants``).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from openperps.core.snapshot import (
     MarketSnap,
     OrderSnap,
     PositionSnap,
+    WalletSnap,
     decode_snapshot,
     encode_snapshot,
 )
@@ -198,6 +203,16 @@ class Account:
         self.withdrawn = withdrawn
 
 
+class Wallet:
+    """USDT a profile's owner holds outside the exchange; ``minted`` is all ever credited."""
+
+    __slots__ = ("balance", "minted")
+
+    def __init__(self, balance: int = 0, minted: int = 0) -> None:
+        self.balance = balance
+        self.minted = minted
+
+
 class Position:
     """One isolated position, keyed by (profile, market, side); hedge mode holds two.
 
@@ -330,6 +345,7 @@ class Engine:
                 raise InvalidInput(ErrorCode.INVALID_MARKET_CONFIG, "duplicate market ids")
             self.markets[config.market_id] = MarketState(config, timestamp)
         self.accounts: dict[str, Account] = {}
+        self.wallets: dict[str, Wallet] = {}
         self.delegations: dict[str, tuple[str, int]] = {}
         self._out: list[e.Event] = []
         self._ts = timestamp
@@ -337,6 +353,7 @@ class Engine:
         self._dirty_accounts: dict[str, Account] = {}
         self._liquidation_pot = 0
         self._handlers: dict[type, Callable[[Any], None]] = {
+            c.Mint: self._mint,
             c.Deposit: self._deposit,
             c.Withdraw: self._withdraw,
             c.PlaceLimitOrder: self._place_limit,
@@ -403,12 +420,17 @@ class Engine:
         self._dirty_positions.clear()
         self._dirty_accounts.clear()
 
-    def _authorise(self, command: c.UserCommand) -> None:
-        profile = command.profile
+    @staticmethod
+    def _check_owner(profile: object, system_refusal: str) -> None:
+        """A well-formed address of a profile that is not a system account."""
         if not is_address(profile):
             raise _Reject(ErrorCode.INVALID_ADDRESS, "profile must be 0x followed by 64 hex digits")
         if profile in SYSTEM_ACCOUNTS:
-            raise _Reject(ErrorCode.NOT_AUTHORISED, "system accounts take no user commands")
+            raise _Reject(ErrorCode.NOT_AUTHORISED, system_refusal)
+
+    def _authorise(self, command: c.UserCommand) -> None:
+        profile = command.profile
+        self._check_owner(profile, "system accounts take no user commands")
         delegate = command.delegate
         if delegate is None:
             return
@@ -583,15 +605,36 @@ class Engine:
         if stop_loss is not None and (stop_loss < reference) != long:
             raise _Reject(ErrorCode.INVALID_TRIGGER_PRICE, "stop-loss on the wrong side")
 
-    # -- deposits, withdrawals, delegation ------------------------------------------------------
+    # -- wallets, deposits, withdrawals, delegation ---------------------------------------------
+
+    def _wallet(self, profile: str) -> Wallet:
+        wallet = self.wallets.get(profile)
+        if wallet is None:
+            wallet = self.wallets[profile] = Wallet()
+        return wallet
+
+    def _mint(self, cmd: c.Mint) -> None:
+        profile = cmd.profile
+        self._check_owner(profile, "system accounts have no wallet")
+        amount = self._check_amount(cmd.amount)
+        wallet = self._wallet(profile)
+        wallet.balance += amount
+        wallet.minted += amount
+        self._out.append(e.Minted(self._next_version(), self._ts, profile, amount, wallet.balance))
 
     def _deposit(self, cmd: c.Deposit) -> None:
         amount = self._check_amount(cmd.amount)
+        wallet = self.wallets.get(cmd.profile)
+        if wallet is None or wallet.balance < amount:
+            raise _Reject(ErrorCode.INSUFFICIENT_WALLET_BALANCE)
+        wallet.balance -= amount
         account = self._account(cmd.profile)
         account.free += amount
         account.deposited += amount
         self._out.append(
-            e.Deposited(self._next_version(), self._ts, cmd.profile, amount, account.free)
+            e.Deposited(
+                self._next_version(), self._ts, cmd.profile, amount, account.free, wallet.balance
+            )
         )
 
     def _withdraw(self, cmd: c.Withdraw) -> None:
@@ -606,8 +649,12 @@ class Engine:
             raise _Reject(ErrorCode.NOT_ENOUGH_TRADING_BALANCE)
         account.free -= amount
         account.withdrawn += amount
+        wallet = self._wallet(cmd.profile)
+        wallet.balance += amount
         self._out.append(
-            e.Withdrawn(self._next_version(), self._ts, cmd.profile, amount, account.free)
+            e.Withdrawn(
+                self._next_version(), self._ts, cmd.profile, amount, account.free, wallet.balance
+            )
         )
 
     def _margin_of(self, profile: str) -> int:
@@ -1625,8 +1672,15 @@ class Engine:
         delegations = [
             DelegationSnap(p, key, expiry) for p, (key, expiry) in sorted(self.delegations.items())
         ]
+        wallets = [WalletSnap(p, w.balance, w.minted) for p, w in sorted(self.wallets.items())]
         return EngineSnapshot(
-            self.version, self.last_timestamp, self.order_counter, markets, accounts, delegations
+            self.version,
+            self.last_timestamp,
+            self.order_counter,
+            markets,
+            accounts,
+            delegations,
+            wallets,
         )
 
     def snapshot_bytes(self) -> bytes:
@@ -1691,6 +1745,8 @@ class Engine:
             engine.accounts[a.profile] = Account(a.free, a.reserved, a.deposited, a.withdrawn)
         for d in snap.delegations:
             engine.delegations[d.profile] = (d.public_key, d.expires_at)
+        for w in snap.wallets:
+            engine.wallets[w.profile] = Wallet(w.balance, w.minted)
         return engine
 
     def skip_rejection(self, version: int, timestamp: int) -> None:
@@ -1709,3 +1765,8 @@ class Engine:
 
     def account(self, profile: str) -> Account | None:
         return self.accounts.get(profile)
+
+    def wallet(self, profile: str) -> int:
+        """What the owner of ``profile`` holds in their wallet (0 for an unknown one)."""
+        wallet = self.wallets.get(profile)
+        return wallet.balance if wallet is not None else 0

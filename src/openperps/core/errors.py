@@ -65,6 +65,7 @@ class ErrorCode(IntEnum):
     UNKNOWN_COMMAND = 2024
     REPLAY_DIVERGED = 2025
     NOT_DURABLE = 2026
+    INSUFFICIENT_WALLET_BALANCE = 2027
 
 
 MESSAGES: dict[ErrorCode, str] = {
@@ -108,6 +109,7 @@ MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.UNKNOWN_COMMAND: "unknown command",
     ErrorCode.REPLAY_DIVERGED: "the event log and the engine disagree",
     ErrorCode.NOT_DURABLE: "the event log could not store the command; it did not take effect",
+    ErrorCode.INSUFFICIENT_WALLET_BALANCE: "not enough USDT in the wallet to deposit",
 }
 
 

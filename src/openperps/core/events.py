@@ -44,16 +44,31 @@ class CommandExecuted(Event, frozen=True):
     command: AnyCommand
 
 
+class Minted(Event, frozen=True):
+    """USDT credited to a wallet from outside the exchange; ``wallet`` is its balance after."""
+
+    profile: str
+    amount: int
+    wallet: int
+
+
 class Deposited(Event, frozen=True):
+    """Wallet -> free balance. ``wallet`` is the wallet's balance after; None in logs written
+    before wallets existed, when deposits came from nowhere."""
+
     profile: str
     amount: int
     free: int
+    wallet: int | None = None
 
 
 class Withdrawn(Event, frozen=True):
+    """Free balance -> wallet. ``wallet`` as in ``Deposited``."""
+
     profile: str
     amount: int
     free: int
+    wallet: int | None = None
 
 
 class OrderAccepted(Event, frozen=True):
@@ -229,6 +244,7 @@ class DelegationDisabled(Event, frozen=True):
 
 AnyEvent = (
     CommandExecuted
+    | Minted
     | Deposited
     | Withdrawn
     | OrderAccepted

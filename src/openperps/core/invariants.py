@@ -15,19 +15,36 @@ from openperps.core.events import Event
 
 
 def conservation_gap(engine: Engine) -> int:
-    """deposits - withdrawals - (every balance + net cost basis of open positions).
+    """minted - (every wallet + every balance + net cost basis of open positions).
 
-    Zero when no unit was created or lost. The net cost basis (short entry values minus long
-    entry values) is what open positions owe each other: it equals their unrealised PnL at
-    any common price, because longs and shorts of a market are equal in size.
+    Zero when no unit was created or lost: money enters only by minting into a wallet, and
+    everything minted is either still in a wallet or on the exchange. The net cost basis
+    (short entry values minus long entry values) is what open positions owe each other: it
+    equals their unrealised PnL at any common price, because longs and shorts of a market are
+    equal in size.
     """
-    inflow = sum(a.deposited - a.withdrawn for a in engine.accounts.values())
-    held = sum(a.free + a.reserved for a in engine.accounts.values())
+    minted = sum(w.minted for w in engine.wallets.values())
+    held = sum(w.balance for w in engine.wallets.values())
+    held += sum(a.free + a.reserved for a in engine.accounts.values())
     for market in engine.markets.values():
         for pos in market.slots.values():
             held += pos.margin
             held += -pos.entry_value if pos.trade_side else pos.entry_value
-    return inflow - held
+    return minted - held
+
+
+def wallet_gaps(engine: Engine) -> dict[str, int]:
+    """Per profile: wallet - (minted - deposited + withdrawn), where it is not zero."""
+    gaps: dict[str, int] = {}
+    for profile in engine.wallets.keys() | engine.accounts.keys():
+        wallet = engine.wallets.get(profile)
+        account = engine.accounts.get(profile)
+        balance, minted = (wallet.balance, wallet.minted) if wallet is not None else (0, 0)
+        moved = account.deposited - account.withdrawn if account is not None else 0
+        gap = balance - (minted - moved)
+        if gap:
+            gaps[profile] = gap
+    return gaps
 
 
 def violations(engine: Engine) -> list[str]:
@@ -35,6 +52,11 @@ def violations(engine: Engine) -> list[str]:
     gap = conservation_gap(engine)
     if gap:
         found.append(f"conservation: {gap} units unaccounted for")
+    for profile, wallet_gap in sorted(wallet_gaps(engine).items()):
+        found.append(f"{profile}: wallet off by {wallet_gap} from minted - deposited + withdrawn")
+    for profile, wallet in engine.wallets.items():
+        if wallet.balance < 0 or wallet.minted < 0:
+            found.append(f"{profile}: negative wallet figures")
     for profile, account in engine.accounts.items():
         if account.reserved < 0:
             found.append(f"{profile}: negative reserved balance {account.reserved}")

@@ -73,6 +73,12 @@ class DelegationSnap(msgspec.Struct, frozen=True, array_like=True):
     expires_at: int
 
 
+class WalletSnap(msgspec.Struct, frozen=True, array_like=True):
+    profile: str
+    balance: int
+    minted: int
+
+
 class EngineSnapshot(msgspec.Struct, frozen=True):
     """The whole engine state at ``version``, in a canonical (sorted) order."""
 
@@ -82,6 +88,7 @@ class EngineSnapshot(msgspec.Struct, frozen=True):
     markets: list[MarketSnap]
     accounts: list[AccountSnap]
     delegations: list[DelegationSnap]
+    wallets: list[WalletSnap] = []  # absent from snapshots taken before wallets existed
 
 
 # JSON rather than msgpack: ids are 128-bit integers, which msgpack cannot carry.

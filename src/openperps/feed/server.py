@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, KeysView
 from dataclasses import dataclass
 from typing import Any
 
@@ -243,8 +243,9 @@ class FeedServer:
         self._server: asyncio.Server | None = None
         self.port = 0
 
-    def market_ids(self) -> frozenset[int]:
-        return frozenset(self.models.markets)
+    def market_ids(self) -> KeysView[int]:
+        """The listed markets, live: a market listed later shows up without a reconnect."""
+        return self.models.markets.keys()
 
     async def start(self, host: str = "127.0.0.1", port: int = 8765) -> None:
         limits = self.server_limits

@@ -20,6 +20,7 @@ large).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -146,9 +147,11 @@ def error_frame(code: str, detail: str, request: Any, request_id: Any, has_id: b
 
 @dataclass
 class FeedSession:
-    """The state of one connection."""
+    """The state of one connection. ``markets`` is consulted on every subscription, so a
+    live view (the read models' market keys) lets a connection subscribe to a market listed
+    after it opened."""
 
-    markets: frozenset[int]
+    markets: Collection[int]
     limits: FeedLimits = field(default_factory=FeedLimits)
     subscriptions: dict[Subscription, None] = field(default_factory=dict)
     _tokens: float = -1.0

@@ -170,6 +170,7 @@ class ReadModels:
         self.transfers: dict[str, deque[TransferRow]] = {}
         self.funding: dict[str, deque[FundingRow]] = {}
         self.accounts: dict[str, AccountRow] = {}
+        self.wallets: dict[str, int] = {}  # profile -> its owner's wallet balance
         self.delegations: dict[str, tuple[str, int]] = {}
         self.books: dict[int, dict[tuple[bool, int], int]] = {}  # (is_ask, price) -> size
         # (is_ask, price) -> (version, timestamp) of the level's last change
@@ -244,7 +245,12 @@ class ReadModels:
             row = self.accounts[address] = AccountRow()
         return row
 
+    def _minted(self, ev: e.Minted) -> None:
+        self.wallets[ev.profile] = ev.wallet
+
     def _deposited(self, ev: e.Deposited) -> None:
+        if ev.wallet is not None:  # None: a log from before wallets, deposits from nowhere
+            self.wallets[ev.profile] = ev.wallet
         account = self._account(ev.profile)
         account.free = ev.free
         account.deposited += ev.amount
@@ -255,6 +261,8 @@ class ReadModels:
         self._change("deposit_withdraw_history", ev.profile)
 
     def _withdrawn(self, ev: e.Withdrawn) -> None:
+        if ev.wallet is not None:
+            self.wallets[ev.profile] = ev.wallet
         account = self._account(ev.profile)
         account.free = ev.free
         account.withdrawn += ev.amount
@@ -480,6 +488,10 @@ class ReadModels:
         rows = list(reversed(self.fills.get(address, ())))
         return rows[offset : offset + limit]
 
+    def wallet_of(self, address: str) -> int:
+        """The wallet balance of a profile's owner (0 for a wallet never credited)."""
+        return self.wallets.get(address, 0)
+
     def transfers_of(self, address: str, limit: int = 100, offset: int = 0) -> list[TransferRow]:
         rows = list(reversed(self.transfers.get(address, ())))
         return rows[offset : offset + limit]
@@ -522,6 +534,7 @@ def _copy(row: OrderRow) -> OrderRow:
 _HANDLERS: dict[type, Callable[[ReadModels, Any], None]] = {
     e.MarketListed: ReadModels._market_listed,
     e.MarketPaused: ReadModels._market_paused,
+    e.Minted: ReadModels._minted,
     e.Deposited: ReadModels._deposited,
     e.Withdrawn: ReadModels._withdrawn,
     e.BalanceChanged: ReadModels._balance,
@@ -557,6 +570,7 @@ class ModelsState(msgspec.Struct):
     live_orders: list[tuple[str, list[OrderRow]]]
     live_fills: list[tuple[str, list[FillRow]]]
     live_dropped: list[tuple[str, int]]
+    wallets: list[tuple[str, int]] = []  # absent from states saved before wallets existed
 
 
 def save_state(models: ReadModels) -> ModelsState:
@@ -588,6 +602,7 @@ def save_state(models: ReadModels) -> ModelsState:
             (a, [r for r in rows if isinstance(r, FillRow)]) for a, rows in models.live_log.items()
         ],
         live_dropped=list(models.live_dropped.items()),
+        wallets=sorted(models.wallets.items()),
     )
 
 
@@ -620,4 +635,5 @@ def load_state(state: ModelsState) -> ReadModels:
         merged.sort(key=lambda r: (r.version, isinstance(r, FillRow)))
         models.live_log[address] = deque(merged, maxlen=state.live_retention)
     models.live_dropped = dict(state.live_dropped)
+    models.wallets = dict(state.wallets)
     return models

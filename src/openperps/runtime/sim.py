@@ -86,7 +86,9 @@ class SimulatedMarket:
         self.stats = SimStats()
 
     async def fund(self) -> None:
-        """Give every participant a balance (topped up when it runs low)."""
+        """Give every participant a balance (topped up when it runs low): the operator credits
+        the wallet (a transfer in, which works on any network), then the participant
+        deposits it like any user."""
         engine = self.sequencer.engine
         for who, amount in (
             *((m, 2_000_000) for m in self.makers),
@@ -95,6 +97,13 @@ class SimulatedMarket:
         ):
             account = engine.accounts.get(who)
             if account is None or account.free < amount * USDT // 4:
+                try:
+                    await self.sequencer.execute(
+                        c.Mint(timestamp=0, profile=who, amount=amount * USDT)
+                    )
+                except NotDurable as exc:
+                    logger.warning("simulated wallet credit not durable: %s", exc.detail)
+                    continue
                 await self._run(c.Deposit(timestamp=0, profile=who, amount=amount * USDT))
 
     async def _run(self, command: c.Command) -> list[int]:
