@@ -73,6 +73,17 @@ def test_a_command_the_engine_now_refuses_is_caught() -> None:
     x = session()
     replayer = Replayer(Engine(default_markets()))
     bogus = e.CommandExecuted(1, 0, c.Withdraw(timestamp=0, profile=ALICE, amount=5))
-    with pytest.raises(ReplayDiverged, match="refused"):
+    with pytest.raises(ReplayDiverged, match="refused") as raised:
         replayer.apply(1, "CommandExecuted", encode_event(bogus))
     assert x.engine.version > 0
+    # the operator learns which command, the refusal's code, and what to do
+    message = str(raised.value)
+    assert "journaled Withdraw" in message and "1010" in message and "--db" in message
+
+
+def test_a_deposit_journaled_before_wallets_existed_names_the_rule() -> None:
+    """Logs written before deposits came from wallets hold deposits with no mint before them."""
+    replayer = Replayer(Engine(default_markets()))
+    old = e.CommandExecuted(1, 0, c.Deposit(timestamp=0, profile=ALICE, amount=5))
+    with pytest.raises(ReplayDiverged, match="journaled Deposit .*2027"):
+        replayer.apply(1, "CommandExecuted", encode_event(old))

@@ -56,7 +56,13 @@ class Replayer:
             assert isinstance(event, CommandExecuted)
             produced = engine.handle(event.command)
             if not produced or not isinstance(produced[0], CommandExecuted):
-                raise ReplayDiverged(f"version {version}: the journaled command was refused")
+                refusal = produced[0] if produced and isinstance(produced[0], Rejected) else None
+                why = f" ({refusal.code}: {refusal.detail})" if refusal else ""
+                raise ReplayDiverged(
+                    f"version {version}: the journaled {type(event.command).__name__} is refused "
+                    f"by this engine{why}; the log was written under other rules, by another "
+                    "version of OpenPerps: run that version, or start a new log (--db)"
+                )
             if produced[0].version != version:
                 raise ReplayDiverged(f"version {version}: re-execution started elsewhere")
             self._effects.extend(produced[1:])
