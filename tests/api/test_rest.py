@@ -15,7 +15,9 @@ import httpx
 import pytest
 import websockets
 
+from openperps import __version__
 from openperps.api.app import create_app
+from openperps.core import is_compiled
 from openperps.runtime.app import Exchange, Settings
 from openperps.signing import PrivateKey, profile_address, sign_request
 
@@ -82,6 +84,8 @@ async def test_health_markets_and_openapi(api: httpx.AsyncClient) -> None:
     assert "/admin/listMarket" in schema["paths"]
     metrics = (await api.get("/metrics")).text
     assert "openperps_feed_connections" in metrics
+    build = "compiled" if is_compiled() else "pure"
+    assert f'openperps_build_info{{version="{__version__}",engine="{build}"}} 1' in metrics
 
 
 async def test_a_trading_session_through_the_api(api: httpx.AsyncClient) -> None:

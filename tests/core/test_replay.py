@@ -85,5 +85,5 @@ def test_a_deposit_journaled_before_wallets_existed_names_the_rule() -> None:
     """Logs written before deposits came from wallets hold deposits with no mint before them."""
     replayer = Replayer(Engine(default_markets()))
     old = e.CommandExecuted(1, 0, c.Deposit(timestamp=0, profile=ALICE, amount=5))
-    with pytest.raises(ReplayDiverged, match="journaled Deposit .*2027"):
+    with pytest.raises(ReplayDiverged, match=r"journaled Deposit .*2027"):
         replayer.apply(1, "CommandExecuted", encode_event(old))

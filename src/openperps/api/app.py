@@ -35,6 +35,7 @@ from litestar.openapi import OpenAPIConfig
 from openperps import __version__
 from openperps.core import commands as c
 from openperps.core import events as e
+from openperps.core import is_compiled
 from openperps.core.errors import MESSAGES, ErrorCode, InvalidInput, OpenPerpsError
 from openperps.core.markets import MarketConfig, Network, market_from_table
 from openperps.core.numbers import (
@@ -201,7 +202,10 @@ async def health(state: State) -> Response[bytes]:
 async def metrics(state: State) -> str:
     exchange = _exchange(state)
     m = exchange.feed.metrics
+    build = "compiled" if is_compiled() else "pure"
     lines = [
+        "# TYPE openperps_build_info gauge",
+        f'openperps_build_info{{version="{__version__}",engine="{build}"}} 1',
         "# TYPE openperps_transaction_version gauge",
         f"openperps_transaction_version {exchange.sequencer.engine.version}",
         "# TYPE openperps_feed_connections gauge",

@@ -19,6 +19,7 @@ import uvloop
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
+from openperps.core import is_compiled
 from openperps.core.errors import OpenPerpsError
 from openperps.core.markets import default_markets, parse_markets
 from openperps.runtime.app import Exchange, ReplayClock, Settings
@@ -310,7 +311,8 @@ async def _serve(
     err.print(
         f"[green]OpenPerps[/green] REST on http://{settings.host}:{api_port}/ "
         f"(docs at /schema), feed on ws://{settings.host}:{exchange.feed.port}/ws/ "
-        f"({len(engine.markets)} markets, version {engine.version}"
+        f"({len(engine.markets)} markets, version {engine.version}, "
+        f"{'compiled' if is_compiled() else 'pure-Python'} engine"
         f"{', simulated traders on' if sim else ''}); Ctrl-C stops"
     )
     stop = asyncio.Event()
