@@ -6,7 +6,10 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: run test check lint typecheck bench coverage clean install
 
-$(STAMP): pyproject.toml
+# the compiled engine (setup.py) is rebuilt when its sources change
+COMPILED := setup.py $(addprefix src/openperps/core/,book.py engine.py margin.py numbers.py)
+
+$(STAMP): pyproject.toml $(COMPILED)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[server,client,cli,dev]'

@@ -7,6 +7,7 @@ import importlib.machinery
 import importlib.util
 import os
 import sys
+import warnings
 from pathlib import Path
 from types import ModuleType
 
@@ -39,7 +40,36 @@ class _PureSources(importlib.abc.MetaPathFinder):
         return importlib.util.spec_from_file_location(fullname, source)
 
 
-if os.environ.get("OPENPERPS_PURE", "") not in ("", "0") and not any(
-    isinstance(finder, _PureSources) for finder in sys.meta_path
-):
-    sys.meta_path.insert(0, _PureSources())
+def _stale_compiled(package: Path = Path(__file__).parent) -> list[str]:
+    """Compiled modules whose source changed after they were built (an edit in a checkout
+    installed with ``pip install -e``): running them would run old code."""
+    stale = []
+    for name in sorted(_COMPILABLE):
+        source = package / "core" / (name.rsplit(".", 1)[1] + ".py")
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            built = source.with_suffix(suffix)
+            if built.exists():
+                # two seconds of slack: archives keep times to that precision
+                if source.exists() and source.stat().st_mtime > built.stat().st_mtime + 2:
+                    stale.append(name)
+                break
+    return stale
+
+
+def _choose_build() -> None:
+    if any(isinstance(finder, _PureSources) for finder in sys.meta_path):
+        return
+    if os.environ.get("OPENPERPS_PURE", "") not in ("", "0"):
+        sys.meta_path.insert(0, _PureSources())
+        return
+    stale = _stale_compiled()
+    if stale:  # all or none: the compiled modules call each other natively
+        warnings.warn(
+            f"openperps: the compiled {', '.join(stale)} is older than its source; running "
+            "the pure-Python engine. Reinstall (make install) to compile it again.",
+            stacklevel=2,
+        )
+        sys.meta_path.insert(0, _PureSources())
+
+
+_choose_build()

@@ -1,0 +1,56 @@
+"""Which engine build runs: compiled when installed compiled and up to date, else pure."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import openperps
+
+SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
+
+
+def make_package(root: Path, *, built_after_source: bool) -> Path:
+    core = root / "core"
+    core.mkdir(parents=True)
+    for name in ("book", "engine", "margin", "numbers"):
+        source, built = core / f"{name}.py", core / f"{name}{SUFFIX}"
+        source.write_text("")
+        built.write_bytes(b"")
+        os.utime(source, (1_000_000, 1_000_000))
+        os.utime(built, (1_000_100, 1_000_100))
+    if not built_after_source:
+        os.utime(core / "engine.py", (1_000_200, 1_000_200))  # edited after the build
+    return root
+
+
+def test_up_to_date_compiled_modules_are_used(tmp_path: Path) -> None:
+    assert openperps._stale_compiled(make_package(tmp_path, built_after_source=True)) == []
+
+
+def test_a_source_edited_after_the_build_makes_its_module_stale(tmp_path: Path) -> None:
+    stale = openperps._stale_compiled(make_package(tmp_path, built_after_source=False))
+    assert stale == ["openperps.core.engine"]
+
+
+def test_a_pure_install_has_nothing_stale(tmp_path: Path) -> None:
+    (tmp_path / "core").mkdir()
+    (tmp_path / "core" / "engine.py").write_text("")
+    assert openperps._stale_compiled(tmp_path) == []
+
+
+def test_openperps_pure_loads_the_python_sources() -> None:
+    code = "from openperps.core import is_compiled, engine; print(is_compiled(), engine.__file__)"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=dict(os.environ, OPENPERPS_PURE="1"),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    compiled, path = done.stdout.split()
+    assert compiled == "False" and path.endswith("engine.py")
+
