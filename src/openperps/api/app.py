@@ -68,10 +68,10 @@ STATUS = {
     ErrorCode.INVALID_MARKET_CONFIG: 400,
     ErrorCode.NOT_DURABLE: 503,
 }
-BAD_REQUEST = 2030  # request body or parameters malformed (REST edge)
-NOT_READY = 2031
-FAUCET_CLOSED = 2032
-ADMIN_ONLY = 2033
+BAD_REQUEST = int(ErrorCode.BAD_REQUEST)  # request body or parameters malformed
+NOT_READY = int(ErrorCode.NOT_READY)
+FAUCET_CLOSED = int(ErrorCode.FAUCET_CLOSED)
+ADMIN_ONLY = int(ErrorCode.ADMIN_ONLY)
 
 
 class ApiError(Exception):

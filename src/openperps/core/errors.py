@@ -66,6 +66,11 @@ class ErrorCode(IntEnum):
     REPLAY_DIVERGED = 2025
     NOT_DURABLE = 2026
     INSUFFICIENT_WALLET_BALANCE = 2027
+    # the REST edge (openperps.api)
+    BAD_REQUEST = 2030
+    NOT_READY = 2031
+    FAUCET_CLOSED = 2032
+    ADMIN_ONLY = 2033
 
 
 MESSAGES: dict[ErrorCode, str] = {
@@ -110,6 +115,10 @@ MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.REPLAY_DIVERGED: "the event log and the engine disagree",
     ErrorCode.NOT_DURABLE: "the event log could not store the command; it did not take effect",
     ErrorCode.INSUFFICIENT_WALLET_BALANCE: "not enough USDT in the wallet to deposit",
+    ErrorCode.BAD_REQUEST: "malformed request body or parameters",
+    ErrorCode.NOT_READY: "the exchange is starting",
+    ErrorCode.FAUCET_CLOSED: "the faucet exists on testnet deployments only",
+    ErrorCode.ADMIN_ONLY: "operator endpoints need the configured bearer token",
 }
 
 
