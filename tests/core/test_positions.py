@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from openperps.core import commands as c
 from openperps.core import events as e
+from openperps.core.engine import SYSTEM_ACCOUNTS
 from openperps.core.errors import ErrorCode
 from tests.core.harness import ALICE, APT, BOB, CAROL, KEEPER, Exchange, of, only, rejected
 
@@ -197,3 +198,46 @@ def test_funding_with_a_negative_rate_makes_shorts_pay() -> None:
     paid = {(p.profile, p.trade_side): p.amount for p in settled.payments}
     assert paid[(BOB, False)] < 0 < paid[(ALICE, True)]
     assert sum(paid.values()) + settled.house_remainder == 0
+
+
+def test_a_dust_position_can_be_closed_whole_and_only_whole() -> None:
+    x = funded()
+    x.limit(BOB, "open short", "1", "7.000")
+    x.market_order(ALICE, "open long", "0.15")
+    x.limit(CAROL, "open long", "1", "6.900")
+    x.market_order(ALICE, "close long", "0.10")
+    assert x.position(ALICE).size == x.sz("0.05")  # below the 0.1 minimum order size
+    # less than what is left is still refused; what is left is accepted
+    assert rejected(x.market_order(ALICE, "close long", "0.04")) == ErrorCode.SIZE_BELOW_MINIMUM
+    assert rejected(x.limit(ALICE, "open long", "0.05", "6.000")) == ErrorCode.SIZE_BELOW_MINIMUM
+    rest = x.limit(ALICE, "close long", "0.05", "7.500")
+    assert isinstance(rest[0], e.CommandExecuted)
+    # while that order rests, nothing of the position is uncommitted: another is refused
+    assert rejected(x.market_order(ALICE, "close long", "0.05")) == ErrorCode.SIZE_BELOW_MINIMUM
+    (order_id,) = x.order_ids(rest)
+    x.do(c.CancelOrder(timestamp=x.tick(), profile=ALICE, market_id=APT, order_id=order_id))
+    closed = x.market_order(ALICE, "close long", "0.05")
+    assert only(closed, e.TradeExecuted).size == x.sz("0.05")
+    assert x.position(ALICE) is None or x.position(ALICE).size == 0
+
+
+def test_a_system_account_cannot_be_the_liquidator() -> None:
+    x = funded()
+    x.limit(BOB, "open short", "5", "7.000")
+    x.market_order(ALICE, "open long", "5")
+    x.limit(CAROL, "open long", "10", "6.000")
+    x.oracle("6.400")
+    assert x.engine.liquidatable(APT)
+    for system in sorted(SYSTEM_ACCOUNTS):
+        refused = x.do(
+            c.Liquidate(
+                timestamp=x.tick(), profile=ALICE, market_id=APT, trade_side=True, liquidator=system
+            )
+        )
+        assert rejected(refused) == ErrorCode.NOT_AUTHORISED
+    done = x.do(
+        c.Liquidate(
+            timestamp=x.tick(), profile=ALICE, market_id=APT, trade_side=True, liquidator=KEEPER
+        )
+    )
+    assert isinstance(done[0], e.CommandExecuted)

@@ -53,4 +53,3 @@ def test_openperps_pure_loads_the_python_sources() -> None:
     )
     compiled, path = done.stdout.split()
     assert compiled == "False" and path.endswith("engine.py")
-

@@ -717,7 +717,7 @@ class Engine:
             type(size) is not int
             or size % config.lot
             or not config.min_size <= size <= config.max_size
-        ):
+        ) and not self._closes_dust(market, cmd, size):
             self._check_size(size, config)  # raises with the precise code
         leverage = cmd.leverage
         if type(leverage) is not int or not 1 <= leverage <= config.max_leverage:
@@ -855,6 +855,20 @@ class Engine:
                 self._dirty_positions[id(pos)] = pos
             else:
                 pos.pending_open += size
+
+    @staticmethod
+    def _closes_dust(
+        market: MarketState, cmd: c.PlaceLimitOrder | c.PlaceMarketOrder, size: int
+    ) -> bool:
+        """A reducing order below the minimum size that closes all that is left of its
+        position: partial fills can leave less than one minimum order, which must still be
+        closable (exchange-rules.md, docs)."""
+        if not cmd.direction or size <= 0 or size >= market.config.min_size:
+            return False
+        if size % market.config.lot:
+            return False
+        pos = market.slots.get((cmd.profile, cmd.trade_side))
+        return pos is not None and size == pos.size - pos.pending_reduce
 
     def _execute_taker(
         self, market: MarketState, order: Order, pos: Position, limit: int | None
@@ -1480,6 +1494,8 @@ class Engine:
         market = self._market(cmd.market_id)
         if not is_address(cmd.profile) or not is_address(cmd.liquidator):
             raise _Reject(ErrorCode.INVALID_ADDRESS)
+        if cmd.liquidator in SYSTEM_ACCOUNTS:  # their balances have fixed meanings
+            raise _Reject(ErrorCode.NOT_AUTHORISED, "a system account cannot be the liquidator")
         side = self._check_flag(cmd.trade_side)
         pos = market.slots.get((cmd.profile, side))
         if pos is None or not pos.size or cmd.profile == INSURANCE_FUND:
