@@ -82,6 +82,7 @@ async def test_health_markets_and_openapi(api: httpx.AsyncClient) -> None:
     for path in ("/getWalletAccountBalance", "/settlePnl", "/admin/creditWallet"):
         assert path in schema["paths"]
     assert "/admin/listMarket" in schema["paths"]
+    assert (await api.get("/openapi.json")).json() == schema
     metrics = (await api.get("/metrics")).text
     assert "openperps_feed_connections" in metrics
     build = "compiled" if is_compiled() else "pure"

@@ -231,6 +231,14 @@ async def metrics(state: State) -> str:
     return "\n".join(lines) + "\n"
 
 
+@get("/openapi.json", include_in_schema=False)
+async def openapi_document(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """The OpenAPI document at the conventional path (also at /schema/openapi.json, beside
+    the interactive docs at /schema)."""
+    document = request.app.openapi_schema.to_schema()
+    return Response(ENCODER.encode(document), media_type="application/json")
+
+
 def _market_info(config: MarketConfig) -> dict[str, Any]:
     return {
         "marketId": str(config.market_id),
@@ -1000,6 +1008,7 @@ def create_app(
             admin_pause,
             admin_credit_wallet,
             admin_list_market,
+            openapi_document,
         ],
         state=State(
             {
