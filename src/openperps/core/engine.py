@@ -119,8 +119,9 @@ if (_INT, _OPT_INT, _BOOL, _STR, _OPT_STR, _RESTRICTION, _INT_LIST, _STRUCT) != 
 def _mistyped(value: object, kinds: tuple[tuple[str, int, tuple[type, ...]], ...]) -> str | None:
     """The path of the first field of a command (or of a struct in it) that does not hold
     its declared type exactly (``commands.FIELD_KINDS``), or None."""
-    for name, kind, classes in kinds:
-        field = getattr(value, name)
+    fields = msgspec.structs.astuple(value)  # type: ignore[arg-type]
+    for i, (name, kind, classes) in enumerate(kinds):
+        field = fields[i]
         t = type(field)
         if kind == _INT:
             ok = t is int
