@@ -27,7 +27,8 @@ def free_port() -> int:
 
 async def test_serve_sim_pushes_every_topic_within_ten_seconds(tmp_path: Path) -> None:
     ws_port, api_port = free_port(), free_port()
-    env = {**os.environ, "OPENPERPS_LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "OPENPERPS_LOG_LEVEL": "INFO"}  # what make run shows
+    log = (tmp_path / "serve.log").open("w+")
     process = subprocess.Popen(
         [
             sys.executable,
@@ -45,14 +46,14 @@ async def test_serve_sim_pushes_every_topic_within_ten_seconds(tmp_path: Path) -
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=log,
         text=True,
     )
     try:
         started = time.monotonic()
         async with httpx.AsyncClient() as http:
             while True:
-                assert process.poll() is None, process.stderr.read() if process.stderr else ""
+                assert process.poll() is None, (tmp_path / "serve.log").read_text()
                 try:
                     health = await http.get(f"http://127.0.0.1:{api_port}/health")
                     if health.status_code == 200:
@@ -90,6 +91,11 @@ async def test_serve_sim_pushes_every_topic_within_ten_seconds(tmp_path: Path) -
         assert (tmp_path / "data" / "events.sqlite3").exists()
     finally:
         process.send_signal(signal.SIGINT)
-        _out, err = process.communicate(timeout=30)
+        process.communicate(timeout=30)
+        log.close()
+    err = (tmp_path / "serve.log").read_text()
     assert process.returncode == 0, err
     assert "stopped; the log is flushed" in err
+    # the simulated traders' HTTP requests are not logged one by one at the default level
+    assert "HTTP Request" not in err, err[-2000:]
+    assert len(err.splitlines()) < 40, err[-2000:]

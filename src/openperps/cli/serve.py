@@ -121,6 +121,10 @@ def serve(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # the simulated traders' HTTP client would log every request at INFO; only at DEBUG
+    if logging.root.level > logging.DEBUG:
+        for chatty in ("httpx", "httpcore"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
     if network not in ("testnet", "mainnet"):
         _fail("--network is testnet or mainnet")
     net: Literal["mainnet", "testnet"] = "mainnet" if network == "mainnet" else "testnet"
