@@ -69,6 +69,15 @@ MAX_BATCH: Final = 20
 PREMIUM_CLAMP: Final = 5 * RATE_ONE // BPS_ONE  # the +-0.05 % bound on (interest - premium)
 LIQUIDATION_SPLIT: Final = (50, 30, 20)  # user, liquidator, insurance fund (percent)
 _HEX: Final = frozenset("0123456789abcdef")
+# hot names bound once: the compiled engine reads these as C statics, not module attributes
+_CommandExecuted: Final = e.CommandExecuted
+_OrderAccepted: Final = e.OrderAccepted
+_PositionChanged: Final = e.PositionChanged
+_BalanceChanged: Final = e.BalanceChanged
+_TradeExecuted: Final = e.TradeExecuted
+_OrderCancelled: Final = e.OrderCancelled
+_FIELD_KINDS: Final = c.FIELD_KINDS
+
 # the code a wrongly typed field is refused with (any other field: INVALID_NUMBER)
 _TYPE_CODES: Final = {
     "trade_side": ErrorCode.INVALID_FLAG,
@@ -140,7 +149,7 @@ def _mistyped(value: object, kinds: tuple[tuple[str, int, tuple[type, ...]], ...
         elif kind == _STRUCT:
             if t not in classes:
                 return name
-            inner = _mistyped(field, c.FIELD_KINDS[t])
+            inner = _mistyped(field, _FIELD_KINDS[t])
             if inner is not None:
                 return f"{name}.{inner}"
             ok = True
@@ -150,7 +159,7 @@ def _mistyped(value: object, kinds: tuple[tuple[str, int, tuple[type, ...]], ...
             for i, item in enumerate(field):
                 if type(item) not in classes:
                     return f"{name}[{i}]"
-                inner = _mistyped(item, c.FIELD_KINDS[type(item)])
+                inner = _mistyped(item, _FIELD_KINDS[type(item)])
                 if inner is not None:
                     return f"{name}[{i}].{inner}"
             ok = True
@@ -387,7 +396,7 @@ class Engine:
         try:
             if handler is None:
                 raise _Reject(ErrorCode.UNKNOWN_COMMAND)
-            mistyped = _mistyped(command, c.FIELD_KINDS[type(command)])
+            mistyped = _mistyped(command, _FIELD_KINDS[type(command)])
             if mistyped is not None:
                 raise _Reject(_type_code(mistyped), f"{mistyped} has the wrong type")
             ts = command.timestamp
@@ -405,7 +414,7 @@ class Engine:
             # the command itself is journaled first: replay re-executes it (core.replay)
             self.version = start + 1
             journaled: Any = command  # one of c.AnyCommand: its handler exists (no re-check)
-            out.append(e.CommandExecuted(start + 1, ts, journaled))
+            out.append(_CommandExecuted(start + 1, ts, journaled))
             handler(command)
         except _Reject as rejection:
             # handlers refuse before they change anything; drop what was journaled
@@ -470,7 +479,7 @@ class Engine:
         if self._dirty_positions:
             for pos in self._dirty_positions.values():
                 out.append(
-                    e.PositionChanged(
+                    _PositionChanged(
                         self._next_version(),
                         ts,
                         pos.profile,
@@ -490,7 +499,7 @@ class Engine:
         if self._dirty_accounts:
             for profile, account in self._dirty_accounts.items():
                 out.append(
-                    e.BalanceChanged(
+                    _BalanceChanged(
                         self._next_version(), ts, profile, account.free, account.reserved
                     )
                 )
@@ -570,7 +579,7 @@ class Engine:
             pos.pending_open -= order.remaining
         self._release(order)
         self._out.append(
-            e.OrderCancelled(
+            _OrderCancelled(
                 self._next_version(),
                 self._ts,
                 order.order_id,
@@ -823,7 +832,7 @@ class Engine:
             order.stop_loss = stop_loss
         self.version += 1
         self._out.append(
-            e.OrderAccepted(
+            _OrderAccepted(
                 self.version,
                 ts,
                 order.order_id,
@@ -890,7 +899,7 @@ class Engine:
                     else e.CancelReason.NO_LIQUIDITY
                 )
                 self._out.append(
-                    e.OrderCancelled(
+                    _OrderCancelled(
                         self._next_version(),
                         self._ts,
                         order.order_id,
@@ -1014,7 +1023,7 @@ class Engine:
             self._drop_slot_if_idle(market, maker_pos)
         market.last_trade_price = price
         self._out.append(
-            e.TradeExecuted(
+            _TradeExecuted(
                 self._next_version(), self._ts, config.market_id, price, qty, maker_leg, taker_leg
             )
         )
@@ -1384,7 +1393,7 @@ class Engine:
             restriction=IOC,
         )
         self._out.append(
-            e.OrderAccepted(
+            _OrderAccepted(
                 self._next_version(),
                 self._ts,
                 order.order_id,
@@ -1522,7 +1531,7 @@ class Engine:
         taken_over = pos.size
         if order.remaining:
             self._out.append(
-                e.OrderCancelled(
+                _OrderCancelled(
                     self._next_version(),
                     self._ts,
                     order.order_id,
