@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,10 @@ from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect, ws_c
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKET = 1338
+FLAT_OUT_IN_FLIGHT = 64
+EVENTS_PER_COMMAND = 5  # measured: a resting order and a taker that fills it make 10 events
+ORDERBOOK_PUSH = b'{"message":"orderbook"'
+MAX_IN_FLIGHT = 20_000
 ALICE = "0x" + "a1" * 32
 BOB = "0x" + "b2" * 32
 
@@ -48,12 +53,97 @@ def rss_kib(pid: int) -> int:
 # -- servers ----------------------------------------------------------------------------------
 
 
+def trading_pair(i: int) -> tuple[Any, Any]:
+    """A resting order, then a taker that trades against it: book and trade pushes."""
+    from openperps.core import commands as c
+
+    price = 7_000 + i % 20
+    maker = c.PlaceLimitOrder(
+        timestamp=0,
+        profile=BOB,
+        market_id=MARKET,
+        trade_side=False,
+        direction=False,
+        size=100,
+        price=price,
+        leverage=10,
+    )
+    taker = c.PlaceMarketOrder(
+        timestamp=0,
+        profile=ALICE,
+        market_id=MARKET,
+        trade_side=True,
+        direction=False,
+        size=100,
+        leverage=10,
+    )
+    return maker, taker
+
+
+async def drive(exchange: Any, rate: float, seconds: float) -> tuple[int, float]:
+    """Submit trading pairs for ``seconds``; returns the events made and the time taken.
+
+    Commands come as they would from many independent traders: each is its own task and
+    nobody waits for an earlier command to be durable before sending the next. ``rate`` 0
+    keeps ``FLAT_OUT_IN_FLIGHT`` commands in flight (as fast as the exchange takes them);
+    otherwise commands are sent on a fixed schedule at ``rate`` per second, whatever happens
+    to the earlier ones (at most ``MAX_IN_FLIGHT`` waiting, so an overload shows as a lower
+    event rate, not as unbounded memory).
+    """
+    seq = exchange.sequencer
+    loop = asyncio.get_running_loop()
+    in_flight = 0
+    wakeup = asyncio.Event()
+
+    failed = 0
+
+    def done(task: asyncio.Task[Any]) -> None:
+        nonlocal in_flight, failed
+        in_flight -= 1
+        if task.cancelled() or task.exception() is not None:
+            failed += 1
+        wakeup.set()
+
+    def submit(i: int) -> None:
+        nonlocal in_flight
+        for command in trading_pair(i):
+            in_flight += 1
+            loop.create_task(seq.execute(command)).add_done_callback(done)
+
+    first_version = seq.engine.version
+    started = time.monotonic()
+    stop_at = started + seconds
+    pairs = 0
+    while (now := time.monotonic()) < stop_at:
+        if rate:
+            due = int((now - started) * rate / 2)
+            while pairs < due and in_flight < MAX_IN_FLIGHT:
+                pairs += 1
+                submit(pairs)
+            await asyncio.sleep(0.0005)
+        else:
+            while in_flight < FLAT_OUT_IN_FLIGHT:
+                pairs += 1
+                submit(pairs)
+            wakeup.clear()
+            await wakeup.wait()
+    elapsed = time.monotonic() - started
+    made = seq.engine.version - first_version
+    while in_flight:
+        wakeup.clear()
+        await wakeup.wait()
+    if failed:
+        raise RuntimeError(f"{failed} commands failed")
+    return made, elapsed
+
+
 async def serve_exchange(port: int, rate: float, durable_log: Path | None, seconds: float) -> None:
-    """The real thing: log, sequencer, read models, feed; a driver trading at ``rate``
-    commands per second (0: as fast as it can)."""
+    """The real thing: log, sequencer, read models, feed; traders sending ``rate`` commands
+    per second (0: as fast as the exchange takes them)."""
     from openperps.core import commands as c
     from openperps.feed.server import ServerLimits
     from openperps.runtime.app import Exchange, Settings
+    from openperps.store.envelope import Envelope
 
     with tempfile.TemporaryDirectory() as tmp:
         exchange = Exchange(
@@ -65,55 +155,25 @@ async def serve_exchange(port: int, rate: float, durable_log: Path | None, secon
             )
         )
         await exchange.start()
-        durable: dict[int, int] = {}
+        # (first version, last version, wall clock ns) of every commit, taken the moment
+        # the log's append returns: before the bus, the read models or the feed see it
+        durable: list[tuple[int, int, int]] = []
         if durable_log is not None:
-            exchange.bus.subscribe(
-                lambda batch: durable.__setitem__(batch.last_version, time.time_ns())
-            )
+            log = exchange.writer.log
+            append = log.append
+
+            async def timed_append(batch: Sequence[Envelope]) -> None:
+                await append(batch)
+                durable.append((batch[0].version, batch[-1].version, time.time_ns()))
+
+            setattr(log, "append", timed_append)  # noqa: B010 (a method of this one object)
         seq = exchange.sequencer
         await seq.execute(c.Deposit(timestamp=0, profile=ALICE, amount=10**15))
         await seq.execute(c.Deposit(timestamp=0, profile=BOB, amount=10**15))
         print("ready", flush=True)
         await asyncio.to_thread(sys.stdin.readline)  # wait until the client is connected
-        stop_at = time.monotonic() + seconds
-        i = 0
-        interval = 1.0 / rate if rate else 0.0
-        next_at = time.monotonic()
-        while time.monotonic() < stop_at:
-            i += 1
-            price = 7_000 + i % 20
-            # a resting order, then a taker that trades against it: book and trade pushes
-            await seq.execute(
-                c.PlaceLimitOrder(
-                    timestamp=0,
-                    profile=BOB,
-                    market_id=MARKET,
-                    trade_side=False,
-                    direction=False,
-                    size=100,
-                    price=price,
-                    leverage=10,
-                )
-            )
-            await seq.execute(
-                c.PlaceMarketOrder(
-                    timestamp=0,
-                    profile=ALICE,
-                    market_id=MARKET,
-                    trade_side=True,
-                    direction=False,
-                    size=100,
-                    leverage=10,
-                )
-            )
-            if interval:
-                next_at += 2 * interval
-                delay = next_at - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            elif i % 20 == 0:
-                await asyncio.sleep(0)
-        print(f"events {seq.engine.version}", flush=True)
+        made, elapsed = await drive(exchange, rate, seconds)
+        print(f"events {made} {elapsed:.3f}", flush=True)
         if durable_log is not None:
             durable_log.write_text(json.dumps(durable))
         await asyncio.to_thread(sys.stdin.readline)
@@ -186,10 +246,12 @@ async def client(
     port: int, connections: int, seconds: float, sample: int, subscribe: bool
 ) -> dict[str, Any]:
     received = 0
-    arrivals: list[tuple[int, int]] = []  # (version, ns) of sampled connections
+    # (stream, version, ns) of sampled connections; a stream is one topic on one connection
+    arrivals: list[tuple[int, int, int]] = []
 
     class Listener(WSListener):
-        def __init__(self, sampled: bool) -> None:
+        def __init__(self, index: int, sampled: bool) -> None:
+            self.index = index
             self.sampled = sampled
 
         def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
@@ -204,12 +266,13 @@ async def client(
                     stop = end
                     while stop < len(data) and data[stop : stop + 1].isdigit():
                         stop += 1
-                    arrivals.append((int(data[end:stop]), at))
+                    stream = 2 * self.index + (0 if data.startswith(ORDERBOOK_PUSH) else 1)
+                    arrivals.append((stream, int(data[end:stop]), at))
 
     url = f"ws://127.0.0.1:{port}/ws/"
     transports = []
     for i in range(connections):
-        transport, _ = await ws_connect(lambda i=i: Listener(i < sample), url)
+        transport, _ = await ws_connect(lambda i=i: Listener(i, i < sample), url)
         transports.append(transport)
         if subscribe:
             for request in (
@@ -293,6 +356,53 @@ def measure(
     return result, events
 
 
+def event_rate(events_line: str) -> float:
+    """Events per second from the server's ``events MADE SECONDS`` line."""
+    _word, made, seconds = events_line.split()
+    return int(made) / float(seconds)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[max(int(len(ordered) * fraction + 0.5) - 1, 0)]
+
+
+def latencies(
+    commits: list[tuple[int, ...]], arrivals: list[list[int]]
+) -> tuple[list[float], list[float]]:
+    """Milliseconds from durable to received, two ways.
+
+    Per event: every commit changes the book in this bench (a resting order, or a taker that
+    takes it), so for each sampled connection, each commit is counted once, when the first
+    book push at or above its version arrives. A commit coalesced into a later push waits
+    for it, and that wait is counted.
+    Per push: each push against the commit holding its own version, for every topic.
+    """
+    commits.sort()
+    lasts = [last for _first, last, _at in commits]
+    per_event: list[float] = []
+    per_frame: list[float] = []
+    seen: dict[int, int] = {}
+    for stream, version, at in arrivals:
+        index = bisect.bisect_left(lasts, version)
+        if index < len(commits) and commits[index][0] <= version:
+            per_frame.append((at - commits[index][2]) / 1e6)
+        if stream % 2:  # trades: not every commit makes one
+            continue
+        previous = seen.get(stream)
+        seen[stream] = version if previous is None else max(previous, version)
+        if previous is None or version <= previous:
+            continue  # the first push measured on a stream: what it covers is unknown
+        start = bisect.bisect_right(lasts, previous)
+        stop = bisect.bisect_left(lasts, version)
+        for _first, last, durable_at in commits[start : stop + 1]:
+            if last > previous:
+                per_event.append((at - durable_at) / 1e6)
+    return per_event, per_frame
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--role", choices=["main", "server", "client"], default="main")
@@ -301,7 +411,10 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--idle-connections", type=int, default=10_000)
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--rate", type=float, default=0.0)
+    parser.add_argument("--rate", type=float, default=0.0, help="commands/s (server role)")
+    parser.add_argument(
+        "--events-per-s", type=float, default=5000.0, help="the load of the latency run"
+    )
     parser.add_argument("--sample", type=int, default=0)
     parser.add_argument("--durable-log", type=Path)
     args = parser.parse_args()
@@ -336,33 +449,41 @@ def main() -> None:
     n = args.connections
     feed, events = measure(["--mode", "exchange"], args.port, n, args.seconds)
     deliveries = feed["received"] / feed["seconds"]
-    print(f"exchange: {deliveries:,.0f} deliveries/s to {n} subscribers ({events})")
+    print(
+        f"exchange: {deliveries:,.0f} deliveries/s to {n} subscribers "
+        f"({event_rate(events):,.0f} events/s)"
+    )
     bare, _ = measure(["--mode", "bare"], args.port + 1, n, args.seconds)
     baseline = bare["received"] / bare["seconds"]
     print(f"baseline: {baseline:,.0f} deliveries/s (bare picows broadcast of the same bytes)")
 
     with tempfile.TemporaryDirectory() as tmp:
         durable_log = Path(tmp) / "durable.json"
-        # two commands make about 6 events; 5 000 events/s is about 1 650 commands/s
+        rate = args.events_per_s / EVENTS_PER_COMMAND
         timed, events = measure(
-            ["--mode", "exchange", "--rate", "1650", "--durable-log", str(durable_log)],
+            ["--mode", "exchange", "--rate", str(rate), "--durable-log", str(durable_log)],
             args.port + 2,
             n,
             args.seconds,
             sample=50,
         )
-        durable = {int(k): v for k, v in json.loads(durable_log.read_text()).items()}
-    latencies = sorted(
-        (at - durable[version]) / 1e6 for version, at in timed["arrivals"] if version in durable
-    )
-    total_events = int(events.split()[1])
+        commits = [tuple(group) for group in json.loads(durable_log.read_text())]
+    per_event, per_frame = latencies(commits, timed["arrivals"])
     print(
-        f"latency:  {len(latencies)} pushes sampled at about "
-        f"{total_events / (args.seconds + 1):,.0f} events/s"
+        f"latency:  {event_rate(events):,.0f} events/s made (asked for {args.events_per_s:,.0f}); "
+        f"{len(per_frame)} pushes sampled on 50 connections"
     )
-    p50 = statistics.median(latencies) if latencies else float("nan")
-    p99 = latencies[int(len(latencies) * 0.99) - 1] if latencies else float("nan")
-    print(f"          p50 {p50:.2f} ms, p99 {p99:.2f} ms (durable -> received)")
+    p50 = percentile(per_event, 0.5)
+    p99 = percentile(per_event, 0.99)
+    print(
+        f"          p50 {p50:.2f} ms, p99 {p99:.2f} ms from each commit's durability to the "
+        "first book push that includes it"
+    )
+    print(
+        f"          p50 {percentile(per_frame, 0.5):.2f} ms, "
+        f"p99 {percentile(per_frame, 0.99):.2f} ms from the durability of each push's own "
+        "version (every push, book and trades)"
+    )
 
     server = spawn("--role", "server", "--mode", "idle", "--port", str(args.port + 3))
     expect(server, "ready")
