@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -60,6 +61,10 @@ class ServerLimits:
     connections_per_ip: int = 64
     ping_interval_s: float = 20.0
     ping_timeout_s: float = 20.0
+    # the kernel's send buffer per connection (0: the system's, which grows to megabytes);
+    # kept small so a client that reads slowly gets the newest list state rather than a
+    # backlog of stale ones queued in the kernel
+    socket_send_buffer: int = 32 * 1024
 
 
 def now_ms() -> int:
@@ -108,6 +113,14 @@ class Connection(WSListener):
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
         self.raw = transport.underlying_transport
+        limits = self.server.server_limits
+        if limits.socket_send_buffer:
+            sock = self.raw.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limits.socket_send_buffer)
+        # paused as soon as the socket takes less than a whole write: what follows waits in
+        # the outbox, where a newer state replaces an older one
+        self.raw.set_write_buffer_limits(high=0)
         peer = transport.underlying_transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else "?"
         if not self.server.admit(self):
