@@ -1,19 +1,23 @@
 """Feed benchmark: deliveries per second, push latency, and memory per idle connection.
 
-Three server processes are started in turn on 127.0.0.1, and a load-generating client runs in
+Server processes are started in turn on 127.0.0.1, and a load-generating client runs in
 another process (``--role client``), so neither side's event loop slows the other:
 
 1. throughput: 1 000 connections subscribed to a market's ``orderbook`` and ``recent_trades``
-   while the exchange matches orders as fast as it can; the same client against a bare picows
-   server that broadcasts one pre-encoded frame to every connection is the baseline;
-2. latency: the same 1 000 subscribers while commands make about 5 000 events/s; the server
-   records when each version became durable (wall clock), a sample of connections record
-   when each push arrived;
+   while traders keep 64 commands in flight (the exchange matches as fast as it can); the
+   baseline is the same client against a bare picows server broadcasting the same bytes (a
+   small book push and a 32 KB push of 100 trades) to every connection; the original
+   baseline, broadcasting only the small book push, is printed too;
+2. latency: the same 1 000 subscribers while traders send commands at a fixed rate that makes
+   ``--events-per-s`` (5 000) events/s, none waiting for another; the server records when
+   each commit became durable (wall clock, when the log's append returns), a sample of 50
+   connections record when each push arrived; a commit counts until the first book push
+   that includes it reaches the client;
 3. memory: the server's resident set before and after 10 000 idle connections.
 
 Prints figures, then as its last line one JSON object:
-{"bench": "feed", "deliveries_per_s": N, "baseline_per_s": N, "ratio": R, "p50_ms": X,
- "p99_ms": Y, "kib_per_conn": Z}
+{"bench": "feed", "deliveries_per_s": N, "baseline_per_s": N, "ratio": R,
+ "small_frame_baseline_per_s": N, "p50_ms": X, "p99_ms": Y, "kib_per_conn": Z}
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import asyncio
 import bisect
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -172,16 +177,59 @@ async def serve_exchange(port: int, rate: float, durable_log: Path | None, secon
         await seq.execute(c.Deposit(timestamp=0, profile=BOB, amount=10**15))
         print("ready", flush=True)
         await asyncio.to_thread(sys.stdin.readline)  # wait until the client is connected
+        metrics = exchange.feed.metrics
+        sent, sent_bytes = metrics.messages_sent, metrics.bytes_sent
         made, elapsed = await drive(exchange, rate, seconds)
-        print(f"events {made} {elapsed:.3f}", flush=True)
+        sent, sent_bytes = metrics.messages_sent - sent, metrics.bytes_sent - sent_bytes
+        print(f"events {made} {elapsed:.3f} {sent} {sent_bytes}", flush=True)
         if durable_log is not None:
             durable_log.write_text(json.dumps(durable))
         await asyncio.to_thread(sys.stdin.readline)
         await exchange.stop()
 
 
-async def serve_bare(port: int, seconds: float) -> None:
-    """Baseline: picows broadcasting the same bytes to every connection, nothing else."""
+def book_push() -> bytes:
+    """A small order-book push, as the feed sends it."""
+    level = {
+        "market_id": "1338",
+        "price": 7.001,
+        "size": "1",
+        "is_ask": True,
+        "last_updated": 1,
+        "transaction_version": 1,
+    }
+    # json.dumps' own spacing, as in the baseline before the trades push was added
+    return json.dumps({"message": "orderbook", "data": [level], "transaction_version": 1}).encode()
+
+
+def trades_push() -> bytes:
+    """A ``recent_trades`` push as the feed sends it in this bench: the latest 100 fills."""
+    trade = {
+        "address": ALICE,
+        "market_id": "1338",
+        "trade_id": "36893488147419104570",
+        "order_type": 3,
+        "price": "7.019",
+        "size": "1",
+        "order_value": "7.019",
+        "leverage": 10,
+        "fee": "0.00351",
+        "pnl": "-0.00351",
+        "timestamp": 1796116650,
+        "last_updated": 1796116650,
+        "transaction_version": 12345,
+    }
+    push = {"message": "recent_trades", "data": [trade] * 100, "transaction_version": 1}
+    return json.dumps(push, separators=(",", ":")).encode()
+
+
+async def serve_bare(port: int, seconds: float, frames: list[bytes]) -> None:
+    """Baseline: picows broadcasting the same bytes to every connection, nothing else.
+
+    With one small frame this is the original baseline: it writes whatever the socket can
+    take or not. With the feed's own mix (a small book push and a 32 KB trades push) it
+    skips a connection while its socket has a backlog, as any broadcast of that size must
+    (otherwise the backlog grows by gigabytes in a few seconds)."""
     transports: set[WSTransport] = set()
 
     class Listener(WSListener):
@@ -192,30 +240,23 @@ async def serve_bare(port: int, seconds: float) -> None:
             transports.discard(transport)
 
     server = await ws_create_server(lambda request: Listener(), "127.0.0.1", port)
-    frame = json.dumps(
-        {
-            "message": "orderbook",
-            "data": [
-                {
-                    "market_id": "1338",
-                    "price": 7.001,
-                    "size": "1",
-                    "is_ask": True,
-                    "last_updated": 1,
-                    "transaction_version": 1,
-                }
-            ],
-            "transaction_version": 1,
-        }
-    ).encode()
     print("ready", flush=True)
     await asyncio.to_thread(sys.stdin.readline)
     stop_at = time.monotonic() + seconds
-    while time.monotonic() < stop_at:
-        for transport in list(transports):
-            transport.send(WSMsgType.TEXT, frame)
-        await asyncio.sleep(0)
-    print("events 0", flush=True)
+    if len(frames) == 1:
+        frame = frames[0]
+        while time.monotonic() < stop_at:
+            for transport in list(transports):
+                transport.send(WSMsgType.TEXT, frame)
+            await asyncio.sleep(0)
+    else:
+        while time.monotonic() < stop_at:
+            for transport in list(transports):
+                if not transport.underlying_transport.get_write_buffer_size():
+                    for frame in frames:
+                        transport.send(WSMsgType.TEXT, frame)
+            await asyncio.sleep(0)
+    print("events 0 1 0 0", flush=True)
     await asyncio.to_thread(sys.stdin.readline)
     server.close()
 
@@ -332,6 +373,7 @@ def measure(
         "--role", "server", "--port", str(port), "--seconds", str(seconds + 1), *server_args
     )
     expect(server, "ready")
+    result_file = Path(tempfile.mkdtemp()) / "result.json"
     load = spawn(
         "--role",
         "client",
@@ -343,12 +385,15 @@ def measure(
         str(seconds),
         "--sample",
         str(sample),
+        "--result",
+        str(result_file),
     )
     expect(load, "connected")
     tell(server)
     tell(load)
-    assert load.stdout is not None
-    result = json.loads(expect(load, "{"))
+    expect(load, "{")
+    result = json.loads(result_file.read_text())
+    shutil.rmtree(result_file.parent)
     events = expect(server, "events")
     tell(server)
     server.wait(timeout=60)
@@ -357,9 +402,15 @@ def measure(
 
 
 def event_rate(events_line: str) -> float:
-    """Events per second from the server's ``events MADE SECONDS`` line."""
-    _word, made, seconds = events_line.split()
+    """Events per second from the server's ``events MADE SECONDS PUSHES BYTES`` line."""
+    _word, made, seconds, _pushes, _bytes = events_line.split()
     return int(made) / float(seconds)
+
+
+def push_rate(events_line: str) -> tuple[float, float]:
+    """Pushes and megabytes per second the server wrote, from the same line."""
+    _word, _made, seconds, pushes, sent = events_line.split()
+    return int(pushes) / float(seconds), int(sent) / float(seconds) / 1e6
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -406,7 +457,9 @@ def latencies(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--role", choices=["main", "server", "client"], default="main")
-    parser.add_argument("--mode", choices=["exchange", "bare", "idle"], default="exchange")
+    parser.add_argument(
+        "--mode", choices=["exchange", "bare", "bare-same", "idle"], default="exchange"
+    )
     parser.add_argument("--port", type=int, default=18870)
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--idle-connections", type=int, default=10_000)
@@ -417,6 +470,7 @@ def main() -> None:
     )
     parser.add_argument("--sample", type=int, default=0)
     parser.add_argument("--durable-log", type=Path)
+    parser.add_argument("--result", type=Path, help="where the client writes what it saw")
     args = parser.parse_args()
 
     if args.role == "server":
@@ -425,7 +479,9 @@ def main() -> None:
         if args.mode == "exchange":
             uvloop.run(serve_exchange(args.port, args.rate, args.durable_log, args.seconds))
         elif args.mode == "bare":
-            uvloop.run(serve_bare(args.port, args.seconds))
+            uvloop.run(serve_bare(args.port, args.seconds, [book_push()]))
+        elif args.mode == "bare-same":
+            uvloop.run(serve_bare(args.port, args.seconds, [book_push(), trades_push()]))
         else:
             uvloop.run(serve_idle(args.port))
         return
@@ -443,6 +499,9 @@ def main() -> None:
                 subscribe=args.mode != "idle",
             )
         )
+        if args.result is not None:  # the arrivals can be megabytes: not through a pipe
+            args.result.write_text(json.dumps(result))
+            result = {"received": result["received"], "seconds": result["seconds"]}
         print(json.dumps(result), flush=True)
         return
 
@@ -451,11 +510,21 @@ def main() -> None:
     deliveries = feed["received"] / feed["seconds"]
     print(
         f"exchange: {deliveries:,.0f} deliveries/s to {n} subscribers "
-        f"({event_rate(events):,.0f} events/s)"
+        f"({event_rate(events):,.0f} events/s; the server wrote {push_rate(events)[1]:,.0f} MB/s)"
     )
-    bare, _ = measure(["--mode", "bare"], args.port + 1, n, args.seconds)
+    bare, _ = measure(["--mode", "bare-same"], args.port + 1, n, args.seconds)
     baseline = bare["received"] / bare["seconds"]
-    print(f"baseline: {baseline:,.0f} deliveries/s (bare picows broadcast of the same bytes)")
+    print(
+        f"baseline: {baseline:,.0f} deliveries/s (bare picows broadcast of the same bytes: "
+        f"a {len(book_push())} B book push and a {len(trades_push()):,} B trades push)"
+    )
+    small, _ = measure(["--mode", "bare"], args.port + 4, n, args.seconds)
+    small_baseline = small["received"] / small["seconds"]
+    print(
+        f"          {small_baseline:,.0f} deliveries/s broadcasting only the "
+        f"{len(book_push())} B book push (the baseline before; ratio "
+        f"{deliveries / small_baseline:.2f})"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         durable_log = Path(tmp) / "durable.json"
@@ -471,7 +540,8 @@ def main() -> None:
     per_event, per_frame = latencies(commits, timed["arrivals"])
     print(
         f"latency:  {event_rate(events):,.0f} events/s made (asked for {args.events_per_s:,.0f}); "
-        f"{len(per_frame)} pushes sampled on 50 connections"
+        f"{len(per_frame)} pushes sampled on 50 connections; the server wrote "
+        f"{push_rate(events)[0]:,.0f} pushes/s, {push_rate(events)[1]:,.0f} MB/s"
     )
     p50 = percentile(per_event, 0.5)
     p99 = percentile(per_event, 0.99)
@@ -521,6 +591,7 @@ def main() -> None:
                 "deliveries_per_s": round(deliveries),
                 "baseline_per_s": round(baseline),
                 "ratio": round(deliveries / baseline, 3) if baseline else None,
+                "small_frame_baseline_per_s": round(small_baseline),
                 "p50_ms": round(p50, 2),
                 "p99_ms": round(p99, 2),
                 "kib_per_conn": round(per_conn, 1),
