@@ -125,7 +125,7 @@ async def drive(exchange: Any, rate: float, seconds: float) -> tuple[int, float]
             while pairs < due and in_flight < MAX_IN_FLIGHT:
                 pairs += 1
                 submit(pairs)
-            await asyncio.sleep(0.0005)
+            await asyncio.sleep(0.001)  # the loop's timers tick in milliseconds
         else:
             while in_flight < FLAT_OUT_IN_FLIGHT:
                 pairs += 1
