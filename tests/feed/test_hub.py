@@ -88,7 +88,7 @@ def test_publish_is_collect_then_render() -> None:
     for batch in BATCHES:
         published = first.publish(first.data.models.apply_all(batch))
         pushes, changed = second.collect(second.data.models.apply_all(batch))
-        expected = [(None, push.frame) for push in pushes]
+        expected: list[tuple[Subscription | None, bytes]] = [(None, p.frame) for p in pushes]
         expected += [(subscription, second.render(subscription)) for subscription in changed]
         assert [(subscription, frame) for subscription, frame, _ in published] == expected
 
