@@ -149,6 +149,7 @@ async def serve_exchange(port: int, rate: float, durable_log: Path | None, secon
     from openperps.feed.server import ServerLimits
     from openperps.runtime.app import Exchange, Settings
     from openperps.store.envelope import Envelope
+    from openperps.store.sqlite import SqliteEventLog
 
     with tempfile.TemporaryDirectory() as tmp:
         exchange = Exchange(
@@ -160,18 +161,20 @@ async def serve_exchange(port: int, rate: float, durable_log: Path | None, secon
             )
         )
         await exchange.start()
-        # (first version, last version, wall clock ns) of every commit, taken the moment
-        # the log's append returns: before the bus, the read models or the feed see it
+        # (first version, last version, wall clock ns) of every commit, taken on the log's
+        # writer thread the moment SQLite's COMMIT returns (the batch is on disk): before the
+        # event loop hears of it, let alone the bus, the read models or the feed
         durable: list[tuple[int, int, int]] = []
         if durable_log is not None:
             log = exchange.writer.log
-            append = log.append
+            assert isinstance(log, SqliteEventLog)
+            commit = log._append
 
-            async def timed_append(batch: Sequence[Envelope]) -> None:
-                await append(batch)
+            def timed_commit(batch: Sequence[Envelope]) -> None:
+                commit(batch)
                 durable.append((batch[0].version, batch[-1].version, time.time_ns()))
 
-            setattr(log, "append", timed_append)  # noqa: B010 (a method of this one object)
+            setattr(log, "_append", timed_commit)  # noqa: B010 (a method of this one object)
         seq = exchange.sequencer
         await seq.execute(c.Deposit(timestamp=0, profile=ALICE, amount=10**15))
         await seq.execute(c.Deposit(timestamp=0, profile=BOB, amount=10**15))
