@@ -148,6 +148,7 @@ async def serve_exchange(port: int, rate: float, durable_log: Path | None, secon
     from openperps.core import commands as c
     from openperps.feed.server import ServerLimits
     from openperps.runtime.app import Exchange, Settings
+    from openperps.runtime.startup import settle_heap
     from openperps.store.envelope import Envelope
     from openperps.store.sqlite import SqliteEventLog
 
@@ -161,6 +162,7 @@ async def serve_exchange(port: int, rate: float, durable_log: Path | None, secon
             )
         )
         await exchange.start()
+        settle_heap()  # as ``openperps serve`` does once started
         # (first version, last version, wall clock ns) of every commit, taken on the log's
         # writer thread the moment SQLite's COMMIT returns (the batch is on disk): before the
         # event loop hears of it, let alone the bus, the read models or the feed
@@ -267,6 +269,7 @@ async def serve_bare(port: int, seconds: float, frames: list[bytes]) -> None:
 async def serve_idle(port: int) -> None:
     from openperps.feed.server import ServerLimits
     from openperps.runtime.app import Exchange, Settings
+    from openperps.runtime.startup import settle_heap
 
     with tempfile.TemporaryDirectory() as tmp:
         exchange = Exchange(
@@ -278,6 +281,7 @@ async def serve_idle(port: int) -> None:
             )
         )
         await exchange.start()
+        settle_heap()  # as ``openperps serve`` does once started
         print("ready", flush=True)
         await asyncio.to_thread(sys.stdin.readline)
         await exchange.stop()
