@@ -1,13 +1,15 @@
 """The fan-out: which connections hold which subscription, and the frames each one gets.
 
-Sans-I/O like the session: the server calls ``snapshot`` when a subscription starts and
-``publish`` after each batch has been applied to the read models, then writes the returned
-bytes. A frame is built and encoded once per subscription (topic, key, options) and the same
-bytes object goes to every connection holding it.
+Sans-I/O like the session: the server calls ``snapshot`` when a subscription starts,
+``collect`` after each batch has been applied to the read models, and ``render`` for each
+changed list subscription when it writes (``publish`` does both at once). A frame is built
+and encoded once per subscription (topic, key, options) and the same bytes object goes to
+every connection holding it.
 
 Pushes (ws-protocol.md):
 - list topics: ``{"message": T, "data": [...], "transaction_version": V}``, the current
-  state, at most once per topic and key per applied batch (coalesced);
+  state, at most once per topic and key per write (coalesced: the server writes once per
+  loop pass, whatever number of batches was applied in it);
 - live topics: one frame per change, ``"data"`` a single record, in version order;
 - orderbook in delta mode: ``{"message": "orderbook", "mode": "delta", "data": [changed
   levels, size "0" = removed], "transaction_version": V, "prev_version": P}``; a client whose

@@ -1,14 +1,23 @@
 """The feed server: picows connections driving ``FeedSession`` and ``Hub``.
 
 Everything runs on the event loop's thread. Read models are updated by the bus callback and
-the hub's frames for that batch are queued at once; a single flush per loop pass writes every
-connection's outbox. A snapshot for a new subscription is taken inside the frame callback,
-between two batches, so it joins the live pushes exactly.
+the hub notes what each batch changed; a single flush per loop pass writes everything since
+the last one. A snapshot for a new subscription is taken inside the frame callback, between
+two batches, so it joins the live pushes exactly.
 
-Slow consumers: when a client's socket stops draining, frames wait in its outbox. List and
-book pushes there are coalesced (only the newest per subscription is kept); live pushes are
-never dropped. Past ``outbox_max_bytes`` or ``outbox_max_age_ms`` the client is closed with
-4010: it resumes with ``since_version`` and loses nothing. The feed never waits for a client.
+The flush: live records and book deltas were built per batch; each changed list state is
+built now, once, at the version it is written at (however many batches changed it). Every
+push is framed once and the same bytes go to every holder, straight to its socket, in one
+write per connection: no work per subscriber beyond that write. Connections with frames of
+their own (acks, snapshots, errors) or a full socket go through their outbox instead, one by
+one, where pushes built before their snapshot are left out.
+
+Slow consumers: a connection's kernel send buffer is kept small and writing pauses as soon
+as the socket takes less than a whole write, so a client that does not keep up has its
+frames wait in its outbox rather than in the kernel. List and book pushes there are
+coalesced (only the newest per subscription is kept); live pushes are never dropped. Past
+``outbox_max_bytes`` or ``outbox_max_age_ms`` the client is closed with 4010: it resumes with
+``since_version`` and loses nothing. The feed never waits for a client.
 """
 
 from __future__ import annotations
