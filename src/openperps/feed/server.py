@@ -375,8 +375,7 @@ class FeedServer:
         pushes, self._pushes = self._pushes, []
         changed, self._changed = self._changed, {}
         dirty, self._dirty = self._dirty, set()
-        # (payload, the same as a websocket frame, version, subscription or None when it is
-        # never coalesced, holders) in the order a connection must get them
+        # every push, in the order a connection must get them
         out: list[_Outgoing] = [
             _Outgoing(
                 push.frame,
@@ -422,13 +421,13 @@ class FeedServer:
                 else:
                     pending.append(wire)
         for conn, wires in writes.items():
-            try:
-                if len(wires) == 1:
-                    conn.raw.write(wires[0])
-                else:
-                    conn.raw.writelines(wires)
-            except RuntimeError:  # picows closed it (a dead peer); it is about to be forgotten
-                pass
+            raw = conn.raw
+            if raw.is_closing():  # picows closed it (a dead peer); it is about to be forgotten
+                continue
+            if len(wires) == 1:
+                raw.write(wires[0])
+            else:
+                raw.writelines(wires)
 
 
 class _Outgoing(NamedTuple):
