@@ -25,6 +25,7 @@ from openperps.core.markets import default_markets, parse_markets
 from openperps.runtime.app import Exchange, ReplayClock, Settings
 from openperps.runtime.oracle import RandomWalkOracle, Tick, read_csv_prices
 from openperps.runtime.sim import SimulatedMarket
+from openperps.runtime.startup import settle_heap
 from openperps.store import StoreError
 
 err = Console(stderr=True, soft_wrap=True)
@@ -286,6 +287,7 @@ async def _serve(
     except BaseException:
         rest_socket.close()
         raise
+    settle_heap()
     config = uvicorn.Config(
         create_app(exchange, faucet=network == "testnet", network=network, admin_token=admin_token),
         log_config=None,

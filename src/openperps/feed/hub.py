@@ -1,13 +1,15 @@
 """The fan-out: which connections hold which subscription, and the frames each one gets.
 
-Sans-I/O like the session: the server calls ``snapshot`` when a subscription starts and
-``publish`` after each batch has been applied to the read models, then writes the returned
-bytes. A frame is built and encoded once per subscription (topic, key, options) and the same
-bytes object goes to every connection holding it.
+Sans-I/O like the session: the server calls ``snapshot`` when a subscription starts,
+``collect`` after each batch has been applied to the read models, and ``render`` for each
+changed list subscription when it writes (``publish`` does both at once). A frame is built
+and encoded once per subscription (topic, key, options) and the same bytes object goes to
+every connection holding it.
 
 Pushes (ws-protocol.md):
 - list topics: ``{"message": T, "data": [...], "transaction_version": V}``, the current
-  state, at most once per topic and key per applied batch (coalesced);
+  state, at most once per topic and key per write (coalesced: the server writes once per
+  loop pass, whatever number of batches was applied in it);
 - live topics: one frame per change, ``"data"`` a single record, in version order;
 - orderbook in delta mode: ``{"message": "orderbook", "mode": "delta", "data": [changed
   levels, size "0" = removed], "transaction_version": V, "prev_version": P}``; a client whose
@@ -21,7 +23,7 @@ repeated.
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -31,6 +33,16 @@ from openperps.indexer.topics import LIVE_TOPICS, TopicData
 from openperps.wire.shapes import ENCODER
 
 Conn = Hashable
+
+
+class Push(NamedTuple):
+    """A frame that is never coalesced, for every holder of ``subscription`` (the set itself,
+    so a connection that leaves before it is written does not get it)."""
+
+    frame: bytes
+    version: int  # the version it brings its subscription to
+    subscription: Subscription
+    holders: set[Conn]
 
 
 def push_frame(topic: str, data: Any, version: int, **extra: Any) -> bytes:
@@ -90,7 +102,7 @@ class Hub:
         if topic in LIVE_TOPICS:
             if since_version is not None:
                 rows, covered = self.data.models.live_changes_since(str(key), since_version)
-                frames = self._live_frames(topic, rows)
+                frames = [frame for _version, frame in self._live_frames(topic, rows)]
                 if covered:
                     return frames, True
                 return self._latest_live(topic, str(key)), False
@@ -108,21 +120,37 @@ class Hub:
         version = getattr(record, "transaction_version", self.version)
         return [push_frame(topic, record, version)]
 
-    def _live_frames(self, topic: str, rows: Sequence[OrderRow | FillRow]) -> list[bytes]:
+    def _live_frames(
+        self, topic: str, rows: Sequence[OrderRow | FillRow]
+    ) -> list[tuple[int, bytes]]:
         render = self.data.render
         frames = []
         for row in rows:
             if topic == "live_order_history" and isinstance(row, OrderRow):
-                frames.append(push_frame(topic, render.order(row), row.version))
+                frames.append((row.version, push_frame(topic, render.order(row), row.version)))
             elif topic == "live_trade_history" and isinstance(row, FillRow):
-                frames.append(push_frame(topic, render.live_fill(row), row.version))
+                frames.append((row.version, push_frame(topic, render.live_fill(row), row.version)))
         return frames
 
     def publish(self, applied: Applied) -> list[tuple[Subscription | None, bytes, set[Conn]]]:
         """Frames for everything ``applied`` changed, each with its subscription (None for
         live frames, which are never coalesced) and the connections to get it, in the order
         they must be written."""
-        out: list[tuple[Subscription | None, bytes, set[Conn]]] = []
+        pushes, changed = self.collect(applied)
+        out: list[tuple[Subscription | None, bytes, set[Conn]]] = [
+            (None, push.frame, push.holders) for push in pushes
+        ]
+        for subscription in changed:
+            out.append((subscription, self.render(subscription), self.holders[subscription]))
+        return out
+
+    def collect(self, applied: Applied) -> tuple[list[Push], list[Subscription]]:
+        """What ``applied`` changed: the frames that are never coalesced (live records and
+        book deltas), built now and in the order they must be written, and the list
+        subscriptions whose state changed, for ``render`` to build once when they are
+        written, however many batches changed them in between."""
+        pushes: list[Push] = []
+        changed: list[Subscription] = []
         deltas: dict[int, bytes | None] = {}
         version = self.version
         for change in sorted(applied.changes):
@@ -131,28 +159,36 @@ class Hub:
                 continue
             topic, key = change.topic, change.key
             if topic in LIVE_TOPICS:
-                holders = set().union(*(self.holders[s] for s in subs))
                 rows: list[OrderRow | FillRow] = [
                     *(r for r in applied.live_orders if r.address == key),
                     *(r for r in applied.live_fills if r.address == key),
                 ]
                 rows.sort(key=lambda r: r.version)
-                for frame in self._live_frames(topic, rows):
-                    out.append((None, frame, holders))
+                frames = self._live_frames(topic, rows)
+                # live topics take no limit, so this is one subscription
+                for subscription in sorted(subs):
+                    holders = self.holders[subscription]
+                    for row_version, frame in frames:
+                        pushes.append(Push(frame, row_version, subscription, holders))
                 continue
             for subscription in sorted(subs):
-                holders = self.holders[subscription]
                 if subscription.delta:
                     market_id = int(key or 0)
                     if market_id not in deltas:  # one delta per market, whatever the limit
                         deltas[market_id] = self._delta(market_id, applied, version)
                     delta = deltas[market_id]
                     if delta is not None:
-                        out.append((None, delta, holders))  # deltas are never coalesced
+                        pushes.append(
+                            Push(delta, version, subscription, self.holders[subscription])
+                        )
                     continue
-                records = self.data.snapshot(topic, key, subscription.limit)
-                out.append((subscription, push_frame(topic, records, version), holders))
-        return out
+                changed.append(subscription)
+        return pushes, changed
+
+    def render(self, subscription: Subscription) -> bytes:
+        """The push of a list subscription's current state."""
+        records = self.data.snapshot(subscription.topic, subscription.key, subscription.limit)
+        return push_frame(subscription.topic, records, self.version)
 
     def _delta(self, market_id: int, applied: Applied, version: int) -> bytes | None:
         levels = applied.book_levels.get(market_id)

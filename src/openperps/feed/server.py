@@ -1,25 +1,35 @@
 """The feed server: picows connections driving ``FeedSession`` and ``Hub``.
 
 Everything runs on the event loop's thread. Read models are updated by the bus callback and
-the hub's frames for that batch are queued at once; a single flush per loop pass writes every
-connection's outbox. A snapshot for a new subscription is taken inside the frame callback,
-between two batches, so it joins the live pushes exactly.
+the hub notes what each batch changed; a single flush per loop pass writes everything since
+the last one. A snapshot for a new subscription is taken inside the frame callback, between
+two batches, so it joins the live pushes exactly.
 
-Slow consumers: when a client's socket stops draining, frames wait in its outbox. List and
-book pushes there are coalesced (only the newest per subscription is kept); live pushes are
-never dropped. Past ``outbox_max_bytes`` or ``outbox_max_age_ms`` the client is closed with
-4010: it resumes with ``since_version`` and loses nothing. The feed never waits for a client.
+The flush: live records and book deltas were built per batch; each changed list state is
+built now, once, at the version it is written at (however many batches changed it). Every
+push is framed once and the same bytes go to every holder, straight to its socket, in one
+write per connection: no work per subscriber beyond that write. Connections with frames of
+their own (acks, snapshots, errors) or a full socket go through their outbox instead, one by
+one, where pushes built before their snapshot are left out.
+
+Slow consumers: a connection's kernel send buffer is kept small and writing pauses as soon
+as the socket takes less than a whole write, so a client that does not keep up has its
+frames wait in its outbox rather than in the kernel. List and book pushes there are
+coalesced (only the newest per subscription is kept); live pushes are never dropped. Past
+``outbox_max_bytes`` or ``outbox_max_age_ms`` the client is closed with 4010: it resumes with
+``since_version`` and loses nothing. The feed never waits for a client.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable, KeysView
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from picows import (
     WSCloseCode,
@@ -31,7 +41,7 @@ from picows import (
     ws_create_server,
 )
 
-from openperps.feed.hub import Hub
+from openperps.feed.hub import Hub, Push
 from openperps.feed.session import (
     CLOSE_POLICY,
     CLOSE_SERVER_RESTART,
@@ -60,6 +70,10 @@ class ServerLimits:
     connections_per_ip: int = 64
     ping_interval_s: float = 20.0
     ping_timeout_s: float = 20.0
+    # the kernel's send buffer per connection (0: the system's, which grows to megabytes);
+    # kept small so a client that reads slowly gets the newest list state rather than a
+    # backlog of stale ones queued in the kernel
+    socket_send_buffer: int = 32 * 1024
 
 
 def now_ms() -> int:
@@ -90,6 +104,7 @@ class Connection(WSListener):
         self.server = server
         self.session = FeedSession(server.market_ids(), server.limits)
         self.transport: WSTransport | None = None
+        self.raw: asyncio.Transport  # the socket under picows, once connected
         self.peer = "?"
         # pending frames: live ones in order; others keyed by subscription (coalesced)
         self.queue: list[tuple[Subscription | None, bytes]] = []
@@ -98,11 +113,23 @@ class Connection(WSListener):
         self.oldest_ms = 0
         self.paused = False
         self.closing = False
+        # subscriptions started since the last flush -> the version of their snapshot; pushes
+        # built before it (at or below that version) are not written to this connection
+        self.joined: dict[Subscription, int] = {}
 
     # -- picows callbacks ----------------------------------------------------------------------
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
+        self.raw = transport.underlying_transport
+        limits = self.server.server_limits
+        if limits.socket_send_buffer:
+            sock = self.raw.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limits.socket_send_buffer)
+        # paused as soon as the socket takes less than a whole write: what follows waits in
+        # the outbox, where a newer state replaces an older one
+        self.raw.set_write_buffer_limits(high=0)
         peer = transport.underlying_transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else "?"
         if not self.server.admit(self):
@@ -113,9 +140,11 @@ class Connection(WSListener):
 
     def pause_writing(self) -> None:
         self.paused = True
+        self.server.paused.add(self)
 
     def resume_writing(self) -> None:
         self.paused = False
+        self.server.paused.discard(self)
         self.server.schedule_flush(self)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
@@ -123,6 +152,8 @@ class Connection(WSListener):
         if kind == WSMsgType.CLOSE:
             # echo the client's code; a close without one is answered with 1000
             code = frame.get_close_code()
+            self.closing = True
+            self.server.hub.drop(self, list(self.session.subscriptions))
             transport.send_close(WSCloseCode.OK if code == WSCloseCode.NO_INFO else code)
             transport.disconnect()
             return
@@ -164,22 +195,31 @@ class Connection(WSListener):
         for frame in frames:
             self.push(None, frame)
         hub.add(self, action.subscription)
+        self.joined[action.subscription] = hub.version
+        self.server.schedule_flush(self)
 
     def push(self, subscription: Subscription | None, frame: bytes) -> None:
+        """Queue a frame of this connection's own and have it written on this loop pass."""
+        if self.enqueue(subscription, frame):
+            self.server.schedule_flush(self)
+
+    def enqueue(self, subscription: Subscription | None, frame: bytes) -> bool:
+        """Queue a frame; a list state (``subscription`` given) replaces the one of the same
+        subscription still waiting. False when the frame was not queued."""
         if self.closing:
-            return
+            return False
         if subscription is not None:
             index = self.coalesced.get(subscription)
             if index is not None:  # a newer state replaces the one still waiting
                 self.queued_bytes += len(frame) - len(self.queue[index][1])
                 self.queue[index] = (subscription, frame)
-                return
+                return False
             self.coalesced[subscription] = len(self.queue)
         if not self.queue:
             self.oldest_ms = now_ms()
         self.queue.append((subscription, frame))
         self.queued_bytes += len(frame)
-        self.server.schedule_flush(self)
+        return True
 
     def flush(self) -> None:
         transport = self.transport
@@ -211,6 +251,8 @@ class Connection(WSListener):
             self.flush()  # what is queued goes out first (an error frame before a close)
         self.closing = True
         self.queue.clear()
+        # nothing more is written to it: pushes go straight to the socket, past picows
+        self.server.hub.drop(self, list(self.session.subscriptions))
         self.transport.send_close(_close_code(code), reason.encode())
         self.transport.disconnect()
 
@@ -238,7 +280,10 @@ class FeedServer:
         self.connections: set[Connection] = set()
         self.per_ip: Counter[str] = Counter()
         self.metrics = FeedMetrics()
-        self._dirty: set[Connection] = set()
+        self.paused: set[Connection] = set()  # their socket buffer is full
+        self._dirty: set[Connection] = set()  # frames of their own to write (or a backlog)
+        self._pushes: list[Push] = []  # live records and book deltas since the last flush
+        self._changed: dict[Subscription, None] = {}  # list subscriptions changed since then
         self._flush_scheduled = False
         self._server: asyncio.Server | None = None
         self.port = 0
@@ -296,30 +341,116 @@ class FeedServer:
                 del self.per_ip[conn.peer]
         self.hub.drop(conn, list(conn.session.subscriptions))
         self._dirty.discard(conn)
+        self.paused.discard(conn)
         self.metrics.connections = len(self.connections)
 
     # -- pushing ----------------------------------------------------------------------------------
 
     def on_applied(self, applied: Applied, durable_at_ms: int | None = None) -> None:
-        """Queue the pushes of one applied batch; they are written on the next loop pass."""
-        for subscription, frame, holders in self.hub.publish(applied):
-            for conn in holders:
-                if isinstance(conn, Connection):
-                    conn.push(subscription, frame)
+        """Take note of one applied batch's pushes; they are written on the next loop pass."""
+        pushes, changed = self.hub.collect(applied)
+        if pushes or changed:
+            self._pushes += pushes
+            for subscription in changed:
+                self._changed[subscription] = None
+            self._schedule()
         if durable_at_ms is not None:
             self.metrics.observe_latency(max(now_ms() - durable_at_ms, 0))
 
     def schedule_flush(self, conn: Connection) -> None:
         self._dirty.add(conn)
+        self._schedule()
+
+    def _schedule(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
+        """Write everything since the last pass: each connection's own frames, then the
+        pushes, each built (and framed) once and written to every holder as the same bytes,
+        in one write per connection."""
         self._flush_scheduled = False
+        hub = self.hub
+        version = hub.version
+        pushes, self._pushes = self._pushes, []
+        changed, self._changed = self._changed, {}
         dirty, self._dirty = self._dirty, set()
-        for conn in dirty:
+        # every push, in the order a connection must get them
+        out: list[_Outgoing] = [
+            _Outgoing(
+                push.frame,
+                text_frame(push.frame),
+                push.version,
+                push.subscription,
+                False,
+                push.holders,
+            )
+            for push in pushes
+            if push.holders
+        ]
+        for subscription in changed:
+            holders = hub.holders.get(subscription)
+            if holders:  # list state: built now, once, at the version it is written at
+                frame = hub.render(subscription)
+                out.append(
+                    _Outgoing(frame, text_frame(frame), version, subscription, True, holders)
+                )
+
+        # connections with frames of their own, or that cannot take more, go one by one
+        careful = dirty | self.paused if self.paused else dirty
+        for conn in careful:
+            joined = conn.joined
+            for item in out:
+                if conn in item.holders and joined.get(item.subscription, -1) < item.version:
+                    conn.enqueue(item.subscription if item.coalesced else None, item.frame)
+            joined.clear()
             conn.flush()
+
+        # everyone else: the shared bytes, straight to the socket, one write per connection
+        writes: dict[Connection, list[bytes]] = {}
+        metrics = self.metrics
+        for item in out:
+            targets = item.holders - careful if careful else item.holders
+            wire = item.wire
+            metrics.messages_sent += len(targets)
+            metrics.bytes_sent += len(wire) * len(targets)
+            for conn in targets:
+                pending = writes.get(conn)
+                if pending is None:
+                    writes[conn] = [wire]
+                else:
+                    pending.append(wire)
+        for conn, wires in writes.items():
+            raw = conn.raw
+            if raw.is_closing():  # picows closed it (a dead peer); it is about to be forgotten
+                continue
+            if len(wires) == 1:
+                raw.write(wires[0])
+            else:
+                raw.writelines(wires)
+
+
+class _Outgoing(NamedTuple):
+    frame: bytes  # the payload
+    wire: bytes  # the same as a whole websocket text frame
+    version: int
+    subscription: Subscription
+    coalesced: bool  # list state: a newer one may replace it in an outbox
+    holders: set[Any]
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A server's (unmasked) websocket text frame (RFC 6455, 5.2), built once and written
+    as is to every connection that gets it."""
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x81, size))
+    elif size < 1 << 16:
+        header = bytes((0x81, 126)) + size.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + size.to_bytes(8, "big")
+    return header + payload
 
 
 Factory = Callable[[WSUpgradeRequest], Connection | None]

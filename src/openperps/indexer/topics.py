@@ -13,7 +13,7 @@ from typing import Final
 
 import msgspec
 
-from openperps.indexer.models import ReadModels
+from openperps.indexer.models import FillRow, ReadModels
 from openperps.indexer.render import Renderer
 
 USER_TOPICS: Final = (
@@ -31,10 +31,16 @@ LIVE_TOPICS: Final = ("live_order_history", "live_trade_history")
 ALL_TOPICS: Final = USER_TOPICS + MARKET_TOPICS + GLOBAL_TOPICS
 
 
+RECORD_CACHE: Final = 10_000  # rendered recent trades kept; the feed asks for the same ones
+
+
 class TopicData:
     def __init__(self, models: ReadModels) -> None:
         self.models = models
         self.render = Renderer(models.markets)
+        # a fill's record never changes (a market's scales are fixed when it is listed), and
+        # every push of ``recent_trades`` carries the latest 100 again: render each once
+        self._trades: dict[FillRow, msgspec.Struct] = {}
 
     def snapshot(
         self, topic: str, key: str | int | None, limit: int = 100
@@ -54,7 +60,7 @@ class TopicData:
         if topic == "orderbook":
             return self.orderbook(int(key or 0), limit)
         if topic == "recent_trades":
-            return [r.recent_trade(row) for row in m.recent_trades_of(int(key or 0), limit)]
+            return [self._recent_trade(row) for row in m.recent_trades_of(int(key or 0), limit)]
         if topic == "live_funding_rate":
             return [r.funding_rate(m.markets[i]) for i in sorted(m.markets)]
         if topic == "live_order_history":
@@ -64,6 +70,14 @@ class TopicData:
             fills = m.fills_of(str(key), 1)
             return [r.live_fill(row) for row in fills]
         raise KeyError(topic)
+
+    def _recent_trade(self, row: FillRow) -> msgspec.Struct:
+        record = self._trades.get(row)
+        if record is None:
+            if len(self._trades) >= RECORD_CACHE:
+                self._trades.clear()
+            record = self._trades[row] = self.render.recent_trade(row)
+        return record
 
     def orderbook(self, market_id: int, depth: int = 100) -> list[msgspec.Struct]:
         """Both sides, best first: bids then asks, at most ``depth`` levels a side."""

@@ -11,6 +11,7 @@ through commands, so the log alone always rebuilds the exchange.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -93,3 +94,24 @@ async def load_read_models(
         if progress is not None:
             progress(batch[-1].version - base, last - base)
     return models
+
+
+# Young objects collected once this many have been allocated (CPython's default is 700).
+YOUNG_COLLECTION_THRESHOLD = 20_000
+
+
+def settle_heap() -> None:
+    """For a long-running server process, once started: what start-up built (modules, the
+    engine and read models rebuilt from the log) is moved out of the cyclic collector's way,
+    and young objects are collected less often.
+
+    With CPython's defaults, a feed pushing 5 000 events/s to 1 000 connections ran a full
+    collection of 20-30 ms, stopping every push, about every 1.5 s: each command's
+    short-lived objects (tasks, futures, events) were often still alive at a young
+    collection and got promoted. Only for the process that serves: the cyclic collector
+    never looks at frozen objects again (reference counting still frees them).
+    """
+    gc.collect()
+    gc.freeze()
+    _young, middle, old = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, middle, old)
