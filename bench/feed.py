@@ -14,11 +14,15 @@ another process (``--role client``), so neither side's event loop slows the othe
    each commit became durable (wall clock, when the log's append returns), a sample of 50
    connections record when each push arrived; a commit counts until the first book push
    that includes it reaches the client;
-3. memory: the server's resident set before and after 10 000 idle connections.
+3. the latency floor: a bare picows server broadcasting the same two pushes to the same
+   1 000 connections, as many rounds per second as the exchange sent book pushes, each push
+   stamped when its round starts: how fast this machine can move them with nothing else to do;
+4. memory: the server's resident set before and after 10 000 idle connections.
 
 Prints figures, then as its last line one JSON object:
 {"bench": "feed", "deliveries_per_s": N, "baseline_per_s": N, "ratio": R,
- "small_frame_baseline_per_s": N, "p50_ms": X, "p99_ms": Y, "kib_per_conn": Z}
+ "small_frame_baseline_per_s": N, "p50_ms": X, "p99_ms": Y, "floor_p50_ms": X,
+ "floor_p99_ms": Y, "kib_per_conn": Z}
 """
 
 from __future__ import annotations
@@ -269,6 +273,49 @@ async def serve_bare(port: int, seconds: float, frames: list[bytes]) -> None:
     server.close()
 
 
+def stamped(push: bytes, stamp: int) -> bytes:
+    """``push`` (compact JSON) with its top-level ``transaction_version`` set to ``stamp``."""
+    body = json.loads(push)
+    body["transaction_version"] = stamp
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+async def serve_bare_timed(port: int, seconds: float, rounds_per_s: float) -> None:
+    """Latency floor: picows broadcasting a book push and the trades push to every connection
+    at a fixed number of rounds per second, each stamped with the wall clock at the start of
+    its round (in ``transaction_version``), skipping a socket with a backlog. What the client
+    measures is the time from deciding to push to receiving, with nothing else to do."""
+    transports: set[WSTransport] = set()
+
+    class Listener(WSListener):
+        def on_ws_connected(self, transport: WSTransport) -> None:
+            transports.add(transport)
+
+        def on_ws_disconnected(self, transport: WSTransport) -> None:
+            transports.discard(transport)
+
+    server = await ws_create_server(lambda request: Listener(), "127.0.0.1", port)
+    print("ready", flush=True)
+    await asyncio.to_thread(sys.stdin.readline)
+    book, trades = book_push(), trades_push()
+    stop_at = time.monotonic() + seconds
+    next_round = time.monotonic()
+    rounds = 0
+    while time.monotonic() < stop_at:
+        stamp = time.time_ns()
+        frames = (stamped(book, stamp), stamped(trades, stamp))
+        for transport in list(transports):
+            if not transport.underlying_transport.get_write_buffer_size():
+                for frame in frames:
+                    transport.send(WSMsgType.TEXT, frame)
+        rounds += 1
+        next_round += 1 / rounds_per_s
+        await asyncio.sleep(max(next_round - time.monotonic(), 0))
+    print(f"events 0 {seconds} {rounds} 0", flush=True)
+    await asyncio.to_thread(sys.stdin.readline)
+    server.close()
+
+
 async def serve_idle(port: int) -> None:
     from openperps.feed.server import ServerLimits
     from openperps.runtime.app import Exchange, Settings
@@ -468,7 +515,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--role", choices=["main", "server", "client"], default="main")
     parser.add_argument(
-        "--mode", choices=["exchange", "bare", "bare-same", "idle"], default="exchange"
+        "--mode",
+        choices=["exchange", "bare", "bare-same", "bare-timed", "idle"],
+        default="exchange",
     )
     parser.add_argument("--port", type=int, default=18870)
     parser.add_argument("--connections", type=int, default=1000)
@@ -493,6 +542,8 @@ def main() -> None:
             uvloop.run(serve_bare(args.port, args.seconds, [book_push()]))
         elif args.mode == "bare-same":
             uvloop.run(serve_bare(args.port, args.seconds, [book_push(), trades_push()]))
+        elif args.mode == "bare-timed":
+            uvloop.run(serve_bare_timed(args.port, args.seconds, args.rate))
         else:
             uvloop.run(serve_idle(args.port))
         return
@@ -574,6 +625,26 @@ def main() -> None:
         "version (every push, book and trades)"
     )
 
+    # the floor: a bare broadcast of the same two pushes, as many book pushes per second per
+    # connection as the exchange just sent, timed from the start of each round
+    sampled_seconds = timed["seconds"] * 50
+    book_rounds = sum(1 for stream, _, _ in timed["arrivals"] if stream % 2 == 0)
+    rounds_per_s = max(book_rounds / sampled_seconds, 1.0)
+    floor, _ = measure(
+        ["--mode", "bare-timed", "--rate", str(rounds_per_s)],
+        args.port + 4,
+        n,
+        args.seconds,
+        sample=50,
+    )
+    floor_ms = [(at - stamp) / 1e6 for stream, stamp, at in floor["arrivals"] if stream % 2 == 0]
+    floor_p50, floor_p99 = percentile(floor_ms, 0.5), percentile(floor_ms, 0.99)
+    print(
+        f"floor:    p50 {floor_p50:.2f} ms, p99 {floor_p99:.2f} ms from the start of a round to "
+        f"its book push arriving, for a bare picows broadcast of the same two pushes at "
+        f"{rounds_per_s:,.0f} rounds/s to {n} connections"
+    )
+
     server = spawn("--role", "server", "--mode", "idle", "--port", str(args.port + 3))
     expect(server, "ready")
     time.sleep(0.5)
@@ -613,6 +684,8 @@ def main() -> None:
                 "small_frame_baseline_per_s": round(small_baseline),
                 "p50_ms": round(p50, 2),
                 "p99_ms": round(p99, 2),
+                "floor_p50_ms": round(floor_p50, 2),
+                "floor_p99_ms": round(floor_p99, 2),
                 "kib_per_conn": round(per_conn, 1),
             }
         )
