@@ -235,13 +235,8 @@ def trades_push() -> bytes:
     return json.dumps(push, separators=(",", ":")).encode()
 
 
-async def serve_bare(port: int, seconds: float, frames: list[bytes]) -> None:
-    """Baseline: picows broadcasting the same bytes to every connection, nothing else.
-
-    With one small frame this is the original baseline: it writes whatever the socket can
-    take or not. With the feed's own mix (a small book push and a 32 KB trades push) it
-    skips a connection while its socket has a backlog, as any broadcast of that size must
-    (otherwise the backlog grows by gigabytes in a few seconds)."""
+async def bare_server(port: int) -> tuple[asyncio.Server, set[WSTransport]]:
+    """A picows server that only keeps the set of its connections."""
     transports: set[WSTransport] = set()
 
     class Listener(WSListener):
@@ -252,6 +247,17 @@ async def serve_bare(port: int, seconds: float, frames: list[bytes]) -> None:
             transports.discard(transport)
 
     server = await ws_create_server(lambda request: Listener(), "127.0.0.1", port)
+    return server, transports
+
+
+async def serve_bare(port: int, seconds: float, frames: list[bytes]) -> None:
+    """Baseline: picows broadcasting the same bytes to every connection, nothing else.
+
+    With one small frame this is the original baseline: it writes whatever the socket can
+    take or not. With the feed's own mix (a small book push and a 32 KB trades push) it
+    skips a connection while its socket has a backlog, as any broadcast of that size must
+    (otherwise the backlog grows by gigabytes in a few seconds)."""
+    server, transports = await bare_server(port)
     print("ready", flush=True)
     await asyncio.to_thread(sys.stdin.readline)
     stop_at = time.monotonic() + seconds
@@ -285,16 +291,7 @@ async def serve_bare_timed(port: int, seconds: float, rounds_per_s: float) -> No
     at a fixed number of rounds per second, each stamped with the wall clock at the start of
     its round (in ``transaction_version``), skipping a socket with a backlog. What the client
     measures is the time from deciding to push to receiving, with nothing else to do."""
-    transports: set[WSTransport] = set()
-
-    class Listener(WSListener):
-        def on_ws_connected(self, transport: WSTransport) -> None:
-            transports.add(transport)
-
-        def on_ws_disconnected(self, transport: WSTransport) -> None:
-            transports.discard(transport)
-
-    server = await ws_create_server(lambda request: Listener(), "127.0.0.1", port)
+    server, transports = await bare_server(port)
     print("ready", flush=True)
     await asyncio.to_thread(sys.stdin.readline)
     book, trades = book_push(), trades_push()

@@ -16,10 +16,9 @@ import pytest
 from openperps.core import commands as c
 from openperps.core import events as e
 from openperps.core import is_compiled
-from openperps.core.engine import Engine
 from openperps.core.errors import ErrorCode
-from openperps.core.snapshot import EngineSnapshot
 from tests.core.harness import ALICE, APT, BOB, Exchange
+from tests.core.test_validation import business_state
 
 # a well-formed example of every command; each test below breaks one field of one of them
 T = 10**12  # far enough ahead of the harness's clock
@@ -116,10 +115,6 @@ def cases() -> list[tuple[str, c.Command]]:
 
 
 CASES = cases()
-
-
-def business_state(engine: Engine) -> EngineSnapshot:
-    return msgspec.structs.replace(engine.snapshot(), version=0, last_timestamp=0)
 
 
 def funded() -> Exchange:
