@@ -116,3 +116,39 @@ async def test_a_row_whose_payload_changed_type_counts_as_corrupt(tmp_path: Path
     conn.close()
     async with SqliteEventLog(path) as log:
         await assert_log(log, envelopes(1, 2))
+
+
+async def test_checkpoints_run_in_the_background_not_in_a_commit(tmp_path: Path) -> None:
+    path = tmp_path / "events.sqlite3"
+    # 4 pages: a background checkpoint after every ~16 KB appended
+    async with SqliteEventLog(path, checkpoint_pages=4) as log:
+        # the commit path only checkpoints past four times that, as a safety net
+        pages = await log._on_writer(
+            lambda: log._write_conn.execute("PRAGMA wal_autocheckpoint").fetchone()
+        )
+        assert pages == (16,)
+        written: list[Envelope] = []
+        for _ in range(40):
+            batch = big_envelopes(len(written) + 1, 20)  # about 5 KB a batch
+            await log.append(batch)
+            written += batch
+        if log._checkpointing is not None:
+            await log._checkpointing
+        assert log.checkpoints >= 5
+        await assert_log(log, written)
+    # everything is in the database file after close, whatever the WAL held
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT count(*) FROM events").fetchone() == (len(written),)
+    conn.close()
+
+
+async def test_close_waits_for_a_running_checkpoint(tmp_path: Path) -> None:
+    log = SqliteEventLog(tmp_path / "events.sqlite3", checkpoint_pages=1)
+    await log.open()
+    batch = big_envelopes(1, 50)
+    await log.append(batch)
+    assert log._checkpointing is not None  # started, maybe not finished
+    await log.close()
+    assert log._checkpointing is None
+    async with SqliteEventLog(tmp_path / "events.sqlite3") as again:
+        await assert_log(again, batch)

@@ -6,15 +6,17 @@ just a crash of the process. ``NORMAL`` would only fsync at checkpoints and can 
 commits on power loss; the group-commit writer amortises one fsync over every batch queued
 behind it, which is what makes ``FULL`` affordable (see ``bench/store.py`` for both).
 
-Checkpoints. WAL pages are copied back into the database file by an automatic checkpoint
-at commit time once the WAL holds ``checkpoint_pages`` pages. SQLite's default (1 000 pages,
-4 MB) checkpoints every few group commits and costs about a fifth of the append throughput;
-4 000 pages (16 MB) keeps most of that while bounding the occasional commit that also
-checkpoints (~100 ms at full load in ``bench/store.py``, against ~50 ms at 1 000 pages).
+Checkpoints. WAL pages are copied back into the database file by a checkpoint. SQLite's own
+automatic checkpoint runs inside the commit that crosses the threshold, and that commit then
+takes ~50-100 ms: every request waiting on it sees the delay (the REST API's p99). So a third
+thread with its own connection runs a PASSIVE checkpoint once about ``checkpoint_pages``
+pages (4 000, 16 MB) have been appended since the last one; it copies pages while commits go
+on. The writer keeps SQLite's automatic checkpoint at four times that as a safety net, should
+the background one fall behind (a long read can hold it back).
 
-Threads. sqlite3 blocks, so each log owns two threads with one connection each: a writer
-(appends, snapshots, migrations, tail repair) and a reader (``read``, ``last_version``,
-``load_latest_snapshot``). WAL lets the reader run while the writer commits; the event loop
+Threads. sqlite3 blocks, so each log owns three threads with one connection each: a writer
+(appends, snapshots, migrations, tail repair), a reader (``read``, ``last_version``,
+``load_latest_snapshot``) and a checkpointer. WAL lets the reader run while the writer commits; the event loop
 only awaits futures.
 
 Errors. SQLite's result codes map to the store's family: ``SQLITE_FULL`` to ``StorageFull``,
@@ -117,9 +119,14 @@ class SqliteEventLog(EventLog):
         self.checkpoint_pages = checkpoint_pages
         self._write_pool: ThreadPoolExecutor | None = None
         self._read_pool: ThreadPoolExecutor | None = None
+        self._checkpoint_pool: ThreadPoolExecutor | None = None
         # Each connection is only touched from its own pool's single thread.
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
+        self._checkpointer: sqlite3.Connection | None = None
+        self._appended_bytes = 0  # since the last background checkpoint was started
+        self._checkpointing: asyncio.Future[None] | None = None
+        self.checkpoints = 0  # background checkpoints completed (for tests and operators)
 
     def __repr__(self) -> str:
         return f"SqliteEventLog({str(self.path)!r})"
@@ -131,9 +138,13 @@ class SqliteEventLog(EventLog):
             return
         self._write_pool = ThreadPoolExecutor(1, thread_name_prefix="openperps-sqlite-write")
         self._read_pool = ThreadPoolExecutor(1, thread_name_prefix="openperps-sqlite-read")
+        self._checkpoint_pool = ThreadPoolExecutor(
+            1, thread_name_prefix="openperps-sqlite-checkpoint"
+        )
         try:
             await self._on_writer(self._open_writer)
             await self._on_reader(self._open_reader)
+            await self._run(self._checkpoint_pool, self._open_checkpointer)
         except BaseException:
             await self.close()
             raise
@@ -143,13 +154,21 @@ class SqliteEventLog(EventLog):
         if write_pool is None or read_pool is None:
             return
         loop = asyncio.get_running_loop()
+        checkpoint_pool = self._checkpoint_pool
         try:
+            if self._checkpointing is not None:
+                await asyncio.wait([self._checkpointing])
+            if checkpoint_pool is not None:
+                await loop.run_in_executor(checkpoint_pool, self._close_checkpointer)
             await loop.run_in_executor(read_pool, self._close_reader)
             await loop.run_in_executor(write_pool, self._close_writer)
         finally:
-            self._write_pool = self._read_pool = None
+            self._write_pool = self._read_pool = self._checkpoint_pool = None
+            self._checkpointing = None
             write_pool.shutdown(wait=False)
             read_pool.shutdown(wait=False)
+            if checkpoint_pool is not None:
+                checkpoint_pool.shutdown(wait=False)
 
     # -- the interface ---------------------------------------------------------------------
 
@@ -161,6 +180,30 @@ class SqliteEventLog(EventLog):
             return
         check_batch(batch, batch[0].version)
         await self._on_writer(self._append, batch)
+        self._appended_bytes += sum(len(envelope.payload) + 64 for envelope in batch)
+        if self._appended_bytes >= self.checkpoint_pages * 4096 and self._checkpointing is None:
+            self._start_checkpoint()
+
+    def _start_checkpoint(self) -> None:
+        """Copy the WAL back into the database on the checkpoint thread, off the commit path."""
+        pool = self._checkpoint_pool
+        if pool is None:
+            return
+        self._appended_bytes = 0
+        future = asyncio.ensure_future(self._run(pool, self._checkpoint))
+        self._checkpointing = future
+
+        def done(finished: asyncio.Future[None]) -> None:
+            self._checkpointing = None
+            if finished.cancelled():
+                return
+            if (error := finished.exception()) is not None:
+                # not fatal: the writer's automatic checkpoint is the safety net
+                logger.warning("%s: background checkpoint failed: %s", self, error)
+            else:
+                self.checkpoints += 1
+
+        future.add_done_callback(done)
 
     def read_batches(
         self,
@@ -241,13 +284,26 @@ class SqliteEventLog(EventLog):
             if str(mode).lower() != "wal":
                 raise StorageUnavailable(f"sqlite: cannot switch {self.path} to WAL ({mode})")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-            conn.execute(f"PRAGMA wal_autocheckpoint = {int(self.checkpoint_pages)}")
+            # the checkpoint thread keeps the WAL short; this only bounds it if that falls behind
+            conn.execute(f"PRAGMA wal_autocheckpoint = {4 * int(self.checkpoint_pages)}")
             self._migrate(conn)
             self._repair_tail(conn)
         except BaseException:
             conn.close()
             raise
         self._writer = conn
+
+    def _open_checkpointer(self) -> None:
+        self._checkpointer = self._connect()
+
+    def _close_checkpointer(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
+
+    def _checkpoint(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _close_writer(self) -> None:
         if self._writer is not None:
