@@ -199,7 +199,7 @@ def main() -> None:
     parser.add_argument("--commands", type=int, default=200_000)
     parser.add_argument("--accounts", type=int, default=16)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--rounds", type=int, default=3, help="best of N runs")
+    parser.add_argument("--rounds", type=int, default=5, help="best of N runs")
     args = parser.parse_args()
 
     ops = workload(args.commands, args.accounts, args.seed)
