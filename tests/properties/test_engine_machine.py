@@ -356,7 +356,7 @@ class EngineMachine(RuleBasedStateMachine):
         if lots >= 2000:
             return free + config.min_size
         if lots >= 400 or free < 2 * config.min_size:
-            return max(free, config.min_size)
+            return free or config.min_size  # all that is left, dust included
         share = free * min(lots, 13) // 14
         return max(share - share % config.lot, config.min_size)
 
