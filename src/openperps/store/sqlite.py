@@ -16,8 +16,8 @@ the background one fall behind (a long read can hold it back).
 
 Threads. sqlite3 blocks, so each log owns three threads with one connection each: a writer
 (appends, snapshots, migrations, tail repair), a reader (``read``, ``last_version``,
-``load_latest_snapshot``) and a checkpointer. WAL lets the reader run while the writer commits; the event loop
-only awaits futures.
+``load_latest_snapshot``) and a checkpointer. WAL lets the reader and the checkpointer run
+while the writer commits; the event loop only awaits futures.
 
 Errors. SQLite's result codes map to the store's family: ``SQLITE_FULL`` to ``StorageFull``,
 ``SQLITE_BUSY``/``SQLITE_LOCKED`` (after ``busy_timeout``) to ``StorageLocked``, I/O errors to
