@@ -85,6 +85,15 @@ async def test_health_markets_and_openapi(api: httpx.AsyncClient) -> None:
     assert (await api.get("/openapi.json")).json() == schema
     metrics = (await api.get("/metrics")).text
     assert "openperps_feed_connections" in metrics
+    for name in (
+        "openperps_feed_subscriptions 0",
+        "openperps_feed_paused_connections 0",
+        "openperps_feed_outbox_frames 0",
+        "openperps_feed_outbox_bytes 0",
+        "openperps_feed_outbox_largest_bytes 0",
+        "openperps_feed_coalesced_total 0",
+    ):
+        assert f"\n{name}\n" in metrics, name
     build = "compiled" if is_compiled() else "pure"
     assert f'openperps_build_info{{version="{__version__}",engine="{build}"}} 1' in metrics
 

@@ -202,6 +202,7 @@ async def health(state: State) -> Response[bytes]:
 async def metrics(state: State) -> str:
     exchange = _exchange(state)
     m = exchange.feed.metrics
+    frames, queued, largest = exchange.feed.outbox_stats()
     build = "compiled" if is_compiled() else "pure"
     lines = [
         "# TYPE openperps_build_info gauge",
@@ -211,7 +212,19 @@ async def metrics(state: State) -> str:
         "# TYPE openperps_feed_connections gauge",
         f"openperps_feed_connections {m.connections}",
         "# TYPE openperps_feed_subscriptions gauge",
-        f"openperps_feed_subscriptions {len(exchange.feed.hub.holders)}",
+        f"openperps_feed_subscriptions {exchange.feed.subscription_count()}",
+        "# TYPE openperps_feed_subscribed_keys gauge",
+        f"openperps_feed_subscribed_keys {len(exchange.feed.hub.holders)}",
+        "# TYPE openperps_feed_paused_connections gauge",
+        f"openperps_feed_paused_connections {len(exchange.feed.paused)}",
+        "# TYPE openperps_feed_outbox_frames gauge",
+        f"openperps_feed_outbox_frames {frames}",
+        "# TYPE openperps_feed_outbox_bytes gauge",
+        f"openperps_feed_outbox_bytes {queued}",
+        "# TYPE openperps_feed_outbox_largest_bytes gauge",
+        f"openperps_feed_outbox_largest_bytes {largest}",
+        "# TYPE openperps_feed_coalesced_total counter",
+        f"openperps_feed_coalesced_total {m.coalesced}",
         "# TYPE openperps_feed_messages_sent_total counter",
         f"openperps_feed_messages_sent_total {m.messages_sent}",
         "# TYPE openperps_feed_bytes_sent_total counter",

@@ -86,6 +86,8 @@ class FeedMetrics:
         self.messages_sent = 0
         self.bytes_sent = 0
         self.closes: Counter[str] = Counter()
+        # list states replaced in an outbox by a newer one before they were sent
+        self.coalesced = 0
         self.latency_buckets = (0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000)
         self.latency_counts = [0] * (len(self.latency_buckets) + 1)
         self.latency_sum = 0.0
@@ -211,6 +213,7 @@ class Connection(WSListener):
         if subscription is not None:
             index = self.coalesced.get(subscription)
             if index is not None:  # a newer state replaces the one still waiting
+                self.server.metrics.coalesced += 1
                 self.queued_bytes += len(frame) - len(self.queue[index][1])
                 self.queue[index] = (subscription, frame)
                 return False
@@ -326,6 +329,22 @@ class FeedServer:
             self._server = None
 
     # -- connections ------------------------------------------------------------------------------
+
+    def outbox_stats(self) -> tuple[int, int, int]:
+        """Frames and bytes waiting in every connection's outbox, and the largest outbox (in
+        bytes, the socket's own backlog included): what an operator watches for slow readers."""
+        frames = total = largest = 0
+        for conn in self.connections:
+            frames += len(conn.queue)
+            backlog = conn.queued_bytes
+            if conn.transport is not None:
+                backlog += conn.transport.underlying_transport.get_write_buffer_size()
+            total += conn.queued_bytes
+            largest = max(largest, backlog)
+        return frames, total, largest
+
+    def subscription_count(self) -> int:
+        return sum(len(conn.session.subscriptions) for conn in self.connections)
 
     def admit(self, conn: Connection) -> bool:
         self.connections.add(conn)
