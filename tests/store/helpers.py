@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import pytest
 
 from openperps.store import Envelope, EventLog, SqliteEventLog
 from openperps.store.postgres import PostgresEventLog
+from tests.services import unavailable
 
 PG_DSN = os.environ.get("OPENPERPS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -132,9 +132,6 @@ async def postgres_or_skip() -> str:
     try:
         conn = await asyncpg.connect(PG_DSN, timeout=3)
     except (OSError, TimeoutError, asyncpg.exceptions.PostgresError) as exc:
-        message = f"PostgreSQL at {PG_DSN} does not answer: {exc}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"PostgreSQL at {PG_DSN} does not answer: {exc}")
     await conn.close()
     return PG_DSN

@@ -1,0 +1,384 @@
+"""The NATS JetStream bus: durable batches from the one writer to feed gateways elsewhere.
+
+One stream (``OPENPERPS`` by default) holds one subject (``openperps.events``). A message is
+a run of consecutive durable envelopes, encoded once as a msgpack array of the envelopes the
+log stores (the events' own bytes travel as they are; nobody re-encodes an event). Its
+``Nats-Msg-Id`` header is the first version it carries, so a message published again (a
+retry whose acknowledgement was lost) is dropped by the server inside the stream's duplicate
+window; ``Openperps-Last-Version`` names the last.
+
+The writer's side, ``NatsPublisher``, is handed batches by the in-process bus and never makes
+the writer wait (architecture.md, "Back-pressure"): ``publish`` only appends to a bounded
+queue, and one task sends the queue in order, a message at a time, merging whatever has
+queued up meanwhile into one message. A message that fails (NATS down, no acknowledgement in
+time) is sent again, the same bytes under the same id, until the server takes it; so the
+stream never holds a batch out of order. While NATS stays down the queue fills; past
+``max_queued`` batches the oldest queued batch is dropped, counted and logged. The stream
+then has a hole, which every consumer fills from the durable log, the truth: nothing is lost
+for a reader, only made slower. The engine keeps working throughout.
+
+The reader's side, ``NatsConsumer``, delivers ``Published`` batches to its subscribers, in
+version order, starting after any version: it looks up the message that holds the next
+version (a binary search over the stream by the id header) and consumes from there with an
+ordered consumer. Envelopes at or below the version already delivered are skipped (a
+duplicate, an overlap), and a hole (a dropped batch, a stream trimmed by its limits, a writer
+that crashed between its commit and its publish) is read from the event log before the
+message that follows it. So a gateway that restarts at the version its read models hold
+loses and repeats nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+import nats
+from nats.js import api
+from nats.js.errors import BadRequestError, NotFoundError
+
+from openperps.bus.memory import InProcessBus, Published, Subscriber
+from openperps.core.events import decode_event
+from openperps.store.base import EventLog
+from openperps.store.envelope import Envelope
+
+logger = logging.getLogger("openperps.bus.nats")
+
+DEFAULT_URL = "nats://127.0.0.1:4222"
+DEFAULT_STREAM = "OPENPERPS"
+DEFAULT_SUBJECT = "openperps.events"
+ID_HEADER = "Nats-Msg-Id"
+LAST_HEADER = "Openperps-Last-Version"
+DUPLICATE_WINDOW_S = 120.0
+# below NATS' default max_payload (1 MiB); a single batch larger than this still goes alone
+MAX_MESSAGE_BYTES = 512 * 1024
+ENVELOPE_OVERHEAD = 48  # msgpack framing and the type tag, roughly, per envelope
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(list[Envelope])
+
+
+def encode_envelopes(envelopes: Sequence[Envelope]) -> bytes:
+    return _encoder.encode(envelopes)
+
+
+def decode_envelopes(data: bytes) -> list[Envelope]:
+    return _decoder.decode(data)
+
+
+def to_published(envelopes: Sequence[Envelope]) -> Published:
+    """A batch as the in-process bus carries it: envelopes plus their decoded events."""
+    return Published(envelopes, [decode_event(envelope.payload) for envelope in envelopes])
+
+
+async def connect(url: str, name: str) -> Any:
+    """A NATS connection that reconnects for ever; fails only if the first connect does."""
+    return await nats.connect(
+        url,
+        name=name,
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=2,
+    )
+
+
+async def ensure_stream(js: Any, stream: str, subject: str) -> None:
+    """Create the stream if it does not exist (publisher and consumers may start in any
+    order); an existing one is used as it is."""
+    try:
+        await js.stream_info(stream)
+        return
+    except NotFoundError:
+        pass
+    try:
+        await js.add_stream(
+            name=stream,
+            subjects=[subject],
+            storage=api.StorageType.FILE,
+            duplicate_window=DUPLICATE_WINDOW_S,
+        )
+    except BadRequestError:
+        await js.stream_info(stream)  # created meanwhile by another process
+
+
+class NatsPublisher:
+    """The writer's side: ``publish`` queues a durable batch and returns at once."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        stream: str = DEFAULT_STREAM,
+        subject: str = DEFAULT_SUBJECT,
+        max_queued: int = 100_000,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        publish_timeout_s: float = 2.0,
+    ) -> None:
+        self.url = url
+        self.stream = stream
+        self.subject = subject
+        self.max_queued = max_queued
+        self.max_message_bytes = max_message_bytes
+        self.publish_timeout_s = publish_timeout_s
+        self.last_version = 0  # the newest version handed to ``publish``
+        self.published_version = 0  # the newest version the server acknowledged
+        self.messages = 0  # messages acknowledged
+        self.duplicates = 0  # of which the server had already stored
+        self.dropped = 0  # batches dropped from a full queue (readers fill them from the log)
+        self.failures = 0  # failed attempts to send a message
+        self._queue: deque[Published] = deque()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._nc: Any = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        """Start sending in the background; connecting (and reconnecting) happens there, so
+        a NATS that is down at start delays the stream, never the exchange."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="openperps-nats-publisher")
+
+    def publish(self, batch: Published) -> None:
+        """Queue ``batch`` (a subscriber of the in-process bus); never blocks."""
+        if len(self._queue) >= self.max_queued:
+            lost = self._queue.popleft()
+            if not self.dropped:
+                logger.warning(
+                    "NATS publish queue full (%d batches): dropping the oldest, from version "
+                    "%d; readers fill the hole from the event log",
+                    self.max_queued,
+                    lost.first_version,
+                )
+            self.dropped += 1
+        self._queue.append(batch)
+        self.last_version = batch.last_version
+        self._idle.clear()
+        self._wake.set()
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything queued is acknowledged; False if ``timeout`` passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Send what is queued (up to ``timeout``), then disconnect."""
+        if self._task is not None:
+            if not await self.flush(timeout):
+                logger.warning(
+                    "NATS: closing with %d batches unsent (up to version %d); readers fill "
+                    "them from the event log",
+                    len(self._queue),
+                    self.last_version,
+                )
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+            self._nc = None
+
+    def _next_message(self) -> list[Envelope]:
+        """Take queued batches for one message: consecutive versions, within the size."""
+        queue = self._queue
+        first = queue.popleft()
+        envelopes = list(first.envelopes)
+        size = sum(len(e.payload) + ENVELOPE_OVERHEAD for e in envelopes)
+        while queue and queue[0].first_version == envelopes[-1].version + 1:
+            following = queue[0].envelopes
+            more = sum(len(e.payload) + ENVELOPE_OVERHEAD for e in following)
+            if size + more > self.max_message_bytes:
+                break
+            queue.popleft()
+            envelopes += following
+            size += more
+        return envelopes
+
+    async def _run(self) -> None:
+        delay = 0.05
+        while self._nc is None:
+            try:
+                self._nc = await connect(self.url, "openperps-publisher")
+                js = self._nc.jetstream()
+                await ensure_stream(js, self.stream, self.subject)
+            except Exception as exc:
+                if self._nc is not None:
+                    with contextlib.suppress(Exception):
+                        await self._nc.close()
+                    self._nc = None
+                logger.warning("NATS at %s: %s; retrying in %.1f s", self.url, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        while True:
+            if not self._queue:
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            envelopes = self._next_message()
+            await self._send(js, envelopes)
+
+    async def _send(self, js: Any, envelopes: list[Envelope]) -> None:
+        """Send one message until the server takes it: the same bytes under the same id."""
+        data = encode_envelopes(envelopes)
+        first, last = envelopes[0].version, envelopes[-1].version
+        delay = 0.05
+        while True:
+            headers = {ID_HEADER: str(first), LAST_HEADER: str(last)}
+            try:
+                ack = await js.publish(
+                    self.subject,
+                    data,
+                    timeout=self.publish_timeout_s,
+                    stream=self.stream,
+                    headers=headers,
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.failures += 1
+                logger.warning(
+                    "NATS publish of %d..%d failed (%s: %s); retrying in %.1f s",
+                    first,
+                    last,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            self.messages += 1
+            if ack.duplicate:
+                self.duplicates += 1
+            self.published_version = last
+            return
+
+
+class NatsConsumer:
+    """The reader's side: ``Published`` batches after version ``after``, in version order.
+
+    ``log`` is the durable log a hole in the stream is read from; without one a hole is
+    logged and counted in ``holes_unfilled`` and delivery goes on after it.
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        after: int = 0,
+        log: EventLog | None = None,
+        stream: str = DEFAULT_STREAM,
+        subject: str = DEFAULT_SUBJECT,
+    ) -> None:
+        self.url = url
+        self.stream = stream
+        self.subject = subject
+        self.log = log
+        self.version = after  # the newest version delivered
+        self.messages = 0
+        self.holes_filled = 0
+        self.holes_unfilled = 0
+        self._bus = InProcessBus()
+        self._bus.last_version = after
+        self._nc: Any = None
+        self._sub: Any = None
+        self._failed: BaseException | None = None
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        return self._bus.subscribe(subscriber)
+
+    async def start(self) -> None:
+        """Connect and start delivering; raises if NATS does not answer now."""
+        self._nc = await connect(self.url, "openperps-consumer")
+        js = self._nc.jetstream()
+        await ensure_stream(js, self.stream, self.subject)
+        start = await self._start_sequence(js)
+        self._sub = await js.subscribe(
+            self.subject,
+            stream=self.stream,
+            ordered_consumer=True,
+            config=api.ConsumerConfig(
+                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
+            ),
+            cb=self._on_message,
+        )
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+            self._nc = None
+
+    async def _start_sequence(self, js: Any) -> int:
+        """The stream sequence of the last message whose first version is at most the next
+        one wanted (the first message if none; past the end if the stream is empty)."""
+        state = (await js.stream_info(self.stream)).state
+        if not state.messages:
+            return int(state.last_seq) + 1
+        wanted = self.version + 1
+        low, high, found = int(state.first_seq), int(state.last_seq), int(state.first_seq)
+        while low <= high:
+            middle = (low + high) // 2
+            try:
+                message = await js.get_msg(self.stream, middle)
+            except NotFoundError:
+                return found  # a message deleted under us: start lower, skipping is cheap
+            first = int((message.headers or {}).get(ID_HEADER, 0))
+            if first <= wanted:
+                found, low = middle, middle + 1
+            else:
+                high = middle - 1
+        return found
+
+    async def _on_message(self, msg: Any) -> None:
+        try:
+            await self.deliver(decode_envelopes(msg.data))
+        except Exception:
+            # a broken message or a log that cannot be read: reported, and the next
+            # message's hole check reads what this one missed from the log
+            logger.exception("NATS consumer: a message could not be delivered")
+        self.messages += 1
+
+    async def deliver(self, envelopes: Sequence[Envelope]) -> None:
+        """Deliver what ``envelopes`` adds after ``version``, filling a hole from the log."""
+        fresh = [e for e in envelopes if e.version > self.version]
+        if not fresh:
+            return
+        if fresh[0].version > self.version + 1:
+            await self._fill(self.version + 1, fresh[0].version - 1)
+        self._emit(fresh)
+
+    async def _fill(self, first: int, last: int) -> None:
+        if self.log is None:
+            self.holes_unfilled += 1
+            logger.error("NATS consumer: versions %d..%d are missing from the stream", first, last)
+            self.version = last
+            self._bus.last_version = last
+            return
+        logger.warning("NATS consumer: reading versions %d..%d from the event log", first, last)
+        self.holes_filled += 1
+        async for chunk in self.log.read_batches(first, last):
+            self._emit(chunk)
+
+    def _emit(self, envelopes: Sequence[Envelope]) -> None:
+        self.version = envelopes[-1].version
+        self._bus.publish(to_published(envelopes))

@@ -1,0 +1,209 @@
+"""The JetStream bus against the real server: batches arrive in version order, once, from
+any starting version, across a consumer restart, with holes read from the event log."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+import pytest
+
+from openperps.bus import Published
+from openperps.bus.nats import (
+    ID_HEADER,
+    NatsConsumer,
+    NatsPublisher,
+    encode_envelopes,
+)
+from openperps.store import SqliteEventLog
+
+from .helpers import batches, nats_or_skip, unique_stream
+
+pytestmark = pytest.mark.nats
+
+
+@pytest.fixture
+async def names() -> AsyncIterator[tuple[str, str, str]]:
+    url = await nats_or_skip()
+    async with unique_stream(url) as (stream, subject):
+        yield url, stream, subject
+
+
+class Received:
+    """A subscriber that keeps every batch it was given."""
+
+    def __init__(self) -> None:
+        self.batches: list[Published] = []
+        self.changed = asyncio.Event()
+
+    def __call__(self, batch: Published) -> None:
+        self.batches.append(batch)
+        self.changed.set()
+
+    @property
+    def versions(self) -> list[int]:
+        return [e.version for b in self.batches for e in b.envelopes]
+
+    async def until(self, version: int) -> None:
+        """Wait until ``version`` has arrived (the test's own timeout bounds it)."""
+        while not self.versions or self.versions[-1] < version:
+            self.changed.clear()
+            await self.changed.wait()
+
+
+async def publish_all(url: str, stream: str, subject: str, items: list[Published]) -> None:
+    publisher = NatsPublisher(url, stream=stream, subject=subject)
+    publisher.start()
+    for batch in items:
+        publisher.publish(batch)
+    assert await publisher.flush(30)
+    await publisher.close()
+
+
+async def consume(
+    url: str,
+    stream: str,
+    subject: str,
+    *,
+    after: int,
+    until: int,
+    log: SqliteEventLog | None = None,
+) -> Received:
+    received = Received()
+    consumer = NatsConsumer(url, after=after, stream=stream, subject=subject, log=log)
+    consumer.subscribe(received)
+    await consumer.start()
+    try:
+        await received.until(until)
+    finally:
+        await consumer.stop()
+    return received
+
+
+async def stream_messages(url: str, stream: str) -> int:
+    nc = await nats.connect(url)
+    try:
+        return int((await nc.jetstream().stream_info(stream)).state.messages)
+    finally:
+        await nc.close()
+
+
+async def test_every_batch_arrives_once_in_version_order_with_its_events(
+    names: tuple[str, str, str],
+) -> None:
+    url, stream, subject = names
+    items = batches(600)
+    last = items[-1].last_version
+    await publish_all(url, stream, subject, items)
+
+    received = await consume(url, stream, subject, after=0, until=last)
+    assert received.versions == list(range(1, last + 1))
+    assert [e for b in received.batches for e in b.events] == [e for b in items for e in b.events]
+    assert [e for b in received.batches for e in b.envelopes] == [
+        e for b in items for e in b.envelopes
+    ]
+
+
+async def test_a_consumer_starts_after_any_version(names: tuple[str, str, str]) -> None:
+    url, stream, subject = names
+    items = batches(300)
+    last = items[-1].last_version
+    await publish_all(url, stream, subject, items)
+
+    for after in (1, 2, 57, last // 2, last - 1):
+        received = await consume(url, stream, subject, after=after, until=last)
+        assert received.versions == list(range(after + 1, last + 1))
+
+
+async def test_a_version_published_again_is_stored_once(names: tuple[str, str, str]) -> None:
+    url, stream, subject = names
+    items = batches(5)
+    publisher = NatsPublisher(url, stream=stream, subject=subject)
+    publisher.start()
+    for batch in items:
+        publisher.publish(batch)
+        assert await publisher.flush(10)  # one message per batch
+    stored = await stream_messages(url, stream)
+    publisher.publish(items[2])  # a retry whose acknowledgement was lost, say
+    assert await publisher.flush(10)
+    await publisher.close()
+    assert publisher.duplicates == 1
+    assert await stream_messages(url, stream) == stored == 5
+
+    # a message with an id the stream already holds is dropped even with other contents
+    nc = await nats.connect(url)
+    try:
+        ack = await nc.jetstream().publish(
+            subject,
+            encode_envelopes(items[3].envelopes),
+            headers={ID_HEADER: str(items[3].first_version)},
+        )
+        assert ack.duplicate
+    finally:
+        await nc.close()
+
+    received = await consume(url, stream, subject, after=0, until=items[-1].last_version)
+    assert received.versions == list(range(1, items[-1].last_version + 1))
+
+
+async def test_a_restarted_consumer_carries_on_from_where_it_stopped(
+    names: tuple[str, str, str],
+) -> None:
+    url, stream, subject = names
+    items = batches(400)
+    first_half, second_half = items[:200], items[200:]
+    publisher = NatsPublisher(url, stream=stream, subject=subject)
+    publisher.start()
+    for batch in first_half:
+        publisher.publish(batch)
+
+    received = Received()
+    consumer = NatsConsumer(url, after=0, stream=stream, subject=subject)
+    consumer.subscribe(received)
+    await consumer.start()
+    await received.until(first_half[-1].last_version)
+    await consumer.stop()
+    stopped_at = consumer.version
+
+    for batch in second_half:  # published while no consumer runs
+        publisher.publish(batch)
+    assert await publisher.flush(30)
+    await publisher.close()
+
+    again = await consume(url, stream, subject, after=stopped_at, until=items[-1].last_version)
+    assert received.versions + again.versions == list(range(1, items[-1].last_version + 1))
+
+
+async def test_a_hole_in_the_stream_is_read_from_the_event_log(
+    names: tuple[str, str, str], tmp_path: Path
+) -> None:
+    url, stream, subject = names
+    items = batches(50)
+    async with SqliteEventLog(tmp_path / "events.sqlite3") as log:
+        for batch in items:
+            await log.append(batch.envelopes)
+        # batches 10..19 never reached the stream (dropped while NATS was down, say)
+        await publish_all(url, stream, subject, items[:10] + items[20:])
+
+        received = await consume(
+            url, stream, subject, after=0, until=items[-1].last_version, log=log
+        )
+    assert received.versions == list(range(1, items[-1].last_version + 1))
+    assert [e for b in received.batches for e in b.events] == [e for b in items for e in b.events]
+
+
+async def test_publishing_never_waits_for_nats(tmp_path: Path) -> None:
+    """Nothing listens on the URL: publish returns at once and the queue stays bounded."""
+    publisher = NatsPublisher("nats://127.0.0.1:9", max_queued=10)
+    publisher.start()
+    items = batches(25)
+    for batch in items:
+        publisher.publish(batch)
+    assert publisher.queued == 10
+    assert publisher.dropped == 15
+    assert publisher.last_version == items[-1].last_version
+    assert publisher.published_version == 0
+    assert not await publisher.flush(0.01)
+    await publisher.close(timeout=0.01)
