@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/store.py
 	$(BIN)/python bench/feed.py
 	$(BIN)/python bench/api.py
+	$(BIN)/python bench/bus.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -52,6 +52,8 @@ def test_bad_configuration_gives_a_one_line_error(tmp_path: Path) -> None:
     missing = run(["serve", "--markets", str(tmp_path / "none.toml")], tmp_path)
     assert "cannot read" in one_line_error(missing)
     assert "testnet or mainnet" in one_line_error(run(["serve", "--network", "moon"], tmp_path))
+    assert "NATS URL" in one_line_error(run(["serve", "--bus", "http://x"], tmp_path))
+    assert "PostgreSQL" in one_line_error(run(["gateway", "--db", "events.db"], tmp_path))
     (tmp_path / "data").write_text("a file where the data directory should be")
     assert "not writable" in one_line_error(run(["serve"], tmp_path))
 

@@ -101,3 +101,22 @@ def test_reindex_rebuilds_and_stores_a_snapshot(tmp_path: Path) -> None:
     asyncio.run(check())
     missing = CliRunner().invoke(app, ["reindex", "--db", str(tmp_path / "none" / "x.db")])
     assert missing.exit_code == 1
+
+
+async def test_an_exchange_whose_nats_is_down_trades_on_and_queues_for_it(
+    tmp_path: Path,
+) -> None:
+    """Nothing listens on the bus's URL: every command still completes, read models and the
+    feed follow, and the durable batches wait in the publisher's queue."""
+    db = str(tmp_path / "events.sqlite3")
+    ex = Exchange(Settings(db=db, ws_port=0, bus="nats://127.0.0.1:9"))
+    await ex.start()
+    try:
+        await trade(ex, 7000)
+        assert ex.publisher is not None
+        assert ex.models.version == ex.sequencer.engine.version
+        assert ex.publisher.last_version == ex.sequencer.engine.version
+        assert ex.publisher.published_version == 0
+        assert ex.publisher.queued > 0
+    finally:
+        await ex.stop()

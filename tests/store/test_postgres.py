@@ -13,6 +13,7 @@ from openperps.store import (
     GroupCommitWriter,
     StorageLocked,
     StorageUnavailable,
+    StoreError,
     StoreErrorCode,
     VersionGap,
 )
@@ -125,3 +126,18 @@ async def test_two_writers_racing_for_the_same_versions_cannot_both_win(
         assert sorted(type(r).__name__ for r in results) == ["NoneType", "VersionGap"]
         assert any(isinstance(r, VersionGap) for r in results)
         await assert_log(a, envelopes(1, 500))
+
+
+async def test_a_read_only_log_reads_what_the_writer_wrote_and_writes_nothing(
+    pg: PostgresBackend,
+) -> None:
+    reader = PostgresEventLog(pg.dsn, schema=pg.schema, read_only=True)
+    with pytest.raises(StoreError, match="no event log here yet"):
+        await reader.open()
+    async with pg.make() as log:
+        await log.append(envelopes(1, 5))
+        async with reader:
+            await assert_log(reader, envelopes(1, 5))
+            with pytest.raises(StoreError):  # the server refuses: read-only transactions
+                await reader.append(envelopes(6, 1))
+        await assert_log(log, envelopes(1, 5))

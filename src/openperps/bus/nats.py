@@ -1,11 +1,12 @@
 """The NATS JetStream bus: durable batches from the one writer to feed gateways elsewhere.
 
 One stream (``OPENPERPS`` by default) holds one subject (``openperps.events``). A message is
-a run of consecutive durable envelopes, encoded once as a msgpack array of the envelopes the
-log stores (the events' own bytes travel as they are; nobody re-encodes an event). Its
-``Nats-Msg-Id`` header is the first version it carries, so a message published again (a
-retry whose acknowledgement was lost) is dropped by the server inside the stream's duplicate
-window; ``Openperps-Last-Version`` names the last.
+a run of consecutive durable batches (one command's events each, as the sequencer published
+them: a gateway's feed then pushes what the engine's own feed pushes), encoded once as a
+msgpack array of arrays of the envelopes the log stores (the events' own bytes travel as
+they are; nobody re-encodes an event). Its ``Nats-Msg-Id`` header is the first version it
+carries, so a message published again (a retry whose acknowledgement was lost) is dropped by
+the server inside the stream's duplicate window; ``Openperps-Last-Version`` names the last.
 
 The writer's side, ``NatsPublisher``, is handed batches by the in-process bus and never makes
 the writer wait (architecture.md, "Back-pressure"): ``publish`` only appends to a bounded
@@ -56,17 +57,18 @@ LAST_HEADER = "Openperps-Last-Version"
 DUPLICATE_WINDOW_S = 120.0
 # below NATS' default max_payload (1 MiB); a single batch larger than this still goes alone
 MAX_MESSAGE_BYTES = 512 * 1024
+CONNECT_TIMEOUT_S = 5.0
 ENVELOPE_OVERHEAD = 48  # msgpack framing and the type tag, roughly, per envelope
 
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(list[Envelope])
+_decoder = msgspec.msgpack.Decoder(list[list[Envelope]])
 
 
-def encode_envelopes(envelopes: Sequence[Envelope]) -> bytes:
-    return _encoder.encode(envelopes)
+def encode_batches(batches: Sequence[Sequence[Envelope]]) -> bytes:
+    return _encoder.encode(batches)
 
 
-def decode_envelopes(data: bytes) -> list[Envelope]:
+def decode_batches(data: bytes) -> list[list[Envelope]]:
     return _decoder.decode(data)
 
 
@@ -75,15 +77,36 @@ def to_published(envelopes: Sequence[Envelope]) -> Published:
     return Published(envelopes, [decode_event(envelope.payload) for envelope in envelopes])
 
 
-async def connect(url: str, name: str) -> Any:
-    """A NATS connection that reconnects for ever; fails only if the first connect does."""
-    return await nats.connect(
-        url,
-        name=name,
-        allow_reconnect=True,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
-        connect_timeout=2,
+async def connect(url: str, name: str, timeout: float = CONNECT_TIMEOUT_S) -> Any:
+    """A NATS connection that reconnects for ever once made; raises ``TimeoutError`` if the
+    first connect does not succeed within ``timeout``. An outage is logged once, when it
+    starts, and again when it ends (not at every attempt)."""
+    down = False
+
+    async def on_error(exc: Exception) -> None:
+        nonlocal down
+        if not down:
+            down = True
+            logger.warning("NATS at %s: %s: %s", url, type(exc).__name__, exc)
+
+    async def on_reconnected() -> None:
+        nonlocal down
+        if down:
+            down = False
+            logger.warning("NATS at %s: connected again", url)
+
+    return await asyncio.wait_for(
+        nats.connect(
+            url,
+            name=name,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=2,
+            error_cb=on_error,
+            reconnected_cb=on_reconnected,
+        ),
+        timeout,
     )
 
 
@@ -167,6 +190,8 @@ class NatsPublisher:
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued is acknowledged; False if ``timeout`` passed first."""
+        if self._idle.is_set():
+            return True
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:
@@ -174,9 +199,10 @@ class NatsPublisher:
         return True
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Send what is queued (up to ``timeout``), then disconnect."""
+        """Send what is queued (up to ``timeout``, if NATS is there), then disconnect."""
         if self._task is not None:
-            if not await self.flush(timeout):
+            connected = self._nc is not None and self._nc.is_connected
+            if not await self.flush(timeout if connected else 0):
                 logger.warning(
                     "NATS: closing with %d batches unsent (up to version %d); readers fill "
                     "them from the event log",
@@ -192,21 +218,20 @@ class NatsPublisher:
                 await self._nc.close()
             self._nc = None
 
-    def _next_message(self) -> list[Envelope]:
+    def _next_message(self) -> list[Sequence[Envelope]]:
         """Take queued batches for one message: consecutive versions, within the size."""
         queue = self._queue
-        first = queue.popleft()
-        envelopes = list(first.envelopes)
-        size = sum(len(e.payload) + ENVELOPE_OVERHEAD for e in envelopes)
-        while queue and queue[0].first_version == envelopes[-1].version + 1:
+        batches = [queue.popleft().envelopes]
+        size = sum(len(e.payload) + ENVELOPE_OVERHEAD for e in batches[0])
+        while queue and queue[0].first_version == batches[-1][-1].version + 1:
             following = queue[0].envelopes
             more = sum(len(e.payload) + ENVELOPE_OVERHEAD for e in following)
             if size + more > self.max_message_bytes:
                 break
             queue.popleft()
-            envelopes += following
+            batches.append(following)
             size += more
-        return envelopes
+        return batches
 
     async def _run(self) -> None:
         delay = 0.05
@@ -220,7 +245,13 @@ class NatsPublisher:
                     with contextlib.suppress(Exception):
                         await self._nc.close()
                     self._nc = None
-                logger.warning("NATS at %s: %s; retrying in %.1f s", self.url, exc, delay)
+                if delay == 0.05:  # once; the attempts go on quietly
+                    logger.warning(
+                        "NATS at %s: %s; publishing when it answers (%s)",
+                        self.url,
+                        type(exc).__name__,
+                        exc,
+                    )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
         while True:
@@ -229,13 +260,12 @@ class NatsPublisher:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            envelopes = self._next_message()
-            await self._send(js, envelopes)
+            await self._send(js, self._next_message())
 
-    async def _send(self, js: Any, envelopes: list[Envelope]) -> None:
+    async def _send(self, js: Any, batches: list[Sequence[Envelope]]) -> None:
         """Send one message until the server takes it: the same bytes under the same id."""
-        data = encode_envelopes(envelopes)
-        first, last = envelopes[0].version, envelopes[-1].version
+        data = encode_batches(batches)
+        first, last = batches[0][0].version, batches[-1][-1].version
         delay = 0.05
         while True:
             headers = {ID_HEADER: str(first), LAST_HEADER: str(last)}
@@ -251,14 +281,15 @@ class NatsPublisher:
                 raise
             except Exception as exc:
                 self.failures += 1
-                logger.warning(
-                    "NATS publish of %d..%d failed (%s: %s); retrying in %.1f s",
-                    first,
-                    last,
-                    type(exc).__name__,
-                    exc,
-                    delay,
-                )
+                if delay == 0.05:  # once per message; the retries go on quietly
+                    logger.warning(
+                        "NATS publish of %d..%d failed (%s: %s); sending it again until "
+                        "the server takes it",
+                        first,
+                        last,
+                        type(exc).__name__,
+                        exc,
+                    )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
@@ -303,8 +334,11 @@ class NatsConsumer:
         return self._bus.subscribe(subscriber)
 
     async def start(self) -> None:
-        """Connect and start delivering; raises if NATS does not answer now."""
-        self._nc = await connect(self.url, "openperps-consumer")
+        """Connect and start delivering; ``ConnectionError`` if NATS does not answer now."""
+        try:
+            self._nc = await connect(self.url, "openperps-consumer")
+        except TimeoutError:
+            raise ConnectionError(f"NATS at {self.url} does not answer") from None
         js = self._nc.jetstream()
         await ensure_stream(js, self.stream, self.subject)
         start = await self._start_sequence(js)
@@ -351,7 +385,8 @@ class NatsConsumer:
 
     async def _on_message(self, msg: Any) -> None:
         try:
-            await self.deliver(decode_envelopes(msg.data))
+            for batch in decode_batches(msg.data):
+                await self.deliver(batch)
         except Exception:
             # a broken message or a log that cannot be read: reported, and the next
             # message's hole check reads what this one missed from the log
@@ -359,7 +394,8 @@ class NatsConsumer:
         self.messages += 1
 
     async def deliver(self, envelopes: Sequence[Envelope]) -> None:
-        """Deliver what ``envelopes`` adds after ``version``, filling a hole from the log."""
+        """Deliver what one batch adds after ``version``, filling a hole from the log (in
+        the log's chunks: a hole is where the feed may merge several commands' pushes)."""
         fresh = [e for e in envelopes if e.version > self.version]
         if not fresh:
             return

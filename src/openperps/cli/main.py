@@ -16,6 +16,7 @@ from rich.table import Table
 
 from openperps import __version__
 from openperps.cli import trade
+from openperps.cli.gateway import gateway
 from openperps.cli.reindex import reindex
 from openperps.cli.serve import serve
 from openperps.core.errors import OpenPerpsError
@@ -77,6 +78,7 @@ def markets(
 
 
 app.command()(serve)
+app.command()(gateway)
 app.command()(reindex)
 app.command()(trade.keygen)
 app.command()(trade.account)

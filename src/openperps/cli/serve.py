@@ -31,6 +31,16 @@ from openperps.store import StoreError
 err = Console(stderr=True, soft_wrap=True)
 
 
+# the stream the engine publishes to and gateways follow (serve and gateway share them)
+NatsStream = Annotated[
+    str, typer.Option(envvar="OPENPERPS_NATS_STREAM", help="JetStream stream of the bus")
+]
+NatsSubject = Annotated[
+    str, typer.Option(envvar="OPENPERPS_NATS_SUBJECT", help="subject of that stream")
+]
+DEFAULT_STREAM, DEFAULT_SUBJECT = "OPENPERPS", "openperps.events"
+
+
 def _fail(message: str) -> NoReturn:
     err.print(f"[red]error[/red]: {message}")
     raise typer.Exit(1)
@@ -84,6 +94,15 @@ def serve(
     replay_speed: Annotated[
         float, typer.Option(envvar="OPENPERPS_REPLAY_SPEED", help="1: recorded pace, 0: flat out")
     ] = 1.0,
+    bus: Annotated[
+        str | None,
+        typer.Option(
+            envvar="OPENPERPS_BUS",
+            help="nats://host:port: also publish every durable batch for feed gateways",
+        ),
+    ] = None,
+    nats_stream: NatsStream = DEFAULT_STREAM,
+    nats_subject: NatsSubject = DEFAULT_SUBJECT,
     config: Annotated[
         Path | None,
         typer.Option(envvar="OPENPERPS_CONFIG", help="TOML file setting any of these options"),
@@ -119,6 +138,9 @@ def serve(
         oracle_csv = Path(chosen["oracle_csv"]) if "oracle_csv" in chosen else oracle_csv
         replay_speed = chosen.get("replay_speed", replay_speed)
         funding_interval = chosen.get("funding_interval", funding_interval)
+        bus = chosen.get("bus", bus)
+        nats_stream = chosen.get("nats_stream", nats_stream)
+        nats_subject = chosen.get("nats_subject", nats_subject)
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -128,6 +150,8 @@ def serve(
             logging.getLogger(chatty).setLevel(logging.WARNING)
     if network not in ("testnet", "mainnet"):
         _fail("--network is testnet or mainnet")
+    if bus is not None and not bus.startswith(("nats://", "tls://")):
+        _fail("--bus is a NATS URL: nats://host:port")
     net: Literal["mainnet", "testnet"] = "mainnet" if network == "mainnet" else "testnet"
     try:
         configured = (
@@ -179,6 +203,9 @@ def serve(
         host=host,
         ws_port=ws_port,
         funding_check_seconds=0 if ticks else 1.0,
+        bus=bus,
+        bus_stream=nats_stream,
+        bus_subject=nats_subject,
     )
     try:
         uvloop.run(
@@ -221,6 +248,9 @@ CONFIG_TYPES: dict[str, tuple[type, ...]] = {
     "oracle_csv": (str,),
     "replay_speed": (int, float),
     "funding_interval": (int,),
+    "bus": (str,),
+    "nats_stream": (str,),
+    "nats_subject": (str,),
 }
 
 
@@ -319,15 +349,11 @@ async def _serve(
         f"(docs at /schema), feed on ws://{settings.host}:{exchange.feed.port}/ws/ "
         f"({len(engine.markets)} markets, version {engine.version}, "
         f"{'compiled' if is_compiled() else 'pure-Python'} engine"
-        f"{', simulated traders on' if sim else ''}); Ctrl-C stops"
+        f"{', simulated traders on' if sim else ''}"
+        f"{f', publishing to {settings.bus}' if settings.bus else ''}); Ctrl-C stops"
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(signum, stop.set)
     try:
-        await stop.wait()
+        await until_signalled()
     finally:
         await exchange.stop_work()  # the traders stop before the API they trade through
         api.should_exit = True
@@ -336,3 +362,13 @@ async def _serve(
         err.print("stopped; the log is flushed")
     if sys.stderr.isatty():
         err.print()
+
+
+async def until_signalled() -> None:
+    """Return on SIGINT or SIGTERM (Ctrl-C, a service manager's stop)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
+    await stop.wait()

@@ -2,8 +2,11 @@
 
 ``Exchange.start`` opens the event log, rebuilds the engine (snapshot + replay) and the read
 models (from the log), lists configured markets the log does not have yet, and starts the
-feed. Every durable batch flows: sequencer -> bus -> read models -> feed pushes.
-``Exchange.stop`` closes feed clients with 1012, flushes the writer and closes the log.
+feed. Every durable batch flows: sequencer -> bus -> read models -> feed pushes; with
+``Settings.bus`` (a NATS URL) it also goes to the JetStream stream that feed gateways in other
+processes follow (``openperps gateway``), without ever making the writer wait.
+``Exchange.stop`` closes feed clients with 1012, flushes the writer, sends what is left for
+the stream and closes the log.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from openperps.bus import InProcessBus, Published
 from openperps.core import commands as c
@@ -25,6 +29,9 @@ from openperps.runtime.sequencer import Clock, NotDurable, Sequencer, wall_clock
 from openperps.runtime.snapshots import Snapshotter
 from openperps.runtime.startup import Progress, load_engine, load_read_models
 from openperps.store import EventLog, GroupCommitWriter, open_log
+
+if TYPE_CHECKING:
+    from openperps.bus.nats import NatsPublisher
 
 logger = logging.getLogger("openperps.runtime")
 
@@ -40,6 +47,9 @@ class Settings:
     snapshot_every_events: int = 200_000
     snapshot_every_seconds: float = 300.0
     funding_check_seconds: float = 1.0
+    bus: str | None = None  # nats://host:port: also publish every durable batch there
+    bus_stream: str = "OPENPERPS"
+    bus_subject: str = "openperps.events"
 
 
 class ReplayClock:
@@ -62,6 +72,7 @@ class Exchange:
         self.feed = FeedServer(
             self.models, limits=settings.feed_limits, server_limits=settings.server_limits
         )
+        self.publisher: NatsPublisher | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.ready = False
 
@@ -79,6 +90,14 @@ class Exchange:
             self.models, limits=settings.feed_limits, server_limits=settings.server_limits
         )
         self.bus.subscribe(self._on_published)
+        if settings.bus is not None:
+            from openperps.bus.nats import NatsPublisher  # only a scaled-out exchange needs it
+
+            self.publisher = NatsPublisher(
+                settings.bus, stream=settings.bus_stream, subject=settings.bus_subject
+            )
+            self.publisher.start()
+            self.bus.subscribe(self.publisher.publish)
         for market in settings.markets:
             if market.market_id not in self.sequencer.engine.markets:
                 await self.sequencer.execute(c.ListMarket(timestamp=0, market=market))
@@ -148,5 +167,8 @@ class Exchange:
         await self.feed.stop()
         if self.log is not None:
             await self.writer.close()
+            if self.publisher is not None:  # after the writer: its last batches go out too
+                await self.publisher.close()
+                self.publisher = None
             await self.log.close()
             self.log = None

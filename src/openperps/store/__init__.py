@@ -59,8 +59,13 @@ __all__ = [
 ]
 
 
-def log_from_url(url: str | None = None) -> EventLog:
-    """The event log a URL names (see the module docstring); ``None`` is the default file."""
+def log_from_url(url: str | None = None, *, read_only: bool = False) -> EventLog:
+    """The event log a URL names (see the module docstring); ``None`` is the default file.
+
+    ``read_only`` (PostgreSQL only) opens a log another process writes, for reading only.
+    """
+    if read_only and not (url or "").startswith(("postgresql://", "postgres://")):
+        raise UnsupportedURL(f"a reader needs a postgresql:// event log, not {url!r}")
     if url is None or url in ("sqlite://", "sqlite:"):
         return SqliteEventLog()
     if url.startswith("sqlite:///"):
@@ -73,14 +78,17 @@ def log_from_url(url: str | None = None) -> EventLog:
         query = parse_qsl(parts.query, keep_blank_values=True)
         schema = next((v for k, v in query if k == "schema"), DEFAULT_SCHEMA)
         rest = urlencode([(k, v) for k, v in query if k != "schema"])
-        return PostgresEventLog(urlunsplit(parts._replace(query=rest)), schema=schema)
+        return PostgresEventLog(
+            urlunsplit(parts._replace(query=rest)), schema=schema, read_only=read_only
+        )
     if "://" in url or url.startswith("sqlite:"):
         raise UnsupportedURL(f"unsupported event log URL {url!r}: use sqlite:/// or postgresql://")
     return SqliteEventLog(url)
 
 
-async def open_log(url: str | None = None) -> EventLog:
-    """``log_from_url(url)``, opened: migrated, tail-checked, ready to append."""
-    log = log_from_url(url)
+async def open_log(url: str | None = None, *, read_only: bool = False) -> EventLog:
+    """``log_from_url(url)``, opened: migrated, tail-checked, ready to append (or, with
+    ``read_only``, checked and ready to read)."""
+    log = log_from_url(url, read_only=read_only)
     await log.open()
     return log

@@ -15,6 +15,10 @@ the batch with ``StorageUnavailable`` instead of stalling the writer for ever.
 
 Migrations and tail repair hold a transaction-scoped advisory lock, so two processes opening the
 same schema at once do not race.
+
+``read_only=True`` is how a process that only reads (a feed gateway) opens the log another
+process writes: no migration, no tail repair, every transaction read-only on the server, and
+the schema must already hold a log of this version.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from openperps.store.base import DEFAULT_READ_BATCH, EventLog, check_read_range,
 from openperps.store.envelope import Envelope, Snapshot
 from openperps.store.errors import (
     LogClosed,
+    SchemaTooNew,
     SnapshotAhead,
     StorageFull,
     StorageLocked,
@@ -110,6 +115,7 @@ class PostgresEventLog(EventLog):
         connect_timeout_s: float = 10.0,
         command_timeout_s: float | None = 60.0,
         lock_timeout_ms: int = 5_000,
+        read_only: bool = False,
     ) -> None:
         if not _IDENTIFIER.fullmatch(schema):
             raise ValueError(f"not a plain PostgreSQL identifier: {schema!r}")
@@ -119,6 +125,7 @@ class PostgresEventLog(EventLog):
         self.connect_timeout_s = connect_timeout_s
         self.command_timeout_s = command_timeout_s
         self.lock_timeout_ms = lock_timeout_ms
+        self.read_only = read_only
         self._pool: Any = None  # asyncpg.Pool
         self._q = f'"{schema}"'  # the quoted schema, for building statements
 
@@ -141,14 +148,18 @@ class PostgresEventLog(EventLog):
                     "application_name": APPLICATION_NAME,
                     "synchronous_commit": "on",
                     "lock_timeout": str(int(self.lock_timeout_ms)),
+                    "default_transaction_read_only": "on" if self.read_only else "off",
                 },
             )
         self._pool = pool
         try:
             with _translated():
                 async with pool.acquire() as conn:
-                    await self._migrate(conn)
-                    await self._repair_tail(conn)
+                    if self.read_only:
+                        await self._check_schema(conn)
+                    else:
+                        await self._migrate(conn)
+                        await self._repair_tail(conn)
         except BaseException:
             await self.close()
             raise
@@ -199,6 +210,27 @@ class PostgresEventLog(EventLog):
                 logger.info(
                     "%s: migrated schema from version %d to %d", self, current, SCHEMA_VERSION
                 )
+
+    async def _check_schema(self, conn: Any) -> None:
+        """For a reader: the schema holds a log this version reads, written by someone else."""
+        exists = await conn.fetchval(
+            "SELECT 1 FROM information_schema.tables WHERE table_schema = $1 "
+            "AND table_name = 'store_meta'",
+            self.schema,
+        )
+        value = None
+        if exists:
+            value = await conn.fetchval(
+                f"SELECT value FROM {self._q}.store_meta WHERE key = 'schema_version'"
+            )
+        if value is None:
+            raise StoreError(f"{self}: no event log here yet (start the writer first)")
+        if int(value) > SCHEMA_VERSION:
+            raise SchemaTooNew(int(value), SCHEMA_VERSION)
+        if int(value) < SCHEMA_VERSION:
+            raise StoreError(
+                f"{self}: schema version {value}; the writer migrates it to {SCHEMA_VERSION}"
+            )
 
     async def _repair_tail(self, conn: Any) -> None:
         q = self._q

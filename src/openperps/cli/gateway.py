@@ -1,0 +1,87 @@
+"""``openperps gateway``: one more feed server for an exchange that publishes to NATS."""
+
+from __future__ import annotations
+
+import errno
+import logging
+from typing import Annotated
+
+import typer
+import uvloop
+
+from openperps.cli.serve import (
+    DEFAULT_STREAM,
+    DEFAULT_SUBJECT,
+    NatsStream,
+    NatsSubject,
+    _fail,
+    err,
+    until_signalled,
+)
+from openperps.runtime.gateway import Gateway, GatewaySettings
+from openperps.runtime.startup import settle_heap
+from openperps.store import StoreError
+
+
+def gateway(
+    db: Annotated[
+        str,
+        typer.Option(
+            envvar="OPENPERPS_DB", help="the exchange's event log: postgresql://...?schema=..."
+        ),
+    ],
+    nats: Annotated[
+        str, typer.Option(envvar="OPENPERPS_NATS", help="the NATS server the exchange publishes to")
+    ] = "nats://127.0.0.1:4222",
+    nats_stream: NatsStream = DEFAULT_STREAM,
+    nats_subject: NatsSubject = DEFAULT_SUBJECT,
+    host: Annotated[str, typer.Option(envvar="OPENPERPS_HOST", help="address to bind")] = (
+        "127.0.0.1"
+    ),
+    ws_port: Annotated[int, typer.Option(envvar="OPENPERPS_WS_PORT", help="feed port")] = 8765,
+    log_level: Annotated[str, typer.Option(envvar="OPENPERPS_LOG_LEVEL")] = "INFO",
+) -> None:
+    """Serve the WebSocket feed of an exchange running elsewhere (`serve --bus nats://...`):
+    read models from its event log, then its live batches from NATS. Feed only; never writes."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not db.startswith(("postgresql://", "postgres://")):
+        _fail("--db is the exchange's PostgreSQL event log: postgresql://...")
+    settings = GatewaySettings(
+        db=db,
+        nats=nats,
+        stream=nats_stream,
+        subject=nats_subject,
+        host=host,
+        ws_port=ws_port,
+    )
+    try:
+        uvloop.run(_run(settings))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            _fail(f"port {ws_port} in use on {host}: choose --ws-port")
+        _fail(f"{exc.strerror or exc}")
+    except StoreError as exc:
+        _fail(str(exc))
+    except Exception as exc:  # NATS that does not answer, most likely
+        _fail(f"{type(exc).__name__}: {exc}")
+
+
+async def _run(settings: GatewaySettings) -> None:
+    gateway = Gateway(settings)
+    await gateway.start()
+    settle_heap()
+    assert gateway.feed is not None
+    err.print(
+        f"[green]OpenPerps gateway[/green] feed on ws://{settings.host}:{gateway.feed.port}/ws/ "
+        f"(version {gateway.models.version}, following {settings.stream} on {settings.nats}); "
+        "Ctrl-C stops"
+    )
+    try:
+        await until_signalled()
+    finally:
+        await gateway.stop()
+        err.print("gateway stopped")

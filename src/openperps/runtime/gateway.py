@@ -1,0 +1,85 @@
+"""A feed gateway: the WebSocket feed of an exchange that runs in another process.
+
+``Gateway.start`` opens the event log read-only, loads the read models as ``openperps serve``
+does at start (newest snapshot, then the log after it) at some version V, and joins the NATS
+stream right after V (architecture.md: a gateway takes its state from the log at a known
+version and the live stream after it). Each batch from the stream is folded into its read
+models and pushed by its own ``FeedServer``, exactly as in the engine's process; a hole in
+the stream is read from the log. It serves the feed only: no engine, no REST, and it never
+writes the log. Any number of gateways can run behind a TCP load balancer; a restarted one
+starts again from the log, so a client resuming with ``since_version`` loses and repeats
+nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from openperps.bus import Published
+from openperps.bus.nats import DEFAULT_STREAM, DEFAULT_SUBJECT, DEFAULT_URL, NatsConsumer
+from openperps.feed.server import FeedServer, ServerLimits
+from openperps.feed.session import FeedLimits
+from openperps.runtime.startup import load_read_models
+from openperps.store import EventLog, open_log
+
+logger = logging.getLogger("openperps.gateway")
+
+
+@dataclass
+class GatewaySettings:
+    db: str  # the writer's event log: postgresql://...?schema=...
+    nats: str = DEFAULT_URL
+    stream: str = DEFAULT_STREAM
+    subject: str = DEFAULT_SUBJECT
+    host: str = "127.0.0.1"
+    ws_port: int = 8765
+    feed_limits: FeedLimits = field(default_factory=FeedLimits)
+    server_limits: ServerLimits = field(default_factory=ServerLimits)
+
+
+class Gateway:
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.log: EventLog | None = None
+        self.consumer: NatsConsumer | None = None
+        self.feed: FeedServer | None = None
+
+    async def start(self) -> None:
+        settings = self.settings
+        self.log = log = await open_log(settings.db, read_only=True)
+        try:
+            self.models = models = await load_read_models(log)
+            self.feed = FeedServer(
+                models, limits=settings.feed_limits, server_limits=settings.server_limits
+            )
+            self.consumer = NatsConsumer(
+                settings.nats,
+                after=models.version,
+                log=log,
+                stream=settings.stream,
+                subject=settings.subject,
+            )
+            self.consumer.subscribe(self._on_published)
+            await self.consumer.start()
+            await self.feed.start(settings.host, settings.ws_port)
+        except BaseException:
+            await self.stop()
+            raise
+        logger.info(
+            "gateway ready at version %d, following stream %s", models.version, settings.stream
+        )
+
+    def _on_published(self, batch: Published) -> None:
+        assert self.feed is not None
+        self.feed.on_applied(self.models.apply_all(batch.events))
+
+    async def stop(self) -> None:
+        if self.feed is not None:
+            await self.feed.stop()
+        if self.consumer is not None:
+            await self.consumer.stop()
+            self.consumer = None
+        if self.log is not None:
+            await self.log.close()
+            self.log = None
