@@ -4,6 +4,8 @@ any starting version, across a consumer restart, with holes read from the event 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,6 +20,8 @@ from openperps.bus.nats import (
     encode_batches,
 )
 from openperps.store import SqliteEventLog
+from tests.runtime.test_demo import free_port
+from tests.services import unavailable
 
 from .helpers import batches, nats_or_skip, unique_stream
 
@@ -206,3 +210,77 @@ async def test_publishing_never_waits_for_nats(tmp_path: Path) -> None:
     assert publisher.published_version == 0
     assert not await publisher.flush(0.01)
     await publisher.close(timeout=0.01)
+
+
+class PrivateNats:
+    """A NATS server of this test's own (JetStream, files in ``directory``) that it can stop
+    and start again on the same port, as an outage does."""
+
+    def __init__(self, directory: Path) -> None:
+        binary = shutil.which("nats-server")
+        if binary is None:
+            unavailable("nats-server is not installed")
+        self.port = free_port()
+        self.command = [binary, "-js", "-a", "127.0.0.1", "-p", str(self.port)]
+        self.command += ["-sd", str(directory)]
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        self.process = subprocess.Popen(
+            self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        while True:  # until JetStream answers (the test's timeout bounds it)
+            try:
+                _reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                await asyncio.sleep(0.02)
+                continue
+            writer.close()
+            nc = await nats.connect(self.url, allow_reconnect=False)
+            try:
+                await nc.jetstream().account_info()
+                return
+            except Exception:
+                await asyncio.sleep(0.05)
+            finally:
+                await nc.close()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+            self.process = None
+
+
+async def test_an_outage_of_nats_delays_the_stream_and_loses_nothing(tmp_path: Path) -> None:
+    server = PrivateNats(tmp_path / "jetstream")
+    await server.start()
+    items = batches(300)
+    publisher = NatsPublisher(server.url)
+    received = Received()
+    consumer = NatsConsumer(server.url, after=0)
+    consumer.subscribe(received)
+    try:
+        publisher.start()
+        await consumer.start()
+        for batch in items[:100]:
+            publisher.publish(batch)
+        await received.until(items[99].last_version)
+        assert await publisher.flush(10)
+
+        server.stop()
+        for batch in items[100:200]:  # the writer goes on; publish never waits
+            publisher.publish(batch)
+        assert publisher.published_version == items[99].last_version
+
+        await server.start()
+        for batch in items[200:]:
+            publisher.publish(batch)
+        assert await publisher.flush(60)
+        await received.until(items[-1].last_version)
+    finally:
+        await consumer.stop()
+        await publisher.close()
+        server.stop()
+    assert received.versions == list(range(1, items[-1].last_version + 1))

@@ -25,7 +25,9 @@ ordered consumer. Envelopes at or below the version already delivered are skippe
 duplicate, an overlap), and a hole (a dropped batch, a stream trimmed by its limits, a writer
 that crashed between its commit and its publish) is read from the event log before the
 message that follows it. So a gateway that restarts at the version its read models hold
-loses and repeats nothing.
+loses and repeats nothing. When its connection comes back after an outage, the consumer is
+made again from the version after the last one delivered (a restarted server has forgotten
+it), rather than waiting for the client to notice missed heartbeats.
 """
 
 from __future__ import annotations
@@ -77,10 +79,15 @@ def to_published(envelopes: Sequence[Envelope]) -> Published:
     return Published(envelopes, [decode_event(envelope.payload) for envelope in envelopes])
 
 
-async def connect(url: str, name: str, timeout: float = CONNECT_TIMEOUT_S) -> Any:
+async def connect(
+    url: str,
+    name: str,
+    timeout: float = CONNECT_TIMEOUT_S,
+    reconnected: Callable[[], None] | None = None,
+) -> Any:
     """A NATS connection that reconnects for ever once made; raises ``TimeoutError`` if the
     first connect does not succeed within ``timeout``. An outage is logged once, when it
-    starts, and again when it ends (not at every attempt)."""
+    starts, and again when it ends (not at every attempt); ``reconnected`` is called then."""
     down = False
 
     async def on_error(exc: Exception) -> None:
@@ -94,6 +101,8 @@ async def connect(url: str, name: str, timeout: float = CONNECT_TIMEOUT_S) -> An
         if down:
             down = False
             logger.warning("NATS at %s: connected again", url)
+        if reconnected is not None:
+            reconnected()
 
     return await asyncio.wait_for(
         nats.connect(
@@ -328,7 +337,9 @@ class NatsConsumer:
         self._bus.last_version = after
         self._nc: Any = None
         self._sub: Any = None
-        self._failed: BaseException | None = None
+        self._js: Any = None
+        self._delivering = asyncio.Lock()  # one message at a time, across resubscriptions
+        self._resubscribing: asyncio.Task[None] | None = None
 
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
         return self._bus.subscribe(subscriber)
@@ -336,13 +347,19 @@ class NatsConsumer:
     async def start(self) -> None:
         """Connect and start delivering; ``ConnectionError`` if NATS does not answer now."""
         try:
-            self._nc = await connect(self.url, "openperps-consumer")
+            self._nc = await connect(
+                self.url, "openperps-consumer", reconnected=self._on_reconnected
+            )
         except TimeoutError:
             raise ConnectionError(f"NATS at {self.url} does not answer") from None
-        js = self._nc.jetstream()
-        await ensure_stream(js, self.stream, self.subject)
-        start = await self._start_sequence(js)
-        self._sub = await js.subscribe(
+        self._js = self._nc.jetstream()
+        await ensure_stream(self._js, self.stream, self.subject)
+        await self._subscribe()
+
+    async def _subscribe(self) -> None:
+        """Consume from the message that holds the version after ``version``."""
+        start = await self._start_sequence(self._js)
+        self._sub = await self._js.subscribe(
             self.subject,
             stream=self.stream,
             ordered_consumer=True,
@@ -352,7 +369,37 @@ class NatsConsumer:
             cb=self._on_message,
         )
 
+    def _on_reconnected(self) -> None:
+        """A server that restarted has forgotten the consumer (its state lives in memory):
+        start a new one after the version delivered rather than wait for the client to
+        notice missing heartbeats."""
+        if self._sub is not None and self._resubscribing is None:
+            self._resubscribing = asyncio.create_task(self._resubscribe())
+
+    async def _resubscribe(self) -> None:
+        delay = 0.05
+        try:
+            while self._nc is not None:
+                old, self._sub = self._sub, None
+                if old is not None:
+                    with contextlib.suppress(Exception):
+                        await old.unsubscribe()
+                try:
+                    async with self._delivering:
+                        await self._subscribe()
+                    return
+                except Exception as exc:  # JetStream not ready yet after a restart, say
+                    logger.debug("NATS consumer: subscribing again failed (%s)", exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+        finally:
+            self._resubscribing = None
+
     async def stop(self) -> None:
+        if self._resubscribing is not None:
+            self._resubscribing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resubscribing
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
@@ -385,8 +432,9 @@ class NatsConsumer:
 
     async def _on_message(self, msg: Any) -> None:
         try:
-            for batch in decode_batches(msg.data):
-                await self.deliver(batch)
+            async with self._delivering:
+                for batch in decode_batches(msg.data):
+                    await self.deliver(batch)
         except Exception:
             # a broken message or a log that cannot be read: reported, and the next
             # message's hole check reads what this one missed from the log
