@@ -89,7 +89,7 @@ class Deployment:
                         pass
                     await asyncio.sleep(0.05)
 
-    async def start_gateway(self, name: str) -> tuple[subprocess.Popen[bytes], int]:
+    async def start_gateway(self, name: str, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
         port = free_port()
         process = self.spawn(
             name,
@@ -102,6 +102,7 @@ class Deployment:
                 *self.bus,
                 "--ws-port",
                 str(port),
+                *extra,
             ],
         )
         async with asyncio.timeout(WAIT_S):
@@ -227,7 +228,8 @@ async def test_gateways_push_what_the_engine_pushes_and_a_restart_loses_nothing(
         await maker.place_limit_order(MARKET, long=False, size="1", price="5.300", leverage=5)
 
         _a, port_a = await deployment.start_gateway("gateway-a")
-        process_b, port_b = await deployment.start_gateway("gateway-b")
+        http_b = free_port()
+        process_b, port_b = await deployment.start_gateway("gateway-b", "--http-port", str(http_b))
         feeds = {"engine": deployment.ws_port, "a": port_a, "b": port_b}
         requests = subscriptions(maker.profile, taker.profile)
         clients = {
@@ -299,5 +301,24 @@ async def test_gateways_push_what_the_engine_pushes_and_a_restart_loses_nothing(
             assert before and after, name  # some before the kill, some missed while down
             assert before + after == on_engine.records(), name  # nothing lost, nothing twice
             assert clients["b", name].frames == on_engine.frames, name
+        # gateway B's operator endpoint: following, at the engine's version, its clients counted
+        newest = max(client.version for client in clients.values())
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_b}") as http:
+            health = await http.get("/health")
+            assert health.status_code == 200
+            assert health.json() == {"following": True, "version": health.json()["version"]}
+            assert health.json()["version"] >= newest
+            metrics = (await http.get("/metrics")).text
+            assert f"openperps_feed_connections {len(requests)}\n" in metrics
+            assert "openperps_gateway_holes_unfilled_total 0\n" in metrics
+            assert 'openperps_build_info{version="' in metrics
+            assert (await http.get("/nothing")).status_code == 404
+            assert (await http.post("/metrics")).status_code == 405
+        # the engine's side: what NATS acknowledged, nothing dropped
+        async with httpx.AsyncClient(base_url=url) as http:
+            engine_metrics = (await http.get("/metrics")).text
+        assert "openperps_bus_dropped_total 0\n" in engine_metrics
+        published = engine_metrics.split("\nopenperps_bus_published_version ", 1)[1]
+        assert int(published.split("\n", 1)[0]) >= newest
         for client in [*clients.values(), *resumed.values()]:
             await client.close()

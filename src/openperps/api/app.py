@@ -35,7 +35,6 @@ from litestar.openapi import OpenAPIConfig
 from openperps import __version__
 from openperps.core import commands as c
 from openperps.core import events as e
-from openperps.core import is_compiled
 from openperps.core.errors import MESSAGES, ErrorCode, InvalidInput, OpenPerpsError
 from openperps.core.markets import MarketConfig, Network, market_from_table
 from openperps.core.numbers import (
@@ -45,6 +44,7 @@ from openperps.core.numbers import (
     parse_decimal,
     parse_id,
 )
+from openperps.feed.prometheus import build_lines, feed_lines, publisher_lines
 from openperps.indexer.render import Renderer
 from openperps.runtime.app import Exchange
 from openperps.runtime.sequencer import NotDurable
@@ -201,46 +201,14 @@ async def health(state: State) -> Response[bytes]:
 @get("/metrics", media_type="text/plain")
 async def metrics(state: State) -> str:
     exchange = _exchange(state)
-    m = exchange.feed.metrics
-    frames, queued, largest = exchange.feed.outbox_stats()
-    build = "compiled" if is_compiled() else "pure"
-    lines = [
-        "# TYPE openperps_build_info gauge",
-        f'openperps_build_info{{version="{__version__}",engine="{build}"}} 1',
+    lines = build_lines()
+    lines += [
         "# TYPE openperps_transaction_version gauge",
         f"openperps_transaction_version {exchange.sequencer.engine.version}",
-        "# TYPE openperps_feed_connections gauge",
-        f"openperps_feed_connections {m.connections}",
-        "# TYPE openperps_feed_subscriptions gauge",
-        f"openperps_feed_subscriptions {exchange.feed.subscription_count()}",
-        "# TYPE openperps_feed_subscribed_keys gauge",
-        f"openperps_feed_subscribed_keys {len(exchange.feed.hub.holders)}",
-        "# TYPE openperps_feed_paused_connections gauge",
-        f"openperps_feed_paused_connections {len(exchange.feed.paused)}",
-        "# TYPE openperps_feed_outbox_frames gauge",
-        f"openperps_feed_outbox_frames {frames}",
-        "# TYPE openperps_feed_outbox_bytes gauge",
-        f"openperps_feed_outbox_bytes {queued}",
-        "# TYPE openperps_feed_outbox_largest_bytes gauge",
-        f"openperps_feed_outbox_largest_bytes {largest}",
-        "# TYPE openperps_feed_coalesced_total counter",
-        f"openperps_feed_coalesced_total {m.coalesced}",
-        "# TYPE openperps_feed_messages_sent_total counter",
-        f"openperps_feed_messages_sent_total {m.messages_sent}",
-        "# TYPE openperps_feed_bytes_sent_total counter",
-        f"openperps_feed_bytes_sent_total {m.bytes_sent}",
-        "# TYPE openperps_feed_closes_total counter",
     ]
-    lines += [f'openperps_feed_closes_total{{reason="{k}"}} {v}' for k, v in m.closes.items()]
-    lines.append("# TYPE openperps_feed_push_latency_ms histogram")
-    cumulative = 0
-    for bound, count in zip(m.latency_buckets, m.latency_counts, strict=False):
-        cumulative += count
-        lines.append(f'openperps_feed_push_latency_ms_bucket{{le="{bound}"}} {cumulative}')
-    cumulative += m.latency_counts[-1]
-    lines.append(f'openperps_feed_push_latency_ms_bucket{{le="+Inf"}} {cumulative}')
-    lines.append(f"openperps_feed_push_latency_ms_sum {m.latency_sum}")
-    lines.append(f"openperps_feed_push_latency_ms_count {cumulative}")
+    lines += feed_lines(exchange.feed)
+    if exchange.publisher is not None:
+        lines += publisher_lines(exchange.publisher)
     return "\n".join(lines) + "\n"
 
 

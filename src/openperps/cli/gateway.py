@@ -39,6 +39,12 @@ def gateway(
         "127.0.0.1"
     ),
     ws_port: Annotated[int, typer.Option(envvar="OPENPERPS_WS_PORT", help="feed port")] = 8765,
+    http_port: Annotated[
+        int | None,
+        typer.Option(
+            envvar="OPENPERPS_HTTP_PORT", help="serve GET /metrics and /health on this port"
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(envvar="OPENPERPS_LOG_LEVEL")] = "INFO",
 ) -> None:
     """Serve the WebSocket feed of an exchange running elsewhere (`serve --bus nats://...`):
@@ -55,6 +61,7 @@ def gateway(
         subject=nats_subject,
         host=host,
         ws_port=ws_port,
+        http_port=http_port,
     )
     try:
         uvloop.run(_run(settings))
@@ -62,7 +69,9 @@ def gateway(
         pass
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            _fail(f"port {ws_port} in use on {host}: choose --ws-port")
+            if http_port is None:
+                _fail(f"port {ws_port} in use on {host}: choose --ws-port")
+            _fail(f"port {ws_port} or {http_port} in use on {host}: choose --ws-port/--http-port")
         _fail(f"{exc.strerror or exc}")
     except StoreError as exc:
         _fail(str(exc))
@@ -77,7 +86,8 @@ async def _run(settings: GatewaySettings) -> None:
     assert gateway.feed is not None
     err.print(
         f"[green]OpenPerps gateway[/green] feed on ws://{settings.host}:{gateway.feed.port}/ws/ "
-        f"(version {gateway.models.version}, following {settings.stream} on {settings.nats}); "
+        f"(version {gateway.models.version}, following {settings.stream} on {settings.nats}"
+        f"{f'; /metrics on http://{settings.host}:{gateway.http_port}/' if gateway.http else ''}); "
         "Ctrl-C stops"
     )
     try:

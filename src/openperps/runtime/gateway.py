@@ -13,11 +13,14 @@ nothing.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from dataclasses import dataclass, field
 
 from openperps.bus import Published
 from openperps.bus.nats import DEFAULT_STREAM, DEFAULT_SUBJECT, DEFAULT_URL, NatsConsumer
+from openperps.feed.prometheus import build_lines, consumer_lines, feed_lines
 from openperps.feed.server import FeedServer, ServerLimits
 from openperps.feed.session import FeedLimits
 from openperps.runtime.startup import load_read_models
@@ -34,6 +37,7 @@ class GatewaySettings:
     subject: str = DEFAULT_SUBJECT
     host: str = "127.0.0.1"
     ws_port: int = 8765
+    http_port: int | None = None  # /metrics and /health for operators; None: not served
     feed_limits: FeedLimits = field(default_factory=FeedLimits)
     server_limits: ServerLimits = field(default_factory=ServerLimits)
 
@@ -44,6 +48,7 @@ class Gateway:
         self.log: EventLog | None = None
         self.consumer: NatsConsumer | None = None
         self.feed: FeedServer | None = None
+        self.http: asyncio.Server | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -63,6 +68,10 @@ class Gateway:
             self.consumer.subscribe(self._on_published)
             await self.consumer.start()
             await self.feed.start(settings.host, settings.ws_port)
+            if settings.http_port is not None:
+                self.http = await asyncio.start_server(
+                    self._on_http, settings.host, settings.http_port
+                )
         except BaseException:
             await self.stop()
             raise
@@ -74,7 +83,57 @@ class Gateway:
         assert self.feed is not None
         self.feed.on_applied(self.models.apply_all(batch.events))
 
+    @property
+    def http_port(self) -> int | None:
+        if self.http is None:
+            return None
+        return int(self.http.sockets[0].getsockname()[1])
+
+    def metrics_text(self) -> str:
+        lines = build_lines()
+        if self.feed is not None:
+            lines += feed_lines(self.feed)
+        if self.consumer is not None:
+            lines += consumer_lines(self.consumer)
+        return "\n".join(lines) + "\n"
+
+    async def _on_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A minimal HTTP/1.1 endpoint: ``GET /metrics`` (Prometheus text) and ``GET /health``
+        (200 with the applied version while the gateway follows the stream); one request per
+        connection."""
+        try:
+            async with asyncio.timeout(5):
+                head = await reader.readuntil(b"\r\n\r\n")
+            method, _, rest = head.partition(b" ")
+            path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
+            if method != b"GET":
+                status, body, kind = "405 Method Not Allowed", b"GET only\n", "text/plain"
+            elif path == b"/metrics":
+                status, kind = "200 OK", "text/plain; version=0.0.4"
+                body = self.metrics_text().encode()
+            elif path == b"/health":
+                following = self.consumer is not None and self.feed is not None
+                status = "200 OK" if following else "503 Service Unavailable"
+                version = self.consumer.version if self.consumer is not None else 0
+                body = json.dumps({"following": following, "version": version}).encode()
+                kind = "application/json"
+            else:
+                status, body, kind = "404 Not Found", b"/metrics or /health\n", "text/plain"
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+            pass  # a client that sent no whole request, or went away
+        finally:
+            writer.close()
+
     async def stop(self) -> None:
+        if self.http is not None:
+            self.http.close()
+            self.http = None
         if self.feed is not None:
             await self.feed.stop()
         if self.consumer is not None:

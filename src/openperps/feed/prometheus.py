@@ -1,0 +1,84 @@
+"""The Prometheus text of a process's figures: build, feed, bus. ``openperps serve`` serves it
+on the REST server's ``/metrics``, a gateway on its own small HTTP port."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from openperps import __version__
+from openperps.core import is_compiled
+from openperps.feed.server import FeedServer
+
+if TYPE_CHECKING:
+    from openperps.bus.nats import NatsConsumer, NatsPublisher
+
+
+def _metric(lines: list[str], name: str, kind: str, value: object) -> None:
+    lines.append(f"# TYPE {name} {kind}")
+    lines.append(f"{name} {value}")
+
+
+def build_lines() -> list[str]:
+    build = "compiled" if is_compiled() else "pure"
+    return [
+        "# TYPE openperps_build_info gauge",
+        f'openperps_build_info{{version="{__version__}",engine="{build}"}} 1',
+    ]
+
+
+def feed_lines(feed: FeedServer) -> list[str]:
+    m = feed.metrics
+    frames, queued, largest = feed.outbox_stats()
+    lines: list[str] = []
+    for name, kind, value in (
+        ("openperps_feed_connections", "gauge", m.connections),
+        ("openperps_feed_subscriptions", "gauge", feed.subscription_count()),
+        ("openperps_feed_subscribed_keys", "gauge", len(feed.hub.holders)),
+        ("openperps_feed_paused_connections", "gauge", len(feed.paused)),
+        ("openperps_feed_outbox_frames", "gauge", frames),
+        ("openperps_feed_outbox_bytes", "gauge", queued),
+        ("openperps_feed_outbox_largest_bytes", "gauge", largest),
+        ("openperps_feed_coalesced_total", "counter", m.coalesced),
+        ("openperps_feed_messages_sent_total", "counter", m.messages_sent),
+        ("openperps_feed_bytes_sent_total", "counter", m.bytes_sent),
+    ):
+        _metric(lines, name, kind, value)
+    lines.append("# TYPE openperps_feed_closes_total counter")
+    lines += [f'openperps_feed_closes_total{{reason="{k}"}} {v}' for k, v in m.closes.items()]
+    lines.append("# TYPE openperps_feed_push_latency_ms histogram")
+    cumulative = 0
+    for bound, count in zip(m.latency_buckets, m.latency_counts, strict=False):
+        cumulative += count
+        lines.append(f'openperps_feed_push_latency_ms_bucket{{le="{bound}"}} {cumulative}')
+    cumulative += m.latency_counts[-1]
+    lines.append(f'openperps_feed_push_latency_ms_bucket{{le="+Inf"}} {cumulative}')
+    lines.append(f"openperps_feed_push_latency_ms_sum {m.latency_sum}")
+    lines.append(f"openperps_feed_push_latency_ms_count {cumulative}")
+    return lines
+
+
+def publisher_lines(publisher: NatsPublisher) -> list[str]:
+    """The engine's side of the bus: how far NATS has acknowledged, what was dropped."""
+    lines: list[str] = []
+    for name, kind, value in (
+        ("openperps_bus_handed_version", "gauge", publisher.last_version),
+        ("openperps_bus_published_version", "gauge", publisher.published_version),
+        ("openperps_bus_messages_total", "counter", publisher.messages),
+        ("openperps_bus_dropped_total", "counter", publisher.dropped),
+        ("openperps_bus_failures_total", "counter", publisher.failures),
+    ):
+        _metric(lines, name, kind, value)
+    return lines
+
+
+def consumer_lines(consumer: NatsConsumer) -> list[str]:
+    """A gateway's side of the bus: the version it has applied, holes filled from the log."""
+    lines: list[str] = []
+    for name, kind, value in (
+        ("openperps_gateway_version", "gauge", consumer.version),
+        ("openperps_gateway_messages_total", "counter", consumer.messages),
+        ("openperps_gateway_holes_filled_total", "counter", consumer.holes_filled),
+        ("openperps_gateway_holes_unfilled_total", "counter", consumer.holes_unfilled),
+    ):
+        _metric(lines, name, kind, value)
+    return lines
