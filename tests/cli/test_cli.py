@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -88,6 +90,8 @@ def test_a_toml_file_sets_options_and_flags_win(tmp_path: Path) -> None:
     config.write_text(
         f'[serve]\nws_port = {ws_port}\napi_port = {api_port}\nadmin_token = "abc"\n'
         'log_level = "ERROR"\n'
+        "[feed]\nmax_subscriptions = 2\nlive_retention = 50\n"
+        "ping_interval_s = 30\nping_timeout_s = 10\n"
     )
     process = subprocess.Popen(
         [*OPENPERPS, "serve", "--config", str(config), "--api-port", str(flag_port)],
@@ -115,6 +119,22 @@ def test_a_toml_file_sets_options_and_flags_win(tmp_path: Path) -> None:
             headers={"authorization": "Bearer abc"},
         )
         assert admin.status_code == 200  # the token came from the file
+        # the feed's limits came from its [feed] table
+        from websockets.sync.client import connect
+
+        with connect(f"ws://127.0.0.1:{ws_port}/ws/") as ws:
+            answers: list[dict[str, Any]] = []
+            for market in ("1338", "1339", "1340"):
+                ws.send(f'{{"topic": "recent_trades", "market_id": "{market}", "id": {market}}}')
+            while len(answers) < 3:
+                answer = json.loads(ws.recv(timeout=5))
+                if "id" in answer:
+                    answers.append(answer)
+            assert [a.get("error", {}).get("code") for a in answers] == [
+                None,
+                None,
+                "too_many_subscriptions",
+            ]
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=30)
@@ -127,6 +147,13 @@ def test_a_toml_file_sets_options_and_flags_win(tmp_path: Path) -> None:
         ('ws_port = "x"\n', "ws_port must be int"),
         ("sim = 1\n", "sim must be bool"),
         ("[serve\n", "malformed TOML"),
+        ("[feed]\nwat = 1\n", "unknown feed limit 'wat'"),
+        ("[feed]\nmax_subscriptions = 0\n", "max_subscriptions must be a positive integer"),
+        ("[feed]\nmax_frame_bytes = 1.5\n", "max_frame_bytes must be a positive integer"),
+        ("[feed]\nrequests_per_second = true\n", "requests_per_second must be a positive"),
+        ("[feed]\nping_interval_s = 0.5\n", "at least 1 second"),
+        ("[feed]\nping_interval_s = 5\n", "may not be longer than ping_interval_s"),
+        ("feed = 3\n", "[feed] must be a table"),
     ],
 )
 def test_a_bad_toml_file_is_a_one_line_error(tmp_path: Path, text: str, message: str) -> None:

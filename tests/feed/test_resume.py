@@ -94,3 +94,30 @@ def test_a_version_older_than_retention_is_reported() -> None:
     recent = models.live_log[PROFILES[0]][0].version
     _frames, covered = hub.snapshot(subscription, recent)
     assert covered
+
+
+def test_retention_set_at_start_applies_to_what_was_kept() -> None:
+    """An operator lowering ``live_retention`` in ``[feed]``: older changes are dropped and
+    a resume from before them is reported, exactly as if the feed had always kept fewer."""
+    models = ReadModels()
+    for batch in BATCHES:
+        models.apply_all(batch)
+    address = PROFILES[0]
+    kept = list(models.live_log[address])
+    assert len(kept) > 5
+    models.set_live_retention(5)
+    assert list(models.live_log[address]) == kept[-5:]
+    newest_dropped = kept[-6].version  # rows can share a version: compare by version
+    rows, covered = models.live_changes_since(address, newest_dropped)
+    assert covered and rows == [row for row in kept[-5:] if row.version > newest_dropped]
+    _rows, covered = models.live_changes_since(address, newest_dropped - 1)
+    assert not covered
+    # growing keeps what is there and makes room for more
+    models.set_live_retention(50)
+    assert models.live_log[address].maxlen == 50 and list(models.live_log[address]) == kept[-5:]
+    try:
+        models.set_live_retention(0)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("a retention of 0 is refused")

@@ -114,3 +114,22 @@ async def test_a_dead_client_is_dropped_after_the_ping_timeout(tmp_path: Path) -
         await alive.close()
     finally:
         await ex.stop()
+
+
+@pytest.mark.parametrize(
+    ("interval", "timeout", "message"),
+    [(0.5, 0.5, "at least 1 second"), (5.0, 6.0, "may not be longer than the ping interval")],
+)
+async def test_heartbeat_settings_picows_cannot_honour_are_refused_at_start(
+    tmp_path: Path, interval: float, timeout: float, message: str
+) -> None:
+    ex = Exchange(
+        Settings(
+            db=str(tmp_path / "events.sqlite3"),
+            ws_port=0,
+            server_limits=ServerLimits(ping_interval_s=interval, ping_timeout_s=timeout),
+        )
+    )
+    with pytest.raises(ValueError, match=message):
+        await ex.start()
+    await ex.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import logging
 import signal
@@ -17,11 +18,15 @@ import msgspec
 import typer
 import uvloop
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
 from openperps.core import is_compiled
 from openperps.core.errors import OpenPerpsError
 from openperps.core.markets import default_markets, parse_markets
+from openperps.feed.server import ServerLimits
+from openperps.feed.session import FeedLimits
+from openperps.indexer.models import LIVE_RETENTION
 from openperps.runtime.app import Exchange, ReplayClock, Settings
 from openperps.runtime.oracle import RandomWalkOracle, Tick, read_csv_prices
 from openperps.runtime.sim import SimulatedMarket
@@ -42,7 +47,7 @@ DEFAULT_STREAM, DEFAULT_SUBJECT = "OPENPERPS", "openperps.events"
 
 
 def _fail(message: str) -> NoReturn:
-    err.print(f"[red]error[/red]: {message}")
+    err.print(f"[red]error[/red]: {escape(message)}")  # a message may hold [brackets]
     raise typer.Exit(1)
 
 
@@ -115,6 +120,7 @@ def serve(
     Precedence: a flag, then its OPENPERPS_* environment variable, then --config, then the
     default.
     """
+    feed_limits, server_limits, live_retention = FeedLimits(), ServerLimits(), LIVE_RETENTION
     if config is not None:
         values = _read_config(config)
         given = {
@@ -141,6 +147,8 @@ def serve(
         bus = chosen.get("bus", bus)
         nats_stream = chosen.get("nats_stream", nats_stream)
         nats_subject = chosen.get("nats_subject", nats_subject)
+        if "feed" in chosen:
+            feed_limits, server_limits, live_retention = chosen["feed"]
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -206,6 +214,9 @@ def serve(
         bus=bus,
         bus_stream=nats_stream,
         bus_subject=nats_subject,
+        feed_limits=feed_limits,
+        server_limits=server_limits,
+        live_retention=live_retention,
     )
     try:
         uvloop.run(
@@ -254,14 +265,58 @@ CONFIG_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+# the [feed] table of --config: the feed's limits, with their defaults
+FEED_LIMITS: dict[str, Any] = {
+    **{f.name: f.default for f in dataclasses.fields(FeedLimits)},
+    **{f.name: f.default for f in dataclasses.fields(ServerLimits)},
+    "live_retention": LIVE_RETENTION,
+}
+
+
+def feed_settings(table: object, where: str) -> tuple[FeedLimits, ServerLimits, int]:
+    """The feed's limits from a ``[feed]`` table: request size, subscriptions, request rate,
+    connections per address, outbox bounds, heartbeats, resume retention. Every value a
+    positive number of the default's kind; unknown keys refused."""
+    if not isinstance(table, dict):
+        _fail(f"{where}: [feed] must be a table")
+    chosen: dict[str, Any] = {}
+    items: dict[str, Any] = table
+    for key, value in items.items():
+        if key not in FEED_LIMITS:
+            _fail(f"{where}: unknown feed limit {key!r} (known: {', '.join(FEED_LIMITS)})")
+        fractional = isinstance(FEED_LIMITS[key], float)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (isinstance(value, float) and not fractional)
+            or value <= 0
+        ):
+            kind = "a positive number" if fractional else "a positive integer"
+            _fail(f"{where}: feed limit {key} must be {kind}")
+        chosen[key] = value
+    feed = FeedLimits(**{k: v for k, v in chosen.items() if k in _FEED_FIELDS})
+    server = ServerLimits(**{k: v for k, v in chosen.items() if k in _SERVER_FIELDS})
+    if server.ping_interval_s < 1 or server.ping_timeout_s < 1:
+        _fail(f"{where}: feed limits ping_interval_s and ping_timeout_s are at least 1 second")
+    if server.ping_timeout_s > server.ping_interval_s:
+        _fail(f"{where}: feed limit ping_timeout_s may not be longer than ping_interval_s")
+    return feed, server, chosen.get("live_retention", LIVE_RETENTION)
+
+
+_FEED_FIELDS = frozenset(f.name for f in dataclasses.fields(FeedLimits))
+_SERVER_FIELDS = frozenset(f.name for f in dataclasses.fields(ServerLimits))
+
+
 def _read_config(path: Path) -> dict[str, Any]:
-    """The options a TOML file sets (same names as the flags, with underscores)."""
+    """The options a TOML file sets (same names as the flags, with underscores), and its
+    ``[feed]`` table as the value of ``feed``."""
     try:
         document = tomllib.loads(path.read_text("utf-8"))
     except OSError as exc:
         _fail(f"cannot read {path}: {exc.strerror}")
     except tomllib.TOMLDecodeError as exc:
         _fail(f"{path}: malformed TOML: {exc}")
+    feed = document.pop("feed", None)
     values = document.get("serve", document)
     for key, value in values.items():
         kinds = CONFIG_TYPES.get(key)
@@ -270,7 +325,10 @@ def _read_config(path: Path) -> dict[str, Any]:
         assert kinds is not None
         if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
             _fail(f"{path}: {key} must be {' or '.join(k.__name__ for k in kinds)}")
-    return dict(values)
+    chosen = dict(values)
+    if feed is not None:
+        chosen["feed"] = feed_settings(feed, str(path))
+    return chosen
 
 
 async def _serve(

@@ -300,6 +300,9 @@ class FeedServer:
         if limits.ping_interval_s < 1 or limits.ping_timeout_s < 1:
             # picows counts heartbeat time in whole seconds; below one it never answers
             raise ValueError("ping interval and timeout are at least 1 second")
+        if limits.ping_timeout_s > limits.ping_interval_s:
+            # picows then fails every opening handshake (2.3.1): refuse to start instead
+            raise ValueError("the ping timeout may not be longer than the ping interval")
 
         def factory(request: WSUpgradeRequest) -> Connection | None:
             if request.path not in PATHS:

@@ -316,6 +316,18 @@ class ReadModels:
         self._pending.live_orders.append(copy)
         self._record_live(row.address, copy)
 
+    def set_live_retention(self, retention: int) -> None:
+        """Keep ``retention`` live changes per address from now on (the operator's choice at
+        start); shrinking drops the oldest and records what a resume can no longer cover."""
+        if retention < 1:
+            raise ValueError(f"live retention must be at least 1, got {retention}")
+        self.live_retention = retention
+        for address, rows in self.live_log.items():
+            if len(rows) > retention:
+                newest_dropped = rows[len(rows) - retention - 1].version
+                self.live_dropped[address] = max(self.live_dropped.get(address, 0), newest_dropped)
+            self.live_log[address] = deque(rows, maxlen=retention)
+
     def _record_live(self, address: str, row: OrderRow | FillRow) -> None:
         rows = self.live_log.get(address)
         if rows is None:

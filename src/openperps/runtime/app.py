@@ -47,6 +47,7 @@ class Settings:
     snapshot_every_events: int = 200_000
     snapshot_every_seconds: float = 300.0
     funding_check_seconds: float = 1.0
+    live_retention: int | None = None  # live changes kept per address for resuming; None: 10 000
     bus: str | None = None  # nats://host:port: also publish every durable batch there
     bus_stream: str = "OPENPERPS"
     bus_subject: str = "openperps.events"
@@ -85,7 +86,7 @@ class Exchange:
         self.sequencer = Sequencer(
             engine, self.writer, self.bus, rebuild=lambda: load_engine(log), clock=self.clock
         )
-        self.models = await load_read_models(log)
+        self.models = await load_read_models(log, live_retention=settings.live_retention)
         self.feed = FeedServer(
             self.models, limits=settings.feed_limits, server_limits=settings.server_limits
         )

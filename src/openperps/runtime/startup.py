@@ -71,11 +71,17 @@ async def load_engine(
 
 
 async def load_read_models(
-    log: EventLog, *, from_scratch: bool = False, progress: Progress | None = None
+    log: EventLog,
+    *,
+    from_scratch: bool = False,
+    progress: Progress | None = None,
+    live_retention: int | None = None,
 ) -> ReadModels:
     """Read models from the newest snapshot that carries them, then the log after them.
 
     ``from_scratch`` ignores snapshots and folds in the whole log (``openperps reindex``).
+    ``live_retention`` (live changes kept per address for resuming) overrides what the
+    snapshot was taken with.
     """
     models = ReadModels()
     snapshot = None if from_scratch else await log.load_latest_snapshot()
@@ -87,6 +93,8 @@ async def load_read_models(
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 logger.error("read models in the snapshot do not decode (%s); rebuilding", exc)
                 models = ReadModels()
+    if live_retention is not None and live_retention != models.live_retention:
+        models.set_live_retention(live_retention)
     last = await log.last_version()
     base = models.version
     async for batch in log.read_batches(base + 1):
