@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from openperps import __version__
@@ -28,7 +29,7 @@ console = Console()
 
 
 def fail(error: OpenPerpsError) -> None:
-    Console(stderr=True).print(f"[red]error {int(error.code)}[/red]: {error.detail}")
+    Console(stderr=True).print(f"[red]error {int(error.code)}[/red]: {escape(error.detail)}")
     raise typer.Exit(1)
 
 
@@ -55,7 +56,9 @@ def markets(
             parse_markets(config.read_text("utf-8"), net) if config else default_markets(net)
         )
     except OSError as exc:
-        Console(stderr=True).print(f"[red]error[/red]: cannot read {config}: {exc.strerror}")
+        Console(stderr=True).print(
+            f"[red]error[/red]: cannot read {escape(str(config))}: {exc.strerror}"
+        )
         raise typer.Exit(1) from None
     except OpenPerpsError as exc:
         fail(exc)

@@ -10,6 +10,7 @@ from typing import Annotated
 import msgspec
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from openperps.core.errors import OpenPerpsError
@@ -31,17 +32,17 @@ def reindex(
     if db is None:
         default = Path("data") / "events.sqlite3"
         if not default.exists():
-            err.print(f"[red]error[/red]: no event log at {default} (give --db)")
+            err.print(f"[red]error[/red]: no event log at {escape(str(default))} (give --db)")
             raise typer.Exit(1)
         db = str(default)
     local = db.removeprefix("sqlite:///") if "://" not in db or db.startswith("sqlite:") else None
     if local is not None and not Path(local).exists():
-        err.print(f"[red]error[/red]: no event log at {local}")
+        err.print(f"[red]error[/red]: no event log at {escape(str(local))}")
         raise typer.Exit(1)
     try:
         version = asyncio.run(_reindex(db))
     except (StoreError, OpenPerpsError) as exc:
-        err.print(f"[red]error[/red]: {exc}")
+        err.print(f"[red]error[/red]: {escape(str(exc))}")
         raise typer.Exit(1) from None
     err.print(f"read models rebuilt at version {version}")
 

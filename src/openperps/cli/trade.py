@@ -27,6 +27,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from openperps.client import ApiError, Client, Feed
@@ -48,13 +49,13 @@ def _run(work: Callable[[], Awaitable[T]]) -> T:
     try:
         return asyncio.run(work())  # type: ignore[arg-type]
     except ApiError as exc:
-        err.print(f"[red]error {exc.code}[/red]: {exc.message}")
+        err.print(f"[red]error {exc.code}[/red]: {escape(exc.message)}")
         raise typer.Exit(1) from None
     except SigningError as exc:
-        err.print(f"[red]error {int(exc.code)}[/red]: {exc.detail}")
+        err.print(f"[red]error {int(exc.code)}[/red]: {escape(exc.detail)}")
         raise typer.Exit(1) from None
     except OSError as exc:
-        err.print(f"[red]error[/red]: cannot reach the exchange: {exc}")
+        err.print(f"[red]error[/red]: cannot reach the exchange: {escape(str(exc))}")
         raise typer.Exit(1) from None
 
 
@@ -103,7 +104,7 @@ def keygen(
     try:
         save_key(key, new, overwrite=force)
     except SigningError as exc:
-        err.print(f"[red]error {int(exc.code)}[/red]: {exc.detail}")
+        err.print(f"[red]error {int(exc.code)}[/red]: {escape(exc.detail)}")
         raise typer.Exit(1) from None
     client = Client("http://unused", new)
     console.print(f"key file: {key}\nwallet:   {new.address}\nprofile:  {client.profile}")
