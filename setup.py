@@ -3,8 +3,8 @@
 Everything else about the package lives in ``pyproject.toml``. The engine is plain,
 strictly typed Python; mypyc turns ``core.engine``, ``core.book``, ``core.margin`` and
 ``core.numbers`` into C extensions that run the same code about 2.5 times faster (see
-``docs/performance.md``). The compiled and the pure modules behave alike, command for command
-and byte for byte; the test suite runs against either.
+DEVELOPERS.md); ``openperps.COMPILED_MODULES`` names the same modules. The compiled and the
+pure modules behave alike, command for command and byte for byte.
 
 - ``OPENPERPS_PURE=1`` at install time skips compiling (no C compiler needed).
 - Without a working compiler the build warns and installs the pure modules.

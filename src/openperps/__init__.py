@@ -13,8 +13,8 @@ from types import ModuleType
 
 __version__ = "0.1.0"
 
-# Modules that setup.py may compile with mypyc; keep in step with core.COMPILED_MODULES.
-_COMPILABLE = frozenset(
+# The modules setup.py compiles with mypyc (tests/packaging checks the two lists agree).
+COMPILED_MODULES = frozenset(
     {
         "openperps.core.book",
         "openperps.core.engine",
@@ -34,7 +34,7 @@ class _PureSources(importlib.abc.MetaPathFinder):
         path: object = None,
         target: ModuleType | None = None,
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname not in _COMPILABLE:
+        if fullname not in COMPILED_MODULES:
             return None
         source = Path(__file__).parent / "core" / (fullname.rsplit(".", 1)[1] + ".py")
         return importlib.util.spec_from_file_location(fullname, source)
@@ -44,7 +44,7 @@ def _stale_compiled(package: Path = Path(__file__).parent) -> list[str]:
     """Compiled modules whose source changed after they were built (an edit in a checkout
     installed with ``pip install -e``): running them would run old code."""
     stale = []
-    for name in sorted(_COMPILABLE):
+    for name in sorted(COMPILED_MODULES):
         source = package / "core" / (name.rsplit(".", 1)[1] + ".py")
         for suffix in importlib.machinery.EXTENSION_SUFFIXES:
             built = source.with_suffix(suffix)

@@ -1,7 +1,7 @@
 """The shapes of an engine snapshot: the whole state, canonical and versioned.
 
 They live apart from ``core.engine`` so that the engine module can be compiled (see
-``docs/performance.md``) while these stay ordinary ``msgspec`` structs.
+DEVELOPERS.md, "The compiled engine") while these stay ordinary ``msgspec`` structs.
 """
 
 from __future__ import annotations
