@@ -1,0 +1,125 @@
+"""The server's send path (``FeedServer.on_applied`` then ``_flush``) with stub sockets: a
+client that subscribes or resumes after a batch was collected but before it was written gets
+every live record exactly once, in order, whichever path (shared bytes or its own outbox)
+each frame takes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from openperps.feed.server import Connection, FeedServer
+from openperps.feed.session import Subscribe
+from openperps.indexer import ReadModels
+from tests.feed.test_resume import BATCHES
+from tests.indexer.test_models import PROFILES
+
+
+def payloads(wire: bytes) -> list[bytes]:
+    """The payloads of the unmasked text frames in ``wire`` (what the server wrote)."""
+    out = []
+    while wire:
+        size = wire[1] & 0x7F
+        start = 2
+        if size == 126:
+            size, start = int.from_bytes(wire[2:4], "big"), 4
+        elif size == 127:
+            size, start = int.from_bytes(wire[2:10], "big"), 10
+        out.append(wire[start : start + size])
+        wire = wire[start + size :]
+    return out
+
+
+class Socket:
+    """The asyncio transport under picows: records what the fast path writes."""
+
+    def __init__(self, sink: list[bytes]) -> None:
+        self.sink = sink
+
+    def get_extra_info(self, name: str) -> Any:
+        return None
+
+    def set_write_buffer_limits(self, high: int) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> None:
+        self.sink += payloads(data)
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+
+class WebSocket:
+    """The picows transport: records what the outbox path sends."""
+
+    def __init__(self) -> None:
+        self.sink: list[bytes] = []
+        self.underlying_transport = Socket(self.sink)
+
+    def send(self, kind: Any, data: bytes) -> None:
+        self.sink.append(bytes(data))
+
+
+def connect(server: FeedServer) -> tuple[Connection, WebSocket]:
+    conn = Connection(server)
+    ws = WebSocket()
+    conn.on_ws_connected(ws)  # type: ignore[arg-type]
+    return conn, ws
+
+
+def subscribe(conn: Connection, request: dict[str, Any]) -> None:
+    (action,) = conn.session.receive_text(json.dumps(request).encode(), 0)
+    assert isinstance(action, Subscribe)
+    conn.start(action)
+
+
+def live_versions(sink: list[bytes], topic: str) -> list[int]:
+    versions = []
+    for frame in sink:
+        body = json.loads(frame)
+        if body.get("message") == topic and body.get("data"):
+            versions.append(body["transaction_version"])
+    return versions
+
+
+@pytest.mark.parametrize("topic", ["live_order_history", "live_trade_history"])
+@pytest.mark.parametrize("moment", [40, 200, 555])
+async def test_a_resume_between_collect_and_flush_loses_and_repeats_nothing(
+    topic: str, moment: int
+) -> None:
+    models = ReadModels()
+    server = FeedServer(models)
+    address = PROFILES[0]
+    steady, steady_ws = connect(server)
+    subscribe(steady, {"topic": topic, "address": address})
+    await asyncio.sleep(0)
+    late, late_ws = connect(server)
+    resume_from = 0
+    for index, batch in enumerate(BATCHES):
+        server.on_applied(models.apply_all(batch))
+        if index == moment - 1:
+            seen = live_versions(steady_ws.sink, topic)
+            resume_from = seen[-1] if seen else 0
+        if index == moment:
+            # this batch is collected, not yet written: the late client resumes now
+            subscribe(late, {"topic": topic, "address": address, "since_version": resume_from})
+        if index % 3 == 0:  # several batches per flush, sometimes
+            await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    everything = live_versions(steady_ws.sink, topic)
+    resumed = live_versions(late_ws.sink, topic)
+    assert len(everything) > 20, "the address had live changes"
+    assert resumed == sorted(resumed), "in order"
+    # exactly the steady client's records after the resume point: none lost, none twice
+    assert sorted(set(resumed)) == [v for v in sorted(set(everything)) if v > resume_from]
+    assert [v for v in everything if v > resume_from] == resumed
