@@ -9,6 +9,7 @@ import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import nats
 import pytest
 
@@ -57,8 +58,12 @@ class Received:
             await self.changed.wait()
 
 
-async def publish_all(url: str, stream: str, subject: str, items: list[Published]) -> None:
-    publisher = NatsPublisher(url, stream=stream, subject=subject)
+async def publish_all(
+    url: str, stream: str, subject: str, items: list[Published], *, max_message_bytes: int = 0
+) -> None:
+    """Publish ``items``; with ``max_message_bytes`` set small, about one message each."""
+    extra = {"max_message_bytes": max_message_bytes} if max_message_bytes else {}
+    publisher = NatsPublisher(url, stream=stream, subject=subject, **extra)
     publisher.start()
     for batch in items:
         publisher.publish(batch)
@@ -113,7 +118,9 @@ async def test_a_consumer_starts_after_any_version(names: tuple[str, str, str]) 
     url, stream, subject = names
     items = batches(300)
     last = items[-1].last_version
-    await publish_all(url, stream, subject, items)
+    # many messages, so that starting after a version must find the one that holds it
+    await publish_all(url, stream, subject, items, max_message_bytes=1)
+    assert await stream_messages(url, stream) == len(items)
 
     for after in (1, 2, 57, last // 2, last - 1):
         received = await consume(url, stream, subject, after=after, until=last)
@@ -195,6 +202,29 @@ async def test_a_hole_in_the_stream_is_read_from_the_event_log(
         )
     assert received.versions == list(range(1, items[-1].last_version + 1))
     assert [e for b in received.batches for e in b.events] == [e for b in items for e in b.events]
+
+
+async def test_a_batch_too_large_for_nats_is_dropped_not_retried_for_ever(
+    names: tuple[str, str, str],
+) -> None:
+    """NATS refuses a message over its payload limit every time: the publisher drops it
+    (gateways read it from the log) and goes on with the next one."""
+    url, stream, subject = names
+    small = batches(3)
+    first = small[0].envelopes[0]
+    huge = Published(
+        [msgspec.structs.replace(first, payload=bytes(2 * 1024 * 1024))], small[0].events
+    )
+    publisher = NatsPublisher(url, stream=stream, subject=subject, max_message_bytes=1)
+    publisher.start()
+    publisher.publish(huge)
+    for batch in small[1:]:
+        publisher.publish(batch)
+    assert await publisher.flush(10), "the publisher is not stuck on the large batch"
+    await publisher.close()
+    assert publisher.dropped == 1
+    assert publisher.published_version == small[-1].last_version
+    assert await stream_messages(url, stream) == len(small) - 1
 
 
 async def test_publishing_never_waits_for_nats(tmp_path: Path) -> None:

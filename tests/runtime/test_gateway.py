@@ -306,7 +306,7 @@ async def test_gateways_push_what_the_engine_pushes_and_a_restart_loses_nothing(
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_b}") as http:
             health = await http.get("/health")
             assert health.status_code == 200
-            assert health.json() == {"following": True, "version": health.json()["version"]}
+            assert health.json()["following"] is True
             assert health.json()["version"] >= newest
             metrics = (await http.get("/metrics")).text
             assert f"openperps_feed_connections {len(requests)}\n" in metrics

@@ -41,8 +41,9 @@ from typing import Any
 
 import msgspec
 import nats
+from nats.errors import MaxPayloadError
 from nats.js import api
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
 
 from openperps.bus.memory import InProcessBus, Published, Subscriber
 from openperps.core.events import decode_event
@@ -288,8 +289,23 @@ class NatsPublisher:
                 )
             except asyncio.CancelledError:
                 raise
+            except MaxPayloadError:
+                # never fits however often it is sent: drop it, readers fill it from the log
+                self.dropped += len(batches)
+                logger.error(
+                    "NATS refused %d..%d as too large (%d bytes); gateways read it from the log",
+                    first,
+                    last,
+                    len(data),
+                )
+                return
             except Exception as exc:
                 self.failures += 1
+                if isinstance(exc, NoStreamResponseError | NotFoundError):
+                    # the stream went away (a server that lost its files, an operator):
+                    # make it again, then send again
+                    with contextlib.suppress(Exception):
+                        await ensure_stream(js, self.stream, self.subject)
                 if delay == 0.05:  # once per message; the retries go on quietly
                     logger.warning(
                         "NATS publish of %d..%d failed (%s: %s); sending it again until "
@@ -340,6 +356,11 @@ class NatsConsumer:
         self._js: Any = None
         self._delivering = asyncio.Lock()  # one message at a time, across resubscriptions
         self._resubscribing: asyncio.Task[None] | None = None
+
+    @property
+    def following(self) -> bool:
+        """Connected to NATS and subscribed to the stream (what a gateway's health reports)."""
+        return self._nc is not None and bool(self._nc.is_connected) and self._sub is not None
 
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
         return self._bus.subscribe(subscriber)

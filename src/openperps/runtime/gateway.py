@@ -112,7 +112,7 @@ class Gateway:
                 status, kind = "200 OK", "text/plain; version=0.0.4"
                 body = self.metrics_text().encode()
             elif path == b"/health":
-                following = self.consumer is not None and self.feed is not None
+                following = self.consumer is not None and self.consumer.following
                 status = "200 OK" if following else "503 Service Unavailable"
                 version = self.consumer.version if self.consumer is not None else 0
                 body = json.dumps({"following": following, "version": version}).encode()
@@ -134,11 +134,12 @@ class Gateway:
         if self.http is not None:
             self.http.close()
             self.http = None
-        if self.feed is not None:
-            await self.feed.stop()
-        if self.consumer is not None:
+        if self.consumer is not None:  # first: no batch may reach a stopped feed
             await self.consumer.stop()
             self.consumer = None
+        if self.feed is not None:
+            await self.feed.stop()
+            self.feed = None
         if self.log is not None:
             await self.log.close()
             self.log = None
