@@ -83,16 +83,6 @@ def test_live_records_and_deltas_are_built_per_batch_in_version_order() -> None:
     assert all(b[0] == a[1] for a, b in pairwise(deltas))  # no gap
 
 
-def test_publish_is_collect_then_render() -> None:
-    first, second = hub_with(LIVE, BOOK, TRADES), hub_with(LIVE, BOOK, TRADES)
-    for batch in BATCHES:
-        published = first.publish(first.data.models.apply_all(batch))
-        pushes, changed = second.collect(second.data.models.apply_all(batch))
-        expected: list[tuple[Subscription | None, bytes]] = [(None, p.frame) for p in pushes]
-        expected += [(subscription, second.render(subscription)) for subscription in changed]
-        assert [(subscription, frame) for subscription, frame, _ in published] == expected
-
-
 def test_a_push_is_framed_once_as_an_unmasked_text_frame() -> None:
     for size, header in (
         (0, b"\x81\x00"),

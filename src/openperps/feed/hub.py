@@ -2,7 +2,7 @@
 
 Sans-I/O like the session: the server calls ``snapshot`` when a subscription starts,
 ``collect`` after each batch has been applied to the read models, and ``render`` for each
-changed list subscription when it writes (``publish`` does both at once). A frame is built
+changed list subscription when it writes. A frame is built
 and encoded once per subscription (topic, key, options) and the same bytes object goes to
 every connection holding it.
 
@@ -132,18 +132,6 @@ class Hub:
                 frames.append((row.version, push_frame(topic, render.live_fill(row), row.version)))
         return frames
 
-    def publish(self, applied: Applied) -> list[tuple[Subscription | None, bytes, set[Conn]]]:
-        """Frames for everything ``applied`` changed, each with its subscription (None for
-        live frames, which are never coalesced) and the connections to get it, in the order
-        they must be written."""
-        pushes, changed = self.collect(applied)
-        out: list[tuple[Subscription | None, bytes, set[Conn]]] = [
-            (None, push.frame, push.holders) for push in pushes
-        ]
-        for subscription in changed:
-            out.append((subscription, self.render(subscription), self.holders[subscription]))
-        return out
-
     def collect(self, applied: Applied) -> tuple[list[Push], list[Subscription]]:
         """What ``applied`` changed: the frames that are never coalesced (live records and
         book deltas), built now and in the order they must be written, and the list
@@ -165,7 +153,6 @@ class Hub:
                 ]
                 rows.sort(key=lambda r: r.version)
                 frames = self._live_frames(topic, rows)
-                # live topics take no limit, so this is one subscription
                 for subscription in sorted(subs):
                     holders = self.holders[subscription]
                     for row_version, frame in frames:

@@ -435,8 +435,6 @@ class FeedServer:
         for item in out:
             targets = item.holders - careful if careful else item.holders
             wire = item.wire
-            metrics.messages_sent += len(targets)
-            metrics.bytes_sent += len(wire) * len(targets)
             for conn in targets:
                 pending = writes.get(conn)
                 if pending is None:
@@ -447,6 +445,8 @@ class FeedServer:
             raw = conn.raw
             if raw.is_closing():  # picows closed it (a dead peer); it is about to be forgotten
                 continue
+            metrics.messages_sent += len(wires)  # what was written, as the outbox path counts
+            metrics.bytes_sent += sum(map(len, wires))
             if len(wires) == 1:
                 raw.write(wires[0])
             else:
