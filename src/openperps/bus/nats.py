@@ -58,6 +58,8 @@ DEFAULT_SUBJECT = "openperps.events"
 ID_HEADER = "Nats-Msg-Id"
 LAST_HEADER = "Openperps-Last-Version"
 DUPLICATE_WINDOW_S = 120.0
+# the log is the truth: the stream keeps a day for gateways to catch up from, then trims
+STREAM_MAX_AGE_S = 24 * 3600.0
 # below NATS' default max_payload (1 MiB); a single batch larger than this still goes alone
 MAX_MESSAGE_BYTES = 512 * 1024
 CONNECT_TIMEOUT_S = 5.0
@@ -134,6 +136,7 @@ async def ensure_stream(js: Any, stream: str, subject: str) -> None:
             subjects=[subject],
             storage=api.StorageType.FILE,
             duplicate_window=DUPLICATE_WINDOW_S,
+            max_age=STREAM_MAX_AGE_S,
         )
     except BadRequestError:
         await js.stream_info(stream)  # created meanwhile by another process

@@ -273,6 +273,10 @@ FEED_LIMITS: dict[str, Any] = {
 }
 
 
+# 0 means "the system's own": the kernel's send buffer
+ZERO_ALLOWED = frozenset({"socket_send_buffer"})
+
+
 def feed_settings(table: object, where: str) -> tuple[FeedLimits, ServerLimits, int]:
     """The feed's limits from a ``[feed]`` table: request size, subscriptions, request rate,
     connections per address, outbox bounds, heartbeats, resume retention. Every value a
@@ -289,7 +293,8 @@ def feed_settings(table: object, where: str) -> tuple[FeedLimits, ServerLimits, 
             isinstance(value, bool)
             or not isinstance(value, (int, float))
             or (isinstance(value, float) and not fractional)
-            or value <= 0
+            or value < 0
+            or (value == 0 and key not in ZERO_ALLOWED)
         ):
             kind = "a positive number" if fractional else "a positive integer"
             _fail(f"{where}: feed limit {key} must be {kind}")
