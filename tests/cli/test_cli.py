@@ -56,6 +56,10 @@ def test_bad_configuration_gives_a_one_line_error(tmp_path: Path) -> None:
     assert "testnet or mainnet" in one_line_error(run(["serve", "--network", "moon"], tmp_path))
     assert "NATS URL" in one_line_error(run(["serve", "--bus", "http://x"], tmp_path))
     assert "PostgreSQL" in one_line_error(run(["gateway", "--db", "events.db"], tmp_path))
+    limits = tmp_path / "limits.toml"
+    limits.write_text("[feed]\nwat = 1\n")
+    gateway = ["gateway", "--db", "postgresql://nowhere/x", "--config", str(limits)]
+    assert "unknown feed limit 'wat'" in one_line_error(run(gateway, tmp_path))
     (tmp_path / "data").write_text("a file where the data directory should be")
     assert "not writable" in one_line_error(run(["serve"], tmp_path))
 

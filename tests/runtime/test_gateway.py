@@ -229,7 +229,11 @@ async def test_gateways_push_what_the_engine_pushes_and_a_restart_loses_nothing(
 
         _a, port_a = await deployment.start_gateway("gateway-a")
         http_b = free_port()
-        process_b, port_b = await deployment.start_gateway("gateway-b", "--http-port", str(http_b))
+        limits = deployment.tmp_path / "gateway.toml"
+        limits.write_text("[feed]\nmax_subscriptions = 1\n")  # each client here takes one
+        process_b, port_b = await deployment.start_gateway(
+            "gateway-b", "--http-port", str(http_b), "--config", str(limits)
+        )
         feeds = {"engine": deployment.ws_port, "a": port_a, "b": port_b}
         requests = subscriptions(maker.profile, taker.profile)
         clients = {
@@ -314,6 +318,16 @@ async def test_gateways_push_what_the_engine_pushes_and_a_restart_loses_nothing(
             assert 'openperps_build_info{version="' in metrics
             assert (await http.get("/nothing")).status_code == 404
             assert (await http.post("/metrics")).status_code == 405
+        # gateway B took its feed limits from the [feed] table
+        async with websockets.connect(f"ws://127.0.0.1:{port_b}/ws/") as ws:
+            for market in ("1338", "1339"):
+                await ws.send(json.dumps({"topic": "recent_trades", "market_id": market, "id": 1}))
+            codes: list[str | None] = []
+            while len(codes) < 2:
+                answer = json.loads(await ws.recv())
+                if "id" in answer:
+                    codes.append(answer.get("error", {}).get("code"))
+            assert codes == [None, "too_many_subscriptions"]
         # the engine's side: what NATS acknowledged, nothing dropped
         async with httpx.AsyncClient(base_url=url) as http:
             engine_metrics = (await http.get("/metrics")).text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -15,6 +16,7 @@ from openperps.cli.serve import (
     NatsStream,
     NatsSubject,
     _fail,
+    _read_config,
     err,
     until_signalled,
 )
@@ -46,6 +48,13 @@ def gateway(
         ),
     ] = None,
     log_level: Annotated[str, typer.Option(envvar="OPENPERPS_LOG_LEVEL")] = "INFO",
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="OPENPERPS_CONFIG",
+            help="the exchange's TOML file: its [feed] table sets this gateway's feed limits",
+        ),
+    ] = None,
 ) -> None:
     """Serve the WebSocket feed of an exchange running elsewhere (`serve --bus nats://...`):
     read models from its event log, then its live batches from NATS. Feed only; never writes."""
@@ -63,6 +72,9 @@ def gateway(
         ws_port=ws_port,
         http_port=http_port,
     )
+    if config is not None and "feed" in (options := _read_config(config)):
+        # the same limits and resume window as the engine's own feed
+        settings.feed_limits, settings.server_limits, settings.live_retention = options["feed"]
     try:
         uvloop.run(_run(settings))
     except KeyboardInterrupt:

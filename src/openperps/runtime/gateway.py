@@ -38,6 +38,7 @@ class GatewaySettings:
     host: str = "127.0.0.1"
     ws_port: int = 8765
     http_port: int | None = None  # /metrics and /health for operators; None: not served
+    live_retention: int | None = None  # as in Settings: live changes kept for resuming
     feed_limits: FeedLimits = field(default_factory=FeedLimits)
     server_limits: ServerLimits = field(default_factory=ServerLimits)
 
@@ -54,7 +55,9 @@ class Gateway:
         settings = self.settings
         self.log = log = await open_log(settings.db, read_only=True)
         try:
-            self.models = models = await load_read_models(log)
+            self.models = models = await load_read_models(
+                log, live_retention=settings.live_retention
+            )
             self.feed = FeedServer(
                 models, limits=settings.feed_limits, server_limits=settings.server_limits
             )
