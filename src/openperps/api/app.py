@@ -43,6 +43,7 @@ from openperps.core.numbers import (
     format_scaled,
     parse_decimal,
     parse_id,
+    parse_market_id,
 )
 from openperps.feed.prometheus import build_lines, feed_lines, publisher_lines
 from openperps.indexer.render import Renderer
@@ -119,9 +120,17 @@ def _exchange(state: State) -> Exchange:
     return exchange
 
 
+def _order_ids(value: object) -> list[int]:
+    """``cancelOrderIds``: a list of order ids as decimal strings."""
+    ids = [parse_id(i, MAX_ID) for i in value] if isinstance(value, list) else [None]
+    parsed = [i for i in ids if i is not None]
+    if len(parsed) != len(ids):
+        raise ApiError(400, BAD_REQUEST, "cancelOrderIds is a list of decimal strings")
+    return parsed
+
+
 def _market(exchange: Exchange, market_id: object) -> MarketConfig:
-    plain = isinstance(market_id, (str, int)) and not isinstance(market_id, bool)
-    number = parse_id(str(market_id)) if plain else None
+    number = parse_market_id(market_id)
     if number is None:
         raise ApiError(400, BAD_REQUEST, "marketId must be a decimal integer")
     row = exchange.models.markets.get(number)
@@ -578,10 +587,7 @@ async def cancel_orders(request: Request[Any, Any, Any], state: State) -> Respon
     exchange = _exchange(state)
     profile, delegate, body = await _signed(request)
     config = _market(exchange, body.get("marketId"))
-    ids = body.get("cancelOrderIds")
-    order_ids = [parse_id(i, MAX_ID) for i in ids] if isinstance(ids, list) else [None]
-    if not all(i is not None for i in order_ids):
-        raise ApiError(400, BAD_REQUEST, "cancelOrderIds is a list of decimal strings")
+    order_ids = _order_ids(body.get("cancelOrderIds"))
     events = await _run(
         exchange,
         c.CancelMultipleOrders(
@@ -589,7 +595,7 @@ async def cancel_orders(request: Request[Any, Any, Any], state: State) -> Respon
             profile=profile,
             delegate=delegate,
             market_id=config.market_id,
-            order_ids=[i for i in order_ids if i is not None],
+            order_ids=order_ids,
         ),
     )
     return envelope(_outcome(exchange, events), "orders cancelled")
@@ -779,10 +785,7 @@ async def cancel_and_place(request: Request[Any, Any, Any], state: State) -> Res
     exchange = _exchange(state)
     profile, delegate, body = await _signed(request)
     config = _market(exchange, body.get("marketId"))
-    ids = body.get("cancelOrderIds", [])
-    order_ids = [parse_id(i, MAX_ID) for i in ids] if isinstance(ids, list) else [None]
-    if not all(i is not None for i in order_ids):
-        raise ApiError(400, BAD_REQUEST, "cancelOrderIds is a list of decimal strings")
+    order_ids = _order_ids(body.get("cancelOrderIds", []))
     orders = _orders(exchange, profile, delegate, body.get("orders"))
     events = await _run(
         exchange,
@@ -791,7 +794,7 @@ async def cancel_and_place(request: Request[Any, Any, Any], state: State) -> Res
             profile=profile,
             delegate=delegate,
             market_id=config.market_id,
-            cancel_order_ids=[i for i in order_ids if i is not None],
+            cancel_order_ids=order_ids,
             orders=orders,
         ),
     )

@@ -73,6 +73,14 @@ def parse_id(text: object, maximum: int = MAX_INPUT) -> int | None:
     return value if value <= maximum else None
 
 
+def parse_market_id(value: object) -> int | None:
+    """A market id as the feed and the REST API take it: an int (not a bool) or its decimal
+    string; None when it is neither."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return None
+    return parse_id(str(value))
+
+
 def parse_decimal(text: object, decimals: int, *, what: str = "value") -> int:
     """Parse a decimal string (or an int) into an integer scaled by ``10**decimals``.
 

@@ -26,7 +26,7 @@ from typing import Any, Final
 
 import msgspec
 
-from openperps.core.numbers import parse_id
+from openperps.core.numbers import parse_market_id
 from openperps.indexer.topics import ALL_TOPICS, LIVE_TOPICS, MARKET_TOPICS, USER_TOPICS
 
 # close codes, in one place
@@ -180,31 +180,29 @@ class FeedSession:
                 )
             ]
             return actions + self._violation(now_ms, CLOSE_TOO_LARGE, "frames too large")
+        try:
+            request: Any = _decoder.decode(data)
+            readable = True
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            request, readable = None, False
+        is_object = isinstance(request, dict)
         if not self._take_token(now_ms):
-            # the request is not carried out, but a client matching answers by id still gets
-            # its id (and request) back when the frame is a readable object
-            try:
-                refused = _decoder.decode(data)
-            except (msgspec.DecodeError, UnicodeDecodeError):
-                refused = None
-            readable = isinstance(refused, dict)
+            # not carried out, but a client matching answers by id still gets its id back
             return [
                 Send(
                     error_frame(
                         "rate_limited",
                         f"at most {self.limits.requests_per_second:g} requests per second",
-                        refused if readable else None,
-                        refused.get("id") if readable else None,
-                        readable and "id" in refused,
+                        request if is_object else None,
+                        request.get("id") if is_object else None,
+                        is_object and "id" in request,
                     )
                 ),
                 *self._violation(now_ms, CLOSE_POLICY, "rate limit exceeded repeatedly"),
             ]
-        try:
-            request = _decoder.decode(data)
-        except (msgspec.DecodeError, UnicodeDecodeError):
+        if not readable:
             return self._refuse("invalid_json", "the frame is not valid JSON", None, now_ms)
-        if not isinstance(request, dict):
+        if not is_object:
             return self._refuse("not_an_object", "a request is a JSON object", request, now_ms)
         has_id = "id" in request
         request_id = request.get("id")
@@ -342,15 +340,14 @@ class FeedSession:
         return Subscription(topic, key, limit, delta), since_version
 
     def _market(self, value: object) -> int:
-        if isinstance(value, bool) or not isinstance(value, (str, int)):
-            raise RequestError("unknown_market", "market_id is a decimal string or an integer")
-        text = str(value).strip()
-        market_id = parse_id(text)
+        market_id = parse_market_id(value)
         if market_id is None:
             raise RequestError("unknown_market", "market_id is a decimal string or an integer")
         if market_id not in self.markets:
             known = ", ".join(str(m) for m in sorted(self.markets))
-            raise RequestError("unknown_market", f"market {text} is not listed; markets: {known}")
+            raise RequestError(
+                "unknown_market", f"market {market_id} is not listed; markets: {known}"
+            )
         return market_id
 
 
