@@ -95,7 +95,7 @@ def test_a_toml_file_sets_options_and_flags_win(tmp_path: Path) -> None:
         f'[serve]\nws_port = {ws_port}\napi_port = {api_port}\nadmin_token = "abc"\n'
         'log_level = "ERROR"\n'
         "[feed]\nmax_subscriptions = 2\nlive_retention = 50\n"
-        "ping_interval_s = 30\nping_timeout_s = 10\nsocket_send_buffer = 0\n"
+        "ping_interval_s = 30\nping_timeout_s = 10\nsocket_send_buffer = 0\ndeflate_min_bytes = 0\n"
     )
     process = subprocess.Popen(
         [*OPENPERPS, "serve", "--config", str(config), "--api-port", str(flag_port)],
@@ -127,6 +127,8 @@ def test_a_toml_file_sets_options_and_flags_win(tmp_path: Path) -> None:
         from websockets.sync.client import connect
 
         with connect(f"ws://127.0.0.1:{ws_port}/ws/") as ws:
+            assert ws.response is not None
+            assert "Sec-WebSocket-Extensions" not in ws.response.headers  # compression off
             answers: list[dict[str, Any]] = []
             for market in ("1338", "1339", "1340"):
                 ws.send(f'{{"topic": "recent_trades", "market_id": "{market}", "id": {market}}}')
@@ -153,7 +155,8 @@ def test_a_toml_file_sets_options_and_flags_win(tmp_path: Path) -> None:
         ("[serve\n", "malformed TOML"),
         ("[feed]\nwat = 1\n", "unknown feed limit 'wat'"),
         ("[feed]\nmax_subscriptions = 0\n", "max_subscriptions must be a positive integer"),
-        ("[feed]\nsocket_send_buffer = -1\n", "socket_send_buffer must be"),
+        ("[feed]\nsocket_send_buffer = -1\n", "socket_send_buffer must be a positive integer or 0"),
+        ("[feed]\ndeflate_min_bytes = 0.5\n", "deflate_min_bytes must be a positive integer or 0"),
         ("[feed]\nmax_frame_bytes = 1.5\n", "max_frame_bytes must be a positive integer"),
         ("[feed]\nrequests_per_second = true\n", "requests_per_second must be a positive"),
         ("[feed]\nping_interval_s = 0.5\n", "at least 1 second"),

@@ -9,8 +9,8 @@ from typing import Any
 import msgspec
 
 from openperps.core import events as e
+from openperps.feed.frames import text_frame
 from openperps.feed.hub import Hub
-from openperps.feed.server import text_frame
 from openperps.feed.session import Subscription
 from openperps.indexer import ReadModels
 from openperps.indexer.topics import TopicData

@@ -8,12 +8,11 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from openperps.runtime.app import Exchange, Settings
+from openperps.runtime.app import Exchange
 from tests.feed.test_server import ALICE, trade
 
 NODE_DIR = Path(__file__).parent / "node"
@@ -41,14 +40,6 @@ def node_client() -> Path:
                 pytest.fail(message)
             pytest.skip(message)
     return NODE_DIR / "kana_client.js"
-
-
-@pytest.fixture
-async def exchange(tmp_path: Path) -> AsyncIterator[Exchange]:
-    ex = Exchange(Settings(db=str(tmp_path / "events.sqlite3"), ws_port=0))
-    await ex.start()
-    yield ex
-    await ex.stop()
 
 
 async def test_the_kana_javascript_example_gets_snapshots_and_pushes(

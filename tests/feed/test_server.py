@@ -4,27 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import websockets
 
 from openperps.core import commands as c
-from openperps.runtime.app import Exchange, Settings
+from openperps.runtime.app import Exchange
 
 ALICE = "0x" + "a1" * 32
 BOB = "0x" + "b2" * 32
 APT = 1338
-
-
-@pytest.fixture
-async def exchange(tmp_path: Path) -> AsyncIterator[Exchange]:
-    ex = Exchange(Settings(db=str(tmp_path / "events.sqlite3"), ws_port=0))
-    await ex.start()
-    yield ex
-    await ex.stop()
 
 
 def url(ex: Exchange) -> str:

@@ -273,8 +273,8 @@ FEED_LIMITS: dict[str, Any] = {
 }
 
 
-# 0 means "the system's own": the kernel's send buffer
-ZERO_ALLOWED = frozenset({"socket_send_buffer"})
+# 0 means "the system's own" for the kernel's send buffer, "never" for compression
+ZERO_ALLOWED = frozenset({"socket_send_buffer", "deflate_min_bytes"})
 
 
 def feed_settings(table: object, where: str) -> tuple[FeedLimits, ServerLimits, int]:
@@ -297,6 +297,8 @@ def feed_settings(table: object, where: str) -> tuple[FeedLimits, ServerLimits, 
             or (value == 0 and key not in ZERO_ALLOWED)
         ):
             kind = "a positive number" if fractional else "a positive integer"
+            if key in ZERO_ALLOWED:
+                kind += " or 0"
             _fail(f"{where}: feed limit {key} must be {kind}")
         chosen[key] = value
     feed = FeedLimits(**{k: v for k, v in chosen.items() if k in _FEED_FIELDS})

@@ -32,6 +32,7 @@ def feed_lines(feed: FeedServer) -> list[str]:
     lines: list[str] = []
     for name, kind, value in (
         ("openperps_feed_connections", "gauge", m.connections),
+        ("openperps_feed_deflate_connections", "gauge", m.deflate_connections),
         ("openperps_feed_subscriptions", "gauge", feed.subscription_count()),
         ("openperps_feed_subscribed_keys", "gauge", len(feed.hub.holders)),
         ("openperps_feed_paused_connections", "gauge", len(feed.paused)),
@@ -41,6 +42,7 @@ def feed_lines(feed: FeedServer) -> list[str]:
         ("openperps_feed_coalesced_total", "counter", m.coalesced),
         ("openperps_feed_messages_sent_total", "counter", m.messages_sent),
         ("openperps_feed_bytes_sent_total", "counter", m.bytes_sent),
+        ("openperps_feed_compressed_messages_total", "counter", m.compressed_sent),
     ):
         _metric(lines, name, kind, value)
     lines.append("# TYPE openperps_feed_closes_total counter")

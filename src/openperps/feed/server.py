@@ -38,9 +38,20 @@ from picows import (
     WSMsgType,
     WSTransport,
     WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
     ws_create_server,
 )
 
+from openperps.feed.frames import (
+    DEFLATE_RESPONSE,
+    EXTENSIONS_HEADER,
+    MessageReader,
+    ProtocolFailure,
+    accepts_deflate,
+    deflated_frame,
+    text_frame,
+)
 from openperps.feed.hub import Hub, Push
 from openperps.feed.session import (
     CLOSE_POLICY,
@@ -61,6 +72,7 @@ from openperps.indexer.topics import TopicData
 logger = logging.getLogger("openperps.feed")
 
 PATHS = (b"/ws/", b"/ws", "/ws/", "/ws")
+_DATA = frozenset({WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION})
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,9 @@ class ServerLimits:
     # kept small so a client that reads slowly gets the newest list state rather than a
     # backlog of stale ones queued in the kernel
     socket_send_buffer: int = 32 * 1024
+    # pushes of at least this many bytes go compressed to clients that offered
+    # permessage-deflate (0: compression is never negotiated)
+    deflate_min_bytes: int = 1024
 
 
 def now_ms() -> int:
@@ -84,7 +99,9 @@ class FeedMetrics:
     def __init__(self) -> None:
         self.connections = 0
         self.messages_sent = 0
-        self.bytes_sent = 0
+        self.bytes_sent = 0  # as written: compressed where it was
+        self.compressed_sent = 0  # of messages_sent
+        self.deflate_connections = 0
         self.closes: Counter[str] = Counter()
         # list states replaced in an outbox by a newer one before they were sent
         self.coalesced = 0
@@ -102,13 +119,16 @@ class FeedMetrics:
 
 
 class Connection(WSListener):
-    def __init__(self, server: FeedServer) -> None:
+    def __init__(self, server: FeedServer, deflate: bool = False) -> None:
         self.server = server
         self.session = FeedSession(server.market_ids(), server.limits)
+        self.deflate = deflate  # the client negotiated permessage-deflate
+        self.reader = MessageReader(server.limits.max_frame_bytes, deflate)
         self.transport: WSTransport | None = None
         self.raw: asyncio.Transport  # the socket under picows, once connected
         self.peer = "?"
-        # pending frames: live ones in order; others keyed by subscription (coalesced)
+        # pending frames, whole and ready for the wire: live ones in order; others keyed by
+        # subscription (coalesced)
         self.queue: list[tuple[Subscription | None, bytes]] = []
         self.coalesced: dict[Subscription, int] = {}
         self.queued_bytes = 0
@@ -159,12 +179,23 @@ class Connection(WSListener):
             transport.send_close(WSCloseCode.OK if code == WSCloseCode.NO_INFO else code)
             transport.disconnect()
             return
+        if kind not in _DATA:
+            return  # pings are answered by picows
+        try:
+            message = self.reader.feed(
+                kind, frame.fin, frame.rsv1, frame.rsv2 or frame.rsv3, frame.get_payload_as_bytes()
+            )
+        except ProtocolFailure as failure:
+            self.server.metrics.closes["protocol_error"] += 1
+            self.close(failure.code, failure.reason)
+            return
+        if message is None:
+            return  # more fragments to come
+        kind, data = message
         if kind == WSMsgType.TEXT:
-            actions = self.session.receive_text(frame.get_payload_as_bytes(), now_ms())
-        elif kind == WSMsgType.BINARY:
-            actions = self.session.receive_binary(frame.get_payload_as_bytes(), now_ms())
+            actions = self.session.receive_text(data, now_ms())
         else:
-            return  # pings are answered by picows; continuations are reassembled there
+            actions = self.session.receive_binary(data, now_ms())
         for action in actions:
             if isinstance(action, Send):
                 self.push(None, action.data)
@@ -200,14 +231,14 @@ class Connection(WSListener):
         self.joined[action.subscription] = hub.version
         self.server.schedule_flush(self)
 
-    def push(self, subscription: Subscription | None, frame: bytes) -> None:
-        """Queue a frame of this connection's own and have it written on this loop pass."""
-        if self.enqueue(subscription, frame):
+    def push(self, subscription: Subscription | None, payload: bytes) -> None:
+        """Queue a message of this connection's own and have it written on this loop pass."""
+        if self.enqueue(subscription, self.server.wire(payload, self.deflate)):
             self.server.schedule_flush(self)
 
     def enqueue(self, subscription: Subscription | None, frame: bytes) -> bool:
-        """Queue a frame; a list state (``subscription`` given) replaces the one of the same
-        subscription still waiting. False when the frame was not queued."""
+        """Queue a whole frame; a list state (``subscription`` given) replaces the one of the
+        same subscription still waiting. False when the frame was not queued."""
         if self.closing:
             return False
         if subscription is not None:
@@ -239,10 +270,12 @@ class Connection(WSListener):
                 self.close(CLOSE_SLOW_CONSUMER, "too slow; resume with since_version")
             return
         metrics = self.server.metrics
-        for _subscription, frame in self.queue:
-            transport.send(WSMsgType.TEXT, frame)
-            metrics.messages_sent += 1
-            metrics.bytes_sent += len(frame)
+        frames = [frame for _subscription, frame in self.queue]
+        metrics.messages_sent += len(frames)
+        metrics.bytes_sent += self.queued_bytes
+        if self.deflate:
+            metrics.compressed_sent += sum(frame[0] == 0xC1 for frame in frames)
+        self.raw.writelines(frames)
         self.queue.clear()
         self.coalesced.clear()
         self.queued_bytes = 0
@@ -304,9 +337,16 @@ class FeedServer:
             # picows then fails every opening handshake (2.3.1): refuse to start instead
             raise ValueError("the ping timeout may not be longer than the ping interval")
 
-        def factory(request: WSUpgradeRequest) -> Connection | None:
+        def factory(request: WSUpgradeRequest) -> Connection | WSUpgradeResponseWithListener | None:
             if request.path not in PATHS:
                 return None
+            if limits.deflate_min_bytes and accepts_deflate(
+                request.headers.getall(EXTENSIONS_HEADER, [])
+            ):
+                return WSUpgradeResponseWithListener(
+                    WSUpgradeResponse.create_101_response({EXTENSIONS_HEADER: DEFLATE_RESPONSE}),
+                    Connection(self, deflate=True),
+                )
             return Connection(self)
 
         self._server = await ws_create_server(
@@ -353,11 +393,13 @@ class FeedServer:
         self.connections.add(conn)
         self.per_ip[conn.peer] += 1
         self.metrics.connections = len(self.connections)
+        self.metrics.deflate_connections += conn.deflate
         return self.per_ip[conn.peer] <= self.server_limits.connections_per_ip
 
     def forget(self, conn: Connection) -> None:
         if conn in self.connections:
             self.connections.discard(conn)
+            self.metrics.deflate_connections -= conn.deflate
             self.per_ip[conn.peer] -= 1
             if self.per_ip[conn.peer] <= 0:
                 del self.per_ip[conn.peer]
@@ -388,36 +430,41 @@ class FeedServer:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
+    def wire(self, payload: bytes, deflate: bool) -> bytes:
+        """``payload`` as a whole frame for a connection: compressed if it negotiated
+        compression and the payload is large enough to be worth it."""
+        limit = self.server_limits.deflate_min_bytes
+        if deflate and limit and len(payload) >= limit:
+            return deflated_frame(payload)
+        return text_frame(payload)
+
     def _flush(self) -> None:
         """Write everything since the last pass: each connection's own frames, then the
-        pushes, each built (and framed) once and written to every holder as the same bytes,
-        in one write per connection."""
+        pushes, each built (and framed, and compressed if anyone takes it so) once and written
+        to every holder as the same bytes, in one write per connection."""
         self._flush_scheduled = False
         hub = self.hub
         version = hub.version
         pushes, self._pushes = self._pushes, []
         changed, self._changed = self._changed, {}
         dirty, self._dirty = self._dirty, set()
+        limit = self.server_limits.deflate_min_bytes if self.metrics.deflate_connections else 0
         # every push, in the order a connection must get them
-        out: list[_Outgoing] = [
-            _Outgoing(
-                push.frame,
-                text_frame(push.frame),
-                push.version,
-                push.subscription,
-                False,
-                push.holders,
-            )
-            for push in pushes
-            if push.holders
-        ]
+        out: list[_Outgoing] = []
+        for push in pushes:
+            if push.holders:
+                plain = text_frame(push.frame)
+                packed = deflated_frame(push.frame) if limit and len(push.frame) >= limit else plain
+                out.append(
+                    _Outgoing(plain, packed, push.version, push.subscription, False, push.holders)
+                )
         for subscription in changed:
             holders = hub.holders.get(subscription)
             if holders:  # list state: built now, once, at the version it is written at
                 frame = hub.render(subscription)
-                out.append(
-                    _Outgoing(frame, text_frame(frame), version, subscription, True, holders)
-                )
+                plain = text_frame(frame)
+                packed = deflated_frame(frame) if limit and len(frame) >= limit else plain
+                out.append(_Outgoing(plain, packed, version, subscription, True, holders))
 
         # connections with frames of their own, or that cannot take more, go one by one
         careful = dirty | self.paused if self.paused else dirty
@@ -425,28 +472,32 @@ class FeedServer:
             joined = conn.joined
             for item in out:
                 if conn in item.holders and joined.get(item.subscription, -1) < item.version:
-                    conn.enqueue(item.subscription if item.coalesced else None, item.frame)
+                    wire = item.packed if conn.deflate else item.plain
+                    conn.enqueue(item.subscription if item.coalesced else None, wire)
             joined.clear()
             conn.flush()
 
         # everyone else: the shared bytes, straight to the socket, one write per connection
         writes: dict[Connection, list[bytes]] = {}
-        metrics = self.metrics
         for item in out:
             targets = item.holders - careful if careful else item.holders
-            wire = item.wire
+            plain, packed = item.plain, item.packed
             for conn in targets:
+                wire = packed if conn.deflate else plain
                 pending = writes.get(conn)
                 if pending is None:
                     writes[conn] = [wire]
                 else:
                     pending.append(wire)
+        metrics = self.metrics
         for conn, wires in writes.items():
             raw = conn.raw
             if raw.is_closing():  # picows closed it (a dead peer); it is about to be forgotten
                 continue
             metrics.messages_sent += len(wires)  # what was written, as the outbox path counts
             metrics.bytes_sent += sum(map(len, wires))
+            if conn.deflate:
+                metrics.compressed_sent += sum(wire[0] == 0xC1 for wire in wires)
             if len(wires) == 1:
                 raw.write(wires[0])
             else:
@@ -454,25 +505,12 @@ class FeedServer:
 
 
 class _Outgoing(NamedTuple):
-    frame: bytes  # the payload
-    wire: bytes  # the same as a whole websocket text frame
+    plain: bytes  # the push as a whole websocket text frame
+    packed: bytes  # the same compressed, for connections that take it so (or ``plain``)
     version: int
     subscription: Subscription
     coalesced: bool  # list state: a newer one may replace it in an outbox
     holders: set[Any]
-
-
-def text_frame(payload: bytes) -> bytes:
-    """A server's (unmasked) websocket text frame (RFC 6455, 5.2), built once and written
-    as is to every connection that gets it."""
-    size = len(payload)
-    if size < 126:
-        header = bytes((0x81, size))
-    elif size < 1 << 16:
-        header = bytes((0x81, 126)) + size.to_bytes(2, "big")
-    else:
-        header = bytes((0x81, 127)) + size.to_bytes(8, "big")
-    return header + payload
 
 
 Factory = Callable[[WSUpgradeRequest], Connection | None]

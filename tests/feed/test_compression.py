@@ -1,0 +1,336 @@
+"""Per-message compression (permessage-deflate) and whole messages from fragments: the offer
+parser, the codec and the message reader on their own, then the server with real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+from hypothesis import given
+from hypothesis import strategies as st
+from picows import WSMsgType
+
+from openperps.feed.frames import (
+    CLOSE_INVALID_DATA,
+    CLOSE_PROTOCOL_ERROR,
+    DEFLATE_RESPONSE,
+    MessageReader,
+    ProtocolFailure,
+    accepts_deflate,
+    deflate,
+    deflated_frame,
+    inflate,
+    text_frame,
+)
+from openperps.feed.server import ServerLimits
+from openperps.runtime.app import Exchange, Settings
+from tests.feed.test_server import ALICE, trade, url
+
+TEXT, BINARY, MORE = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION
+
+# -- negotiation ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("offers", "accepted"),
+    [
+        (["permessage-deflate"], True),
+        (["permessage-deflate; client_max_window_bits"], True),  # browsers, Node's ws
+        (["permessage-deflate; client_max_window_bits=10"], True),
+        (["permessage-deflate; server_max_window_bits=15"], True),
+        (['permessage-deflate; server_max_window_bits="15"'], True),
+        (["Permessage-Deflate; Server_No_Context_Takeover; client_no_context_takeover"], True),
+        # the pushes are shared, compressed once with the full window: a smaller one declined
+        (["permessage-deflate; server_max_window_bits=10"], False),
+        # ... but a later offer in the same header, or in another, is taken
+        (["permessage-deflate; server_max_window_bits=10, permessage-deflate"], True),
+        (["x-webkit-deflate-frame", "permessage-deflate"], True),
+        (["x-webkit-deflate-frame"], False),
+        ([], False),
+        ([""], False),
+        # malformed offers are declined (RFC 7692, 5)
+        (["permessage-deflate; server_max_window_bits"], False),
+        (["permessage-deflate; client_max_window_bits=16"], False),
+        (["permessage-deflate; client_max_window_bits=7"], False),
+        (["permessage-deflate; client_max_window_bits=abc"], False),
+        (["permessage-deflate; client_max_window_bits=¹⁵"], False),
+        (["permessage-deflate; server_no_context_takeover=1"], False),
+        (["permessage-deflate; server_no_context_takeover; server_no_context_takeover"], False),
+        (["permessage-deflate; mystery"], False),
+    ],
+)
+def test_offers_are_taken_or_declined(offers: list[str], accepted: bool) -> None:
+    assert accepts_deflate(offers) is accepted
+
+
+# -- the codec --------------------------------------------------------------------------------
+
+
+@given(st.binary(max_size=5000))
+def test_a_compressed_message_inflates_to_itself(payload: bytes) -> None:
+    assert inflate(deflate(payload), len(payload)) == payload
+
+
+def squeezed(payload: bytes) -> bytes:
+    """``payload`` compressed as hard as a client may (the server itself uses level 1)."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return (compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+
+def test_inflating_stops_past_the_limit() -> None:
+    bomb = squeezed(b"\x00" * 20_000_000)  # 20 MB of zeros fit in about 20 KB
+    assert len(bomb) < 30_000
+    assert len(inflate(bomb, 64 * 1024)) == 64 * 1024 + 1
+
+
+def test_frames_carry_rsv1_only_when_compressed() -> None:
+    payload = b'{"message":"recent_trades","data":[]}' * 100
+    plain, packed = text_frame(payload), deflated_frame(payload)
+    assert plain[0] == 0x81 and packed[0] == 0xC1
+    assert len(packed) < len(plain) / 10
+    assert packed[1] == len(deflate(payload)) < 126  # a one-byte length: no extension
+    assert packed[2:] == deflate(payload)
+    assert zlib.decompressobj(-15).decompress(packed[2:] + b"\x00\x00\xff\xff") == payload
+
+
+# -- the message reader -----------------------------------------------------------------------
+
+
+def test_fragments_are_joined_into_one_message() -> None:
+    reader = MessageReader(limit=100, deflate=False)
+    assert reader.feed(TEXT, False, False, False, b'{"topic":') is None
+    assert reader.feed(MORE, False, False, False, b' "orderbook", ') is None
+    assert reader.feed(MORE, True, False, False, b'"market_id": 1}') == (
+        TEXT,
+        b'{"topic": "orderbook", "market_id": 1}',
+    )
+    # and the reader is ready for the next message
+    assert reader.feed(BINARY, True, False, False, b"x") == (BINARY, b"x")
+
+
+def test_a_compressed_message_may_come_in_fragments() -> None:
+    payload = json.dumps({"topic": "order_history", "address": ALICE}).encode()
+    packed = deflate(payload)
+    reader = MessageReader(limit=1000, deflate=True)
+    assert reader.feed(TEXT, False, True, False, packed[:5]) is None
+    assert reader.feed(MORE, False, False, False, packed[5:9]) is None
+    assert reader.feed(MORE, True, False, False, packed[9:]) == (TEXT, payload)
+
+
+def test_a_message_over_the_limit_is_cut_at_limit_plus_one() -> None:
+    reader = MessageReader(limit=10, deflate=True)
+    assert reader.feed(TEXT, True, False, False, b"a" * 50) == (TEXT, b"a" * 11)
+    for _ in range(100):
+        assert reader.feed(TEXT if _ == 0 else MORE, False, False, False, b"b" * 1000) is None
+    assert reader.feed(MORE, True, False, False, b"b") == (TEXT, b"b" * 11)
+    assert reader.feed(TEXT, True, True, False, deflate(b"c" * 100_000)) == (TEXT, b"c" * 11)
+
+
+@pytest.mark.parametrize(
+    ("deflate_on", "frames", "code"),
+    [
+        (False, [(TEXT, True, True, False, b"x")], CLOSE_PROTOCOL_ERROR),  # RSV1 not agreed
+        (True, [(TEXT, True, False, True, b"x")], CLOSE_PROTOCOL_ERROR),  # RSV2/RSV3
+        (True, [(MORE, True, False, False, b"x")], CLOSE_PROTOCOL_ERROR),  # nothing to continue
+        (True, [(TEXT, False, False, False, b"x"), (TEXT, True, False, False, b"y")], 1002),
+        (True, [(TEXT, False, True, False, b"x"), (MORE, True, True, False, b"y")], 1002),
+        (True, [(TEXT, True, True, False, b"\xff\xfe not deflate")], CLOSE_INVALID_DATA),
+    ],
+)
+def test_frames_the_protocol_forbids_fail_the_connection(
+    deflate_on: bool, frames: list[tuple[WSMsgType, bool, bool, bool, bytes]], code: int
+) -> None:
+    reader = MessageReader(limit=100, deflate=deflate_on)
+    *before, last = frames
+    for frame in before:
+        assert reader.feed(*frame) is None
+    with pytest.raises(ProtocolFailure) as failure:
+        reader.feed(*last)
+    assert failure.value.code == code
+
+
+# -- the server ---------------------------------------------------------------------------------
+
+
+def extensions(ws: Any) -> str | None:
+    """The extensions the server agreed to in its handshake answer."""
+    response = ws.response
+    assert response is not None
+    value = response.headers.get("Sec-WebSocket-Extensions")
+    return None if value is None else str(value)
+
+
+async def messages(ws: Any, count: int) -> list[dict[str, Any]]:
+    return [json.loads(await asyncio.wait_for(ws.recv(), 5)) for _ in range(count)]
+
+
+async def drain(ws: Any) -> list[dict[str, Any]]:
+    """Everything the server sends until it has been quiet for half a second."""
+    frames = []
+    while True:
+        try:
+            frames.append(json.loads(await asyncio.wait_for(ws.recv(), 0.5)))
+        except TimeoutError:
+            return frames
+
+
+async def test_compressing_and_plain_clients_get_the_same_pushes(exchange: Exchange) -> None:
+    requests = [
+        {"topic": "recent_trades", "market_id": 1338, "id": 1},
+        {"topic": "orderbook", "market_id": 1338, "id": 2},
+        {"topic": "live_trade_history", "address": ALICE, "id": 3},
+        {"topic": "trade_history", "address": ALICE, "id": 4},
+    ]
+    async with (
+        websockets.connect(url(exchange)) as packed,  # offers permessage-deflate by default
+        websockets.connect(url(exchange), compression=None) as plain,
+    ):
+        assert extensions(packed) == DEFLATE_RESPONSE
+        assert extensions(plain) is None
+        for ws in (packed, plain):
+            for request in requests:
+                await ws.send(json.dumps(request))
+        first = [await drain(ws) for ws in (packed, plain)]  # acks and snapshots
+        assert len(first[0]) == 7  # live_trade_history has no snapshot
+        assert first[0] == first[1]
+        sent = exchange.feed.metrics.compressed_sent
+        for _ in range(8):  # trades make every list long enough to be compressed
+            await trade(exchange)
+        await asyncio.sleep(0.2)
+        got = [await drain(ws) for ws in (packed, plain)]
+        assert len(got[0]) > 10
+        assert got[0] == got[1]
+        assert exchange.feed.metrics.compressed_sent > sent
+        assert exchange.feed.metrics.deflate_connections == 1
+
+
+async def test_compression_can_be_turned_off(tmp_path: Path) -> None:
+    ex = Exchange(
+        Settings(
+            db=str(tmp_path / "events.sqlite3"),
+            ws_port=0,
+            server_limits=ServerLimits(deflate_min_bytes=0),
+        )
+    )
+    await ex.start()
+    try:
+        async with websockets.connect(url(ex)) as ws:
+            assert extensions(ws) is None
+            await ws.send(json.dumps({"method": "ping", "id": 1}))
+            assert (await messages(ws, 1))[0]["message"] == "pong"
+    finally:
+        await ex.stop()
+
+
+@pytest.mark.parametrize("compression", ["deflate", None])
+async def test_a_fragmented_request_is_one_request(
+    exchange: Exchange, compression: str | None
+) -> None:
+    request = json.dumps({"topic": "order_history", "address": ALICE, "id": 7})
+    async with websockets.connect(url(exchange), compression=compression) as ws:
+        await ws.send(iter([request[:5], request[5:20], request[20:]]))  # three frames
+        ack, snapshot = await messages(ws, 2)
+        assert (ack["message"], ack["id"]) == ("subscribed", 7)
+        assert snapshot["message"] == "order_history"
+
+
+# -- raw frames, for what well-behaved clients never send ---------------------------------------
+
+
+class RawClient:
+    """A websocket client that writes frames as it is told, right or wrong."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def connect(cls, port: int, extensions: str | None) -> tuple[RawClient, str]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        lines = [
+            "GET /ws/ HTTP/1.1",
+            f"Host: 127.0.0.1:{port}",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {key}",
+            "Sec-WebSocket-Version: 13",
+        ]
+        if extensions is not None:
+            lines.append(f"Sec-WebSocket-Extensions: {extensions}")
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        assert head.startswith("HTTP/1.1 101"), head
+        return cls(reader, writer), head
+
+    def send(self, first: int, payload: bytes) -> None:
+        mask = os.urandom(4)
+        size = len(payload)
+        if size < 126:
+            header = bytes((first, 0x80 | size))
+        elif size < 1 << 16:
+            header = bytes((first, 0x80 | 126)) + size.to_bytes(2, "big")
+        else:
+            header = bytes((first, 0x80 | 127)) + size.to_bytes(8, "big")
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.writer.write(header + mask + masked)
+
+    async def receive(self) -> tuple[int, bytes]:
+        """(first header byte, payload) of the next frame."""
+        first, second = await asyncio.wait_for(self.reader.readexactly(2), 5)
+        size = second & 0x7F
+        if size == 126:
+            size = int.from_bytes(await self.reader.readexactly(2), "big")
+        elif size == 127:
+            size = int.from_bytes(await self.reader.readexactly(8), "big")
+        return first, await self.reader.readexactly(size)
+
+    async def close_code(self) -> int:
+        while True:
+            first, payload = await self.receive()
+            if first & 0x0F == 0x8:
+                return int.from_bytes(payload[:2], "big")
+
+
+async def test_a_compressed_frame_without_agreement_closes_1002(exchange: Exchange) -> None:
+    client, head = await RawClient.connect(exchange.feed.port, None)
+    assert "permessage-deflate" not in head
+    client.send(0xC1, deflate(b'{"method": "ping"}'))
+    assert await client.close_code() == 1002
+    assert exchange.feed.metrics.closes["protocol_error"] == 1
+
+
+async def test_corrupt_compressed_data_closes_1007(exchange: Exchange) -> None:
+    client, head = await RawClient.connect(
+        exchange.feed.port, "permessage-deflate; client_max_window_bits"
+    )
+    assert DEFLATE_RESPONSE in head
+    client.send(0xC1, deflate(b'{"method": "ping", "id": 1}'))
+    first, payload = await client.receive()
+    assert first == 0x81 and json.loads(payload) == {"message": "pong", "id": 1}
+    client.send(0xC1, b"\xff\xff\xff not deflate")
+    assert await client.close_code() == 1007
+
+
+async def test_a_compressed_bomb_is_refused_as_too_large(exchange: Exchange) -> None:
+    client, _ = await RawClient.connect(exchange.feed.port, "permessage-deflate")
+    client.send(0xC1, squeezed(b" " * 50_000_000))  # 50 MB of spaces, about 50 KB on the wire
+    first, payload = await client.receive()
+    error = json.loads(payload)
+    assert error["message"] == "error" and error["error"]["code"] == "frame_too_large"
+    assert first == 0x81  # small answers go uncompressed
+    client.send(0xC1, deflate(b'{"method": "ping", "id": 2}'))  # still open, still served
+    first, payload = await client.receive()
+    assert (first, json.loads(payload)) == (0x81, {"message": "pong", "id": 2})
+
+
+async def test_a_continuation_of_nothing_closes_1002(exchange: Exchange) -> None:
+    client, _ = await RawClient.connect(exchange.feed.port, None)
+    client.send(0x80, b'{"method": "ping"}')  # FIN, opcode 0: continues no message
+    assert await client.close_code() == 1002
