@@ -19,10 +19,15 @@ another process (``--role client``), so neither side's event loop slows the othe
    stamped when its round starts: how fast this machine can move them with nothing else to do;
 4. memory: the server's resident set before and after 10 000 idle connections.
 
+The clients offer ``permessage-deflate`` as most do (Python's websockets, Node's ws,
+browsers), so pushes of 1 KiB or more travel compressed, the same for the exchange and the
+bare broadcasts; the sampled connections inflate what they time before reading it.
+``--plain`` measures clients that do not offer it.
+
 Prints figures, then as its last line one JSON object:
 {"bench": "feed", "deliveries_per_s": N, "baseline_per_s": N, "ratio": R,
  "small_frame_baseline_per_s": N, "p50_ms": X, "p99_ms": Y, "floor_p50_ms": X,
- "floor_p99_ms": Y, "kib_per_conn": Z}
+ "floor_p99_ms": Y, "kib_per_conn": Z, "deflate": true}
 """
 
 from __future__ import annotations
@@ -41,7 +46,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect, ws_create_server
+from picows import (
+    WSFrame,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+    ws_connect,
+    ws_create_server,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKET = 1338
@@ -49,6 +64,7 @@ FLAT_OUT_IN_FLIGHT = 64
 EVENTS_PER_COMMAND = 5  # measured: a resting order and a taker that fills it make 10 events
 ORDERBOOK_PUSH = b'{"message":"orderbook"'
 MAX_IN_FLIGHT = 20_000
+OFFER = "permessage-deflate; client_max_window_bits"  # what browsers and Node's ws offer
 ALICE = "0x" + "a1" * 32
 BOB = "0x" + "b2" * 32
 
@@ -147,7 +163,9 @@ async def drive(exchange: Any, rate: float, seconds: float) -> tuple[int, float]
     return made, elapsed
 
 
-async def serve_exchange(port: int, rate: float, durable_log: Path | None, seconds: float) -> None:
+async def serve_exchange(
+    port: int, rate: float, durable_log: Path | None, seconds: float, deflate: bool
+) -> None:
     """The real thing: log, sequencer, read models, feed; traders sending ``rate`` commands
     per second (0: as fast as the exchange takes them)."""
     from openperps.core import commands as c
@@ -163,7 +181,10 @@ async def serve_exchange(port: int, rate: float, durable_log: Path | None, secon
                 db=str(Path(tmp) / "events.sqlite3"),
                 ws_port=port,
                 # every simulated client comes from 127.0.0.1
-                server_limits=ServerLimits(connections_per_ip=1_000_000),
+                server_limits=ServerLimits(
+                    connections_per_ip=1_000_000,
+                    deflate_min_bytes=ServerLimits.deflate_min_bytes if deflate else 0,
+                ),
             )
         )
         await exchange.start()
@@ -215,28 +236,49 @@ def book_push() -> bytes:
 
 
 def trades_push() -> bytes:
-    """A ``recent_trades`` push as the feed sends it in this bench: the latest 100 fills."""
-    trade = {
-        "address": ALICE,
-        "market_id": "1338",
-        "trade_id": "36893488147419104570",
-        "order_type": 3,
-        "price": "7.019",
-        "size": "1",
-        "order_value": "7.019",
-        "leverage": 10,
-        "fee": "0.00351",
-        "pnl": "-0.00351",
-        "timestamp": 1796116650,
-        "last_updated": 1796116650,
-        "transaction_version": 12345,
-    }
-    push = {"message": "recent_trades", "data": [trade] * 100, "transaction_version": 1}
+    """A ``recent_trades`` push as the feed sends it in this bench: the latest 100 fills,
+    by the same two traders at prices over 20 levels (so that it compresses as the
+    exchange's own pushes do, not as 100 copies of one record would)."""
+    trades = []
+    for i in range(100):
+        price = 7_000 + i * 7 % 20
+        trades.append(
+            {
+                "address": ALICE if i % 2 else BOB,
+                "market_id": "1338",
+                "trade_id": str(36893488147419104570 + 18446744073709551616 * i),
+                "order_type": 3 if i % 2 else 1,
+                "price": f"{price / 1000:.3f}",
+                "size": "100",
+                "order_value": f"{price / 10:.1f}",
+                "leverage": 10,
+                "fee": f"{price / 20000:.5f}",
+                "pnl": f"-{price / 20000:.5f}",
+                "timestamp": 1796116650 + i // 40,
+                "last_updated": 1796116650 + i // 40,
+                "transaction_version": 12345 + 5 * i,
+            }
+        )
+    push = {"message": "recent_trades", "data": trades, "transaction_version": 1}
     return json.dumps(push, separators=(",", ":")).encode()
 
 
-async def bare_server(port: int) -> tuple[asyncio.Server, set[WSTransport]]:
-    """A picows server that only keeps the set of its connections."""
+def on_wire(payload: bytes, deflate: bool) -> tuple[bytes, bool]:
+    """(payload, compressed) as the feed sends it to a client that did or did not negotiate
+    compression: compressed from the feed's default threshold up."""
+    from openperps.feed.frames import deflate as compress
+    from openperps.feed.server import ServerLimits
+
+    if deflate and len(payload) >= ServerLimits.deflate_min_bytes:
+        return compress(payload), True
+    return payload, False
+
+
+async def bare_server(port: int, deflate: bool) -> tuple[asyncio.Server, set[WSTransport]]:
+    """A picows server that only keeps the set of its connections (agreeing to compression
+    as the feed does, when ``deflate``)."""
+    from openperps.feed.frames import DEFLATE_RESPONSE, EXTENSIONS_HEADER, accepts_deflate
+
     transports: set[WSTransport] = set()
 
     class Listener(WSListener):
@@ -246,33 +288,41 @@ async def bare_server(port: int) -> tuple[asyncio.Server, set[WSTransport]]:
         def on_ws_disconnected(self, transport: WSTransport) -> None:
             transports.discard(transport)
 
-    server = await ws_create_server(lambda request: Listener(), "127.0.0.1", port)
+    def factory(request: WSUpgradeRequest) -> Listener | WSUpgradeResponseWithListener:
+        offers = request.headers.getall(EXTENSIONS_HEADER, [])
+        if deflate and accepts_deflate(offers):
+            response = WSUpgradeResponse.create_101_response({EXTENSIONS_HEADER: DEFLATE_RESPONSE})
+            return WSUpgradeResponseWithListener(response, Listener())
+        return Listener()
+
+    server = await ws_create_server(factory, "127.0.0.1", port)
     return server, transports
 
 
-async def serve_bare(port: int, seconds: float, frames: list[bytes]) -> None:
+async def serve_bare(port: int, seconds: float, pushes: list[bytes], deflate: bool) -> None:
     """Baseline: picows broadcasting the same bytes to every connection, nothing else.
 
     With one small frame this is the original baseline: it writes whatever the socket can
     take or not. With the feed's own mix (a small book push and a 32 KB trades push) it
     skips a connection while its socket has a backlog, as any broadcast of that size must
     (otherwise the backlog grows by gigabytes in a few seconds)."""
-    server, transports = await bare_server(port)
+    server, transports = await bare_server(port, deflate)
+    frames = [on_wire(push, deflate) for push in pushes]
     print("ready", flush=True)
     await asyncio.to_thread(sys.stdin.readline)
     stop_at = time.monotonic() + seconds
     if len(frames) == 1:
-        frame = frames[0]
+        frame, compressed = frames[0]
         while time.monotonic() < stop_at:
             for transport in list(transports):
-                transport.send(WSMsgType.TEXT, frame)
+                transport.send(WSMsgType.TEXT, frame, rsv1=compressed)
             await asyncio.sleep(0)
     else:
         while time.monotonic() < stop_at:
             for transport in list(transports):
                 if not transport.underlying_transport.get_write_buffer_size():
-                    for frame in frames:
-                        transport.send(WSMsgType.TEXT, frame)
+                    for frame, compressed in frames:
+                        transport.send(WSMsgType.TEXT, frame, rsv1=compressed)
             await asyncio.sleep(0)
     print("events 0 1 0 0", flush=True)
     await asyncio.to_thread(sys.stdin.readline)
@@ -286,12 +336,13 @@ def stamped(push: bytes, stamp: int) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-async def serve_bare_timed(port: int, seconds: float, rounds_per_s: float) -> None:
+async def serve_bare_timed(port: int, seconds: float, rounds_per_s: float, deflate: bool) -> None:
     """Latency floor: picows broadcasting a book push and the trades push to every connection
     at a fixed number of rounds per second, each stamped with the wall clock at the start of
     its round (in ``transaction_version``), skipping a socket with a backlog. What the client
-    measures is the time from deciding to push to receiving, with nothing else to do."""
-    server, transports = await bare_server(port)
+    measures is the time from deciding to push to receiving, with nothing else to do; a push
+    large enough is compressed once per round, as the exchange does once per push."""
+    server, transports = await bare_server(port, deflate)
     print("ready", flush=True)
     await asyncio.to_thread(sys.stdin.readline)
     # each push up to its stamp (the last key), so a round only appends digits: JSON work
@@ -302,11 +353,11 @@ async def serve_bare_timed(port: int, seconds: float, rounds_per_s: float) -> No
     rounds = 0
     while time.monotonic() < stop_at:
         tail = b"%d}" % time.time_ns()
-        frames = [head + tail for head in heads]
+        frames = [on_wire(head + tail, deflate) for head in heads]
         for transport in list(transports):
             if not transport.underlying_transport.get_write_buffer_size():
-                for frame in frames:
-                    transport.send(WSMsgType.TEXT, frame)
+                for frame, compressed in frames:
+                    transport.send(WSMsgType.TEXT, frame, rsv1=compressed)
         rounds += 1
         next_round += 1 / rounds_per_s
         await asyncio.sleep(max(next_round - time.monotonic(), 0))
@@ -340,8 +391,10 @@ async def serve_idle(port: int) -> None:
 
 
 async def client(
-    port: int, connections: int, seconds: float, sample: int, subscribe: bool
+    port: int, connections: int, seconds: float, sample: int, subscribe: bool, deflate: bool
 ) -> dict[str, Any]:
+    from openperps.feed.frames import inflate
+
     received = 0
     # (stream, version, ns) of sampled connections; a stream is one topic on one connection
     arrivals: list[tuple[int, int, int]] = []
@@ -356,7 +409,9 @@ async def client(
             received += 1
             if self.sampled:
                 data = frame.get_payload_as_bytes()
-                at = time.time_ns()
+                if frame.rsv1:
+                    data = inflate(data, 1 << 24)
+                at = time.time_ns()  # once the client can read it
                 start = data.rfind(b'"transaction_version":')
                 if start >= 0:
                     end = start + 22
@@ -369,7 +424,11 @@ async def client(
     url = f"ws://127.0.0.1:{port}/ws/"
     transports = []
     for i in range(connections):
-        transport, _ = await ws_connect(lambda i=i: Listener(i, i < sample), url)
+        transport, _ = await ws_connect(
+            lambda i=i: Listener(i, i < sample),
+            url,
+            extra_headers={"Sec-WebSocket-Extensions": OFFER} if deflate else None,
+        )
         transports.append(transport)
         if subscribe:
             for request in (
@@ -396,9 +455,13 @@ async def client(
 # -- orchestration ------------------------------------------------------------------------------
 
 
+# options every spawned server and client shares with the main process (``--plain``)
+PASS_ON: list[str] = []
+
+
 def spawn(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, __file__, *args],
+        [sys.executable, __file__, *args, *PASS_ON],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -530,19 +593,27 @@ def main() -> None:
     parser.add_argument("--durable-log", type=Path)
     parser.add_argument("--repeat", type=int, default=2, help="throughput runs of each kind")
     parser.add_argument("--result", type=Path, help="where the client writes what it saw")
+    parser.add_argument(
+        "--plain", action="store_true", help="clients that do not offer permessage-deflate"
+    )
     args = parser.parse_args()
+    deflate = not args.plain
+    if args.plain:
+        PASS_ON.append("--plain")
 
     if args.role == "server":
         import uvloop
 
         if args.mode == "exchange":
-            uvloop.run(serve_exchange(args.port, args.rate, args.durable_log, args.seconds))
+            uvloop.run(
+                serve_exchange(args.port, args.rate, args.durable_log, args.seconds, deflate)
+            )
         elif args.mode == "bare":
-            uvloop.run(serve_bare(args.port, args.seconds, [book_push()]))
+            uvloop.run(serve_bare(args.port, args.seconds, [book_push()], deflate))
         elif args.mode == "bare-same":
-            uvloop.run(serve_bare(args.port, args.seconds, [book_push(), trades_push()]))
+            uvloop.run(serve_bare(args.port, args.seconds, [book_push(), trades_push()], deflate))
         elif args.mode == "bare-timed":
-            uvloop.run(serve_bare_timed(args.port, args.seconds, args.rate))
+            uvloop.run(serve_bare_timed(args.port, args.seconds, args.rate, deflate))
         else:
             uvloop.run(serve_idle(args.port))
         return
@@ -558,6 +629,7 @@ def main() -> None:
                 args.seconds,
                 args.sample,
                 subscribe=args.mode != "idle",
+                deflate=deflate,
             )
         )
         if args.result is not None:  # the arrivals can be megabytes: not through a pipe
@@ -584,7 +656,8 @@ def main() -> None:
     baseline = max(rate for rate, _ in runs["bare-same"])
     print(
         f"baseline: {baseline:,.0f} deliveries/s (bare picows broadcast of the same bytes: "
-        f"a {len(book_push())} B book push and a {len(trades_push()):,} B trades push); "
+        f"a {len(book_push())} B book push and a {len(trades_push()):,} B trades push, "
+        f"{len(on_wire(trades_push(), deflate)[0]):,} B on the wire); "
         f"best of {', '.join(f'{rate:,.0f}' for rate, _ in runs['bare-same'])}"
     )
     small_baseline = max(rate for rate, _ in runs["bare"])
@@ -686,6 +759,7 @@ def main() -> None:
                 "floor_p50_ms": round(floor_p50, 2),
                 "floor_p99_ms": round(floor_p99, 2),
                 "kib_per_conn": round(per_conn, 1),
+                "deflate": deflate,
             }
         )
     )
