@@ -466,29 +466,29 @@ class FeedServer:
                 packed = deflated_frame(frame) if limit and len(frame) >= limit else plain
                 out.append(_Outgoing(plain, packed, version, subscription, True, holders))
 
-        # connections with frames of their own, or that cannot take more, go one by one
+        # connections with frames of their own, or that cannot take more, go through their
+        # outbox; everyone else gets the shared bytes straight to the socket, in one write
         careful = dirty | self.paused if self.paused else dirty
-        for conn in careful:
-            joined = conn.joined
-            for item in out:
-                if conn in item.holders and joined.get(item.subscription, -1) < item.version:
-                    wire = item.packed if conn.deflate else item.plain
-                    conn.enqueue(item.subscription if item.coalesced else None, wire)
-            joined.clear()
-            conn.flush()
-
-        # everyone else: the shared bytes, straight to the socket, one write per connection
         writes: dict[Connection, list[bytes]] = {}
         for item in out:
-            targets = item.holders - careful if careful else item.holders
+            holders = item.holders
             plain, packed = item.plain, item.packed
-            for conn in targets:
+            if careful:
+                for conn in holders & careful:
+                    if conn.joined.get(item.subscription, -1) < item.version:
+                        wire = packed if conn.deflate else plain
+                        conn.enqueue(item.subscription if item.coalesced else None, wire)
+                holders = holders - careful
+            for conn in holders:
                 wire = packed if conn.deflate else plain
                 pending = writes.get(conn)
                 if pending is None:
                     writes[conn] = [wire]
                 else:
                     pending.append(wire)
+        for conn in careful:
+            conn.joined.clear()
+            conn.flush()
         metrics = self.metrics
         for conn, wires in writes.items():
             raw = conn.raw
