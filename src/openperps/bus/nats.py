@@ -24,8 +24,9 @@ version (a binary search over the stream by the id header) and consumes from the
 ordered consumer. Envelopes at or below the version already delivered are skipped (a
 duplicate, an overlap), and a hole (a dropped batch, a stream trimmed by its limits, a writer
 that crashed between its commit and its publish) is read from the event log before the
-message that follows it. So a gateway that restarts at the version its read models hold
-loses and repeats nothing. When its connection comes back after an outage, the consumer is
+message that follows it; a log that does not have it yet (a read replica behind) is asked
+again until it does, and nothing after the hole is delivered meanwhile. So a gateway that
+restarts at the version its read models hold loses and repeats nothing. When its connection comes back after an outage, the consumer is
 made again from the version after the last one delivered (a restarted server has forgotten
 it), rather than waiting for the client to notice missed heartbeats.
 """
@@ -64,6 +65,9 @@ STREAM_MAX_AGE_S = 24 * 3600.0
 MAX_MESSAGE_BYTES = 512 * 1024
 CONNECT_TIMEOUT_S = 5.0
 ENVELOPE_OVERHEAD = 48  # msgpack framing and the type tag, roughly, per envelope
+# a hole the log cannot fill yet is asked for again after these pauses (doubling)
+FILL_RETRY_FIRST_S = 0.05
+FILL_RETRY_MAX_S = 2.0
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(list[list[Envelope]])
@@ -352,6 +356,8 @@ class NatsConsumer:
         self.messages = 0
         self.holes_filled = 0
         self.holes_unfilled = 0
+        self.waiting_for_log = False  # a hole the log could not fill yet holds delivery back
+        self._stopping = False
         self._bus = InProcessBus()
         self._bus.last_version = after
         self._nc: Any = None
@@ -420,6 +426,7 @@ class NatsConsumer:
             self._resubscribing = None
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._resubscribing is not None:
             self._resubscribing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -476,6 +483,10 @@ class NatsConsumer:
         self._emit(fresh)
 
     async def _fill(self, first: int, last: int) -> None:
+        """Deliver ``first..last`` from the log, and nothing after them before they are all
+        in: a log that does not have them yet (a read replica behind its primary) or cannot
+        be read is asked again, with growing pauses, for as long as it takes. Skipping would
+        lose records for good; waiting only delays them (``waiting_for_log`` tells)."""
         if self.log is None:
             self.holes_unfilled += 1
             logger.error("NATS consumer: versions %d..%d are missing from the stream", first, last)
@@ -484,8 +495,37 @@ class NatsConsumer:
             return
         logger.warning("NATS consumer: reading versions %d..%d from the event log", first, last)
         self.holes_filled += 1
-        async for chunk in self.log.read_batches(first, last):
-            self._emit(chunk)
+        delay, waited = FILL_RETRY_FIRST_S, 0.0
+        try:
+            while True:
+                try:
+                    async with contextlib.aclosing(
+                        self.log.read_batches(self.version + 1, last)
+                    ) as chunks:
+                        async for chunk in chunks:
+                            if chunk[0].version != self.version + 1:
+                                break  # the log is missing versions: ask it again later
+                            self._emit(chunk)
+                except Exception as exc:  # the database went away, say: ask it again later
+                    logger.warning("NATS consumer: the event log could not be read (%s)", exc)
+                if self.version >= last:
+                    return
+                if self._stopping:
+                    raise asyncio.CancelledError
+                self.waiting_for_log = True
+                if waited == 0.0 or int(waited + delay) // 10 > int(waited) // 10:
+                    logger.warning(
+                        "NATS consumer: the event log does not have versions %d..%d yet; "
+                        "waiting for it (%.1f s so far)",
+                        self.version + 1,
+                        last,
+                        waited,
+                    )
+                await asyncio.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, FILL_RETRY_MAX_S)
+        finally:
+            self.waiting_for_log = False
 
     def _emit(self, envelopes: Sequence[Envelope]) -> None:
         self.version = envelopes[-1].version

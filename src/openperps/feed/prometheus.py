@@ -81,6 +81,7 @@ def consumer_lines(consumer: NatsConsumer) -> list[str]:
         ("openperps_gateway_messages_total", "counter", consumer.messages),
         ("openperps_gateway_holes_filled_total", "counter", consumer.holes_filled),
         ("openperps_gateway_holes_unfilled_total", "counter", consumer.holes_unfilled),
+        ("openperps_gateway_waiting_for_log", "gauge", int(consumer.waiting_for_log)),
     ):
         _metric(lines, name, kind, value)
     return lines

@@ -102,8 +102,8 @@ class Gateway:
 
     async def _on_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """A minimal HTTP/1.1 endpoint: ``GET /metrics`` (Prometheus text) and ``GET /health``
-        (200 with the applied version while the gateway follows the stream); one request per
-        connection."""
+        (200 with the applied version while the gateway follows the stream and is not held
+        back by a hole its log cannot fill yet; 503 otherwise); one request per connection."""
         try:
             async with asyncio.timeout(5):
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -115,10 +115,15 @@ class Gateway:
                 status, kind = "200 OK", "text/plain; version=0.0.4"
                 body = self.metrics_text().encode()
             elif path == b"/health":
-                following = self.consumer is not None and self.consumer.following
-                status = "200 OK" if following else "503 Service Unavailable"
-                version = self.consumer.version if self.consumer is not None else 0
-                body = json.dumps({"following": following, "version": version}).encode()
+                consumer = self.consumer
+                following = consumer is not None and consumer.following
+                waiting = consumer is not None and consumer.waiting_for_log
+                ok = following and not waiting
+                status = "200 OK" if ok else "503 Service Unavailable"
+                version = consumer.version if consumer is not None else 0
+                body = json.dumps(
+                    {"following": following, "waiting_for_log": waiting, "version": version}
+                ).encode()
                 kind = "application/json"
             else:
                 status, body, kind = "404 Not Found", b"/metrics or /health\n", "text/plain"

@@ -1,0 +1,145 @@
+"""A consumer's hole, filled from a log that does not have it yet (a read replica behind its
+primary) or cannot be read for a while: delivery waits, then goes on in order, losing and
+repeating nothing. No NATS server is needed: batches are handed to ``deliver`` as the
+stream's messages would be."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncGenerator
+from pathlib import Path
+
+import httpx
+
+from openperps.bus import Published
+from openperps.bus.nats import NatsConsumer
+from openperps.runtime.gateway import Gateway, GatewaySettings
+from openperps.store import SqliteEventLog
+from openperps.store.envelope import Envelope
+
+from .helpers import batches
+
+
+class LaggingLog:
+    """A log that shows versions up to ``visible`` only, and fails ``failures`` reads first."""
+
+    def __init__(self, log: SqliteEventLog, visible: int, failures: int = 0) -> None:
+        self.log = log
+        self.visible = visible
+        self.failures = failures
+        self.reads = 0
+
+    async def read_batches(
+        self, from_version: int, to_version: int | None = None
+    ) -> AsyncGenerator[list[Envelope], None]:
+        self.reads += 1
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("the database went away")
+        last = self.visible if to_version is None else min(to_version, self.visible)
+        if last < from_version:
+            return
+        async for chunk in self.log.read_batches(from_version, last, batch_size=7):
+            yield chunk
+
+
+async def filled(tmp_path: Path, items: list[Published]) -> SqliteEventLog:
+    log = SqliteEventLog(tmp_path / "events.sqlite3")
+    await log.open()
+    for batch in items:
+        await log.append(batch.envelopes)
+    return log
+
+
+def received_by(consumer: NatsConsumer) -> list[int]:
+    versions: list[int] = []
+    consumer.subscribe(lambda batch: versions.extend(e.version for e in batch.envelopes))
+    return versions
+
+
+async def test_a_hole_waits_for_a_lagging_log_then_goes_on_in_order(tmp_path: Path) -> None:
+    items = batches(40)
+    log = await filled(tmp_path, items)
+    try:
+        # batches 10..29 never reached the stream, and the log shows only up to batch 14
+        lagging = LaggingLog(log, visible=items[14].last_version)
+        consumer = NatsConsumer(log=lagging)  # type: ignore[arg-type]
+        versions = received_by(consumer)
+        for batch in items[:10]:
+            await consumer.deliver(batch.envelopes)
+        delivering = asyncio.create_task(consumer.deliver(items[30].envelopes))
+        while lagging.reads < 3:
+            await asyncio.sleep(0.01)
+        assert not delivering.done()
+        assert consumer.waiting_for_log
+        assert versions == list(range(1, items[14].last_version + 1)), "what it has, in order"
+        lagging.visible = items[-1].last_version  # the replica caught up
+        await asyncio.wait_for(delivering, 5)
+        assert not consumer.waiting_for_log
+        for batch in items[31:]:
+            await consumer.deliver(batch.envelopes)
+        assert versions == list(range(1, items[-1].last_version + 1))
+        assert (consumer.holes_filled, consumer.holes_unfilled) == (1, 0)
+    finally:
+        await log.close()
+
+
+async def test_a_log_that_cannot_be_read_is_asked_again(tmp_path: Path) -> None:
+    items = batches(12)
+    log = await filled(tmp_path, items)
+    try:
+        failing = LaggingLog(log, visible=items[-1].last_version, failures=3)
+        consumer = NatsConsumer(log=failing)  # type: ignore[arg-type]
+        versions = received_by(consumer)
+        await consumer.deliver(items[0].envelopes)
+        await asyncio.wait_for(consumer.deliver(items[-1].envelopes), 5)
+        assert failing.reads == 4
+        assert versions == list(range(1, items[-1].last_version + 1))
+    finally:
+        await log.close()
+
+
+async def test_stopping_ends_the_wait(tmp_path: Path) -> None:
+    items = batches(5)
+    log = await filled(tmp_path, items)
+    try:
+        consumer = NatsConsumer(log=LaggingLog(log, visible=0))  # type: ignore[arg-type]
+        delivering = asyncio.create_task(consumer.deliver(items[-1].envelopes))
+        while not consumer.waiting_for_log:
+            await asyncio.sleep(0.01)
+        await consumer.stop()
+        await asyncio.wait([delivering], timeout=5)
+        assert delivering.cancelled()
+        assert consumer.version == 0, "nothing after the hole was delivered"
+    finally:
+        await log.close()
+
+
+async def test_gateway_health_is_503_while_a_hole_holds_it_back() -> None:
+    """The operator endpoint without NATS or a log: the consumer's state decides."""
+    gateway = Gateway(GatewaySettings(db="unused"))
+    gateway.http = await asyncio.start_server(gateway._on_http, "127.0.0.1", 0)
+    consumer = gateway.consumer = NatsConsumer()
+
+    async def health() -> tuple[int, dict[str, object]]:
+        async with httpx.AsyncClient() as http:
+            answer = await http.get(f"http://127.0.0.1:{gateway.http_port}/health")
+        return answer.status_code, json.loads(answer.content)
+
+    try:
+        # not connected to NATS: not following
+        assert await health() == (
+            503,
+            {"following": False, "waiting_for_log": False, "version": 0},
+        )
+        consumer._nc = type("Connected", (), {"is_connected": True})()
+        consumer._sub = object()
+        assert (await health())[0] == 200
+        consumer.waiting_for_log = True
+        assert await health() == (503, {"following": True, "waiting_for_log": True, "version": 0})
+        assert "openperps_gateway_waiting_for_log 1\n" in gateway.metrics_text()
+    finally:
+        consumer._nc = consumer._sub = None
+        gateway.http.close()
+        await gateway.http.wait_closed()
