@@ -26,9 +26,10 @@ duplicate, an overlap), and a hole (a dropped batch, a stream trimmed by its lim
 that crashed between its commit and its publish) is read from the event log before the
 message that follows it; a log that does not have it yet (a read replica behind) is asked
 again until it does, and nothing after the hole is delivered meanwhile. So a gateway that
-restarts at the version its read models hold loses and repeats nothing. When its connection comes back after an outage, the consumer is
-made again from the version after the last one delivered (a restarted server has forgotten
-it), rather than waiting for the client to notice missed heartbeats.
+restarts at the version its read models hold loses and repeats nothing. When its
+connection comes back after an outage, the consumer is made again from the version after the
+last one delivered (a restarted server has forgotten it), rather than waiting for the client
+to notice missed heartbeats.
 """
 
 from __future__ import annotations
