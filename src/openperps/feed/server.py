@@ -471,15 +471,15 @@ class FeedServer:
         careful = dirty | self.paused if self.paused else dirty
         writes: dict[Connection, list[bytes]] = {}
         for item in out:
-            holders = item.holders
+            targets: set[Connection] = item.holders
             plain, packed = item.plain, item.packed
             if careful:
-                for conn in holders & careful:
+                for conn in targets & careful:
                     if conn.joined.get(item.subscription, -1) < item.version:
                         wire = packed if conn.deflate else plain
                         conn.enqueue(item.subscription if item.coalesced else None, wire)
-                holders = holders - careful
-            for conn in holders:
+                targets = targets - careful
+            for conn in targets:
                 wire = packed if conn.deflate else plain
                 pending = writes.get(conn)
                 if pending is None:
