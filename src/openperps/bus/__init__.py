@@ -8,6 +8,20 @@ batches through NATS JetStream to readers in other processes (imported on its ow
 embedded default needs no NATS client).
 """
 
+from typing import Final
+
 from openperps.bus.memory import InProcessBus, Published, Subscriber
 
-__all__ = ["InProcessBus", "Published", "Subscriber"]
+# where the NATS bus is unless told otherwise: the server, and the stream and its subject
+DEFAULT_NATS_URL: Final = "nats://127.0.0.1:4222"
+DEFAULT_STREAM: Final = "OPENPERPS"
+DEFAULT_SUBJECT: Final = "openperps.events"
+
+__all__ = [
+    "DEFAULT_NATS_URL",
+    "DEFAULT_STREAM",
+    "DEFAULT_SUBJECT",
+    "InProcessBus",
+    "Published",
+    "Subscriber",
+]

@@ -47,6 +47,7 @@ from nats.errors import MaxPayloadError
 from nats.js import api
 from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
 
+from openperps.bus import DEFAULT_NATS_URL, DEFAULT_STREAM, DEFAULT_SUBJECT
 from openperps.bus.memory import InProcessBus, Published, Subscriber
 from openperps.core.events import decode_event
 from openperps.store.base import EventLog
@@ -54,9 +55,6 @@ from openperps.store.envelope import Envelope
 
 logger = logging.getLogger("openperps.bus.nats")
 
-DEFAULT_URL = "nats://127.0.0.1:4222"
-DEFAULT_STREAM = "OPENPERPS"
-DEFAULT_SUBJECT = "openperps.events"
 ID_HEADER = "Nats-Msg-Id"
 LAST_HEADER = "Openperps-Last-Version"
 DUPLICATE_WINDOW_S = 120.0
@@ -152,7 +150,7 @@ class NatsPublisher:
 
     def __init__(
         self,
-        url: str = DEFAULT_URL,
+        url: str = DEFAULT_NATS_URL,
         *,
         stream: str = DEFAULT_STREAM,
         subject: str = DEFAULT_SUBJECT,
@@ -342,7 +340,7 @@ class NatsConsumer:
 
     def __init__(
         self,
-        url: str = DEFAULT_URL,
+        url: str = DEFAULT_NATS_URL,
         *,
         after: int = 0,
         log: EventLog | None = None,

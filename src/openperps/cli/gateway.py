@@ -10,9 +10,8 @@ from typing import Annotated
 import typer
 import uvloop
 
+from openperps.bus import DEFAULT_NATS_URL, DEFAULT_STREAM, DEFAULT_SUBJECT
 from openperps.cli.serve import (
-    DEFAULT_STREAM,
-    DEFAULT_SUBJECT,
     NatsStream,
     NatsSubject,
     _fail,
@@ -34,7 +33,7 @@ def gateway(
     ],
     nats: Annotated[
         str, typer.Option(envvar="OPENPERPS_NATS", help="the NATS server the exchange publishes to")
-    ] = "nats://127.0.0.1:4222",
+    ] = DEFAULT_NATS_URL,
     nats_stream: NatsStream = DEFAULT_STREAM,
     nats_subject: NatsSubject = DEFAULT_SUBJECT,
     host: Annotated[str, typer.Option(envvar="OPENPERPS_HOST", help="address to bind")] = (

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
+from openperps.bus import DEFAULT_STREAM, DEFAULT_SUBJECT
 from openperps.core import is_compiled
 from openperps.core.errors import OpenPerpsError
 from openperps.core.markets import default_markets, parse_markets
@@ -43,7 +44,6 @@ NatsStream = Annotated[
 NatsSubject = Annotated[
     str, typer.Option(envvar="OPENPERPS_NATS_SUBJECT", help="subject of that stream")
 ]
-DEFAULT_STREAM, DEFAULT_SUBJECT = "OPENPERPS", "openperps.events"
 
 
 def _fail(message: str) -> NoReturn:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from openperps.bus import InProcessBus, Published
+from openperps.bus import DEFAULT_STREAM, DEFAULT_SUBJECT, InProcessBus, Published
 from openperps.core import commands as c
 from openperps.core.markets import MarketConfig, default_markets
 from openperps.feed.server import FeedServer, ServerLimits, now_ms
@@ -49,8 +49,8 @@ class Settings:
     funding_check_seconds: float = 1.0
     live_retention: int | None = None  # live changes kept per address for resuming; None: 10 000
     bus: str | None = None  # nats://host:port: also publish every durable batch there
-    bus_stream: str = "OPENPERPS"
-    bus_subject: str = "openperps.events"
+    bus_stream: str = DEFAULT_STREAM
+    bus_subject: str = DEFAULT_SUBJECT
 
 
 class ReplayClock:

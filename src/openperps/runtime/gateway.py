@@ -18,8 +18,8 @@ import json
 import logging
 from dataclasses import dataclass, field
 
-from openperps.bus import Published
-from openperps.bus.nats import DEFAULT_STREAM, DEFAULT_SUBJECT, DEFAULT_URL, NatsConsumer
+from openperps.bus import DEFAULT_NATS_URL, DEFAULT_STREAM, DEFAULT_SUBJECT, Published
+from openperps.bus.nats import NatsConsumer
 from openperps.feed.prometheus import build_lines, consumer_lines, feed_lines
 from openperps.feed.server import FeedServer, ServerLimits
 from openperps.feed.session import FeedLimits
@@ -32,7 +32,7 @@ logger = logging.getLogger("openperps.gateway")
 @dataclass
 class GatewaySettings:
     db: str  # the writer's event log: postgresql://...?schema=...
-    nats: str = DEFAULT_URL
+    nats: str = DEFAULT_NATS_URL
     stream: str = DEFAULT_STREAM
     subject: str = DEFAULT_SUBJECT
     host: str = "127.0.0.1"
