@@ -334,3 +334,63 @@ async def test_a_continuation_of_nothing_closes_1002(exchange: Exchange) -> None
     client, _ = await RawClient.connect(exchange.feed.port, None)
     client.send(0x80, b'{"method": "ping"}')  # FIN, opcode 0: continues no message
     assert await client.close_code() == 1002
+
+
+# -- the message reader, over many frame sequences ---------------------------------------------
+
+LIMIT = 300
+
+
+@st.composite
+def split_messages(draw: st.DrawFn) -> tuple[list[tuple[WSMsgType, bytes]], list[Any]]:
+    """Messages (some compressed) cut into fragments at random: (what was sent, the frames)."""
+    sent: list[tuple[WSMsgType, bytes]] = []
+    frames: list[Any] = []
+    for _ in range(draw(st.integers(1, 6))):
+        kind = draw(st.sampled_from([TEXT, BINARY]))
+        payload = draw(st.binary(max_size=2 * LIMIT) | st.just(b"{}" * draw(st.integers(0, 400))))
+        compressed = draw(st.booleans())
+        data = deflate(payload) if compressed else payload
+        cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=4)))
+        pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+        for i, piece in enumerate(pieces):
+            first, last = i == 0, i == len(pieces) - 1
+            frames.append((kind if first else MORE, last, compressed and first, False, piece))
+        sent.append((kind, payload))
+    return sent, frames
+
+
+@given(split_messages())
+def test_fragmented_and_compressed_messages_come_out_whole(
+    case: tuple[list[tuple[WSMsgType, bytes]], list[Any]],
+) -> None:
+    sent, frames = case
+    reader = MessageReader(limit=LIMIT, deflate=True)
+    got = [message for frame in frames if (message := reader.feed(*frame)) is not None]
+    assert got == [(kind, payload[: LIMIT + 1]) for kind, payload in sent]
+
+
+frame_strategy = st.tuples(
+    st.sampled_from([TEXT, BINARY, MORE]),
+    st.booleans(),
+    st.booleans(),
+    st.booleans(),
+    st.binary(max_size=600) | st.builds(deflate, st.binary(max_size=2000)),
+)
+
+
+@given(st.booleans(), st.lists(frame_strategy, max_size=30))
+def test_any_frame_sequence_gives_messages_or_a_protocol_failure(
+    deflate_on: bool, frames: list[tuple[WSMsgType, bool, bool, bool, bytes]]
+) -> None:
+    reader = MessageReader(limit=LIMIT, deflate=deflate_on)
+    for frame in frames:
+        try:
+            message = reader.feed(*frame)
+        except ProtocolFailure as failure:
+            assert failure.code in (CLOSE_PROTOCOL_ERROR, CLOSE_INVALID_DATA)
+            return  # the connection is closed: nothing more is read
+        if message is not None:
+            kind, data = message
+            assert kind in (TEXT, BINARY)
+            assert len(data) <= LIMIT + 1
