@@ -170,7 +170,9 @@ class NatsPublisher:
         self.duplicates = 0  # of which the server had already stored
         self.dropped = 0  # batches dropped from a full queue (readers fill them from the log)
         self.failures = 0  # failed attempts to send a message
-        self._queue: deque[Published] = deque()
+        # the envelopes of each batch waiting (not its decoded events: they are not sent, and
+        # during an outage they would double what the queue holds)
+        self._queue: deque[Sequence[Envelope]] = deque()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -196,10 +198,10 @@ class NatsPublisher:
                     "NATS publish queue full (%d batches): dropping the oldest, from version "
                     "%d; readers fill the hole from the event log",
                     self.max_queued,
-                    lost.first_version,
+                    lost[0].version,
                 )
             self.dropped += 1
-        self._queue.append(batch)
+        self._queue.append(batch.envelopes)
         self.last_version = batch.last_version
         self._idle.clear()
         self._wake.set()
@@ -237,10 +239,10 @@ class NatsPublisher:
     def _next_message(self) -> list[Sequence[Envelope]]:
         """Take queued batches for one message: consecutive versions, within the size."""
         queue = self._queue
-        batches = [queue.popleft().envelopes]
+        batches = [queue.popleft()]
         size = sum(len(e.payload) + ENVELOPE_OVERHEAD for e in batches[0])
-        while queue and queue[0].first_version == batches[-1][-1].version + 1:
-            following = queue[0].envelopes
+        while queue and queue[0][0].version == batches[-1][-1].version + 1:
+            following = queue[0]
             more = sum(len(e.payload) + ENVELOPE_OVERHEAD for e in following)
             if size + more > self.max_message_bytes:
                 break
