@@ -298,6 +298,7 @@ async def test_an_outage_of_nats_delays_the_stream_and_loses_nothing(tmp_path: P
             publisher.publish(batch)
         await received.until(items[99].last_version)
         assert await publisher.flush(10)
+        first_subscription = consumer._sub
 
         server.stop()
         for batch in items[100:200]:  # the writer goes on; publish never waits
@@ -309,6 +310,10 @@ async def test_an_outage_of_nats_delays_the_stream_and_loses_nothing(tmp_path: P
             publisher.publish(batch)
         assert await publisher.flush(60)
         await received.until(items[-1].last_version)
+        # the consumer was made again on reconnecting (the restarted server forgot it), not
+        # left for the client library to notice missed heartbeats
+        assert consumer._sub is not None and consumer._sub is not first_subscription
+        assert consumer.following
     finally:
         await consumer.stop()
         await publisher.close()
