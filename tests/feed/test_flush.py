@@ -15,7 +15,7 @@ from openperps.feed.server import Connection, FeedServer
 from openperps.feed.session import Subscribe
 from openperps.indexer import ReadModels
 from tests.feed.test_resume import BATCHES
-from tests.indexer.test_models import PROFILES
+from tests.indexer.test_models import APT, PROFILES
 
 
 def payloads(wire: bytes) -> list[bytes]:
@@ -123,3 +123,69 @@ async def test_a_resume_between_collect_and_flush_loses_and_repeats_nothing(
     # exactly the steady client's records after the resume point: none lost, none twice
     assert sorted(set(resumed)) == [v for v in sorted(set(everything)) if v > resume_from]
     assert [v for v in everything if v > resume_from] == resumed
+
+
+class RawSocket(Socket):
+    """Records the bytes written, as they went; may say it is closing."""
+
+    def __init__(self, closing: bool = False) -> None:
+        super().__init__([])
+        self.closing = closing
+        self.wire = bytearray()
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def write(self, data: bytes) -> None:
+        self.wire += data
+
+
+async def test_the_metrics_count_what_was_written_compressed_or_not() -> None:
+    """Messages, bytes (as on the wire) and compressed messages: exactly what the sockets
+    took, a socket picows is closing left out."""
+    models = ReadModels()
+    server = FeedServer(models)
+    models.apply_all(BATCHES[0])  # the markets are listed
+    sockets: list[RawSocket] = []
+    for deflate, closing in ((True, False), (False, False), (True, True), (False, True)):
+        conn = Connection(server, deflate=deflate)
+        ws = WebSocket()
+        ws.underlying_transport = sock = RawSocket(closing)
+        conn.on_ws_connected(ws)  # type: ignore[arg-type]
+        sockets.append(sock)
+        for topic in ("recent_trades", "orderbook", "live_trade_history"):
+            key = {"address": PROFILES[0]} if topic.startswith("live") else {"market_id": APT}
+            subscribe(conn, {"topic": topic, **key})
+    await asyncio.sleep(0)  # the snapshots and acks go out through the outboxes
+    for sock in sockets:
+        sock.wire.clear()
+    metrics = server.metrics
+    before = (metrics.messages_sent, metrics.bytes_sent, metrics.compressed_sent)
+    for batch in BATCHES[1:300]:
+        server.on_applied(models.apply_all(batch))
+        await asyncio.sleep(0)
+    frames = [frame for sock in sockets[:2] for frame in frame_heads(bytes(sock.wire))]
+    assert not sockets[2].wire and not sockets[3].wire
+    written = sum(len(sock.wire) for sock in sockets)
+    compressed = sum(1 for first in frames if first == 0xC1)
+    assert compressed > 10 and len(frames) > compressed
+    assert (
+        metrics.messages_sent - before[0],
+        metrics.bytes_sent - before[1],
+        metrics.compressed_sent - before[2],
+    ) == (len(frames), written, compressed)
+
+
+def frame_heads(wire: bytes) -> list[int]:
+    """The first header byte of each frame in ``wire``."""
+    heads = []
+    while wire:
+        size = wire[1] & 0x7F
+        start = 2
+        if size == 126:
+            size, start = int.from_bytes(wire[2:4], "big"), 4
+        elif size == 127:
+            size, start = int.from_bytes(wire[2:10], "big"), 10
+        heads.append(wire[0])
+        wire = wire[start + size :]
+    return heads

@@ -27,13 +27,13 @@ CLOSE_PROTOCOL_ERROR: Final = 1002
 CLOSE_INVALID_DATA: Final = 1007
 
 _TEXT: Final = 0x81  # FIN and the text opcode
-_TEXT_DEFLATED: Final = 0xC1  # FIN, RSV1 (compressed) and the text opcode
+COMPRESSED_TEXT: Final = 0xC1  # FIN, RSV1 (compressed) and the text opcode: a frame's first byte
 
 
 def text_frame(payload: bytes, compressed: bool = False) -> bytes:
     """A server's (unmasked) websocket text frame (RFC 6455, 5.2), built once and written
     as is to every connection that gets it; ``compressed`` sets RSV1 (RFC 7692, 6)."""
-    first = _TEXT_DEFLATED if compressed else _TEXT
+    first = COMPRESSED_TEXT if compressed else _TEXT
     size = len(payload)
     if size < 126:
         header = bytes((first, size))

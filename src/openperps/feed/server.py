@@ -26,7 +26,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, KeysView
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -44,6 +44,7 @@ from picows import (
 )
 
 from openperps.feed.frames import (
+    COMPRESSED_TEXT,
     DEFLATE_RESPONSE,
     EXTENSIONS_HEADER,
     MessageReader,
@@ -274,7 +275,7 @@ class Connection(WSListener):
         metrics.messages_sent += len(frames)
         metrics.bytes_sent += self.queued_bytes
         if self.deflate:
-            metrics.compressed_sent += sum(frame[0] == 0xC1 for frame in frames)
+            metrics.compressed_sent += sum(frame[0] == COMPRESSED_TEXT for frame in frames)
         self.raw.writelines(frames)
         self.queue.clear()
         self.coalesced.clear()
@@ -469,7 +470,8 @@ class FeedServer:
         # connections with frames of their own, or that cannot take more, go through their
         # outbox; everyone else gets the shared bytes straight to the socket, in one write
         careful = dirty | self.paused if self.paused else dirty
-        writes: dict[Connection, list[bytes]] = {}
+        writes: defaultdict[Connection, list[bytes]] = defaultdict(list)
+        messages = sent_bytes = compressed = 0  # what the shared path writes
         for item in out:
             targets: set[Connection] = item.holders
             plain, packed = item.plain, item.packed
@@ -479,29 +481,39 @@ class FeedServer:
                         wire = packed if conn.deflate else plain
                         conn.enqueue(item.subscription if item.coalesced else None, wire)
                 targets = targets - careful
-            for conn in targets:
-                wire = packed if conn.deflate else plain
-                pending = writes.get(conn)
-                if pending is None:
-                    writes[conn] = [wire]
-                else:
-                    pending.append(wire)
+            if packed is plain:
+                for conn in targets:
+                    writes[conn].append(plain)
+                sent_bytes += len(targets) * len(plain)
+            else:
+                taking = 0  # connections that take it compressed
+                for conn in targets:
+                    if conn.deflate:
+                        writes[conn].append(packed)
+                        taking += 1
+                    else:
+                        writes[conn].append(plain)
+                compressed += taking
+                sent_bytes += taking * len(packed) + (len(targets) - taking) * len(plain)
+            messages += len(targets)
         for conn in careful:
             conn.joined.clear()
             conn.flush()
-        metrics = self.metrics
         for conn, wires in writes.items():
             raw = conn.raw
             if raw.is_closing():  # picows closed it (a dead peer); it is about to be forgotten
+                messages -= len(wires)  # counted as written above: not written after all
+                sent_bytes -= sum(map(len, wires))
+                compressed -= sum(wire[0] == COMPRESSED_TEXT for wire in wires)
                 continue
-            metrics.messages_sent += len(wires)  # what was written, as the outbox path counts
-            metrics.bytes_sent += sum(map(len, wires))
-            if conn.deflate:
-                metrics.compressed_sent += sum(wire[0] == 0xC1 for wire in wires)
             if len(wires) == 1:
                 raw.write(wires[0])
             else:
                 raw.writelines(wires)
+        metrics = self.metrics
+        metrics.messages_sent += messages
+        metrics.bytes_sent += sent_bytes
+        metrics.compressed_sent += compressed
 
 
 class _Outgoing(NamedTuple):
