@@ -18,8 +18,9 @@ from tests.feed.test_resume import BATCHES
 from tests.indexer.test_models import APT, PROFILES
 
 
-def payloads(wire: bytes) -> list[bytes]:
-    """The payloads of the unmasked text frames in ``wire`` (what the server wrote)."""
+def frames(wire: bytes) -> list[tuple[int, bytes]]:
+    """(first header byte, payload) of each unmasked frame in ``wire`` (what the server
+    wrote)."""
     out = []
     while wire:
         size = wire[1] & 0x7F
@@ -28,9 +29,13 @@ def payloads(wire: bytes) -> list[bytes]:
             size, start = int.from_bytes(wire[2:4], "big"), 4
         elif size == 127:
             size, start = int.from_bytes(wire[2:10], "big"), 10
-        out.append(wire[start : start + size])
+        out.append((wire[0], wire[start : start + size]))
         wire = wire[start + size :]
     return out
+
+
+def payloads(wire: bytes) -> list[bytes]:
+    return [payload for _first, payload in frames(wire)]
 
 
 class Socket:
@@ -164,28 +169,13 @@ async def test_the_metrics_count_what_was_written_compressed_or_not() -> None:
     for batch in BATCHES[1:300]:
         server.on_applied(models.apply_all(batch))
         await asyncio.sleep(0)
-    frames = [frame for sock in sockets[:2] for frame in frame_heads(bytes(sock.wire))]
+    heads = [first for sock in sockets[:2] for first, _ in frames(bytes(sock.wire))]
     assert not sockets[2].wire and not sockets[3].wire
     written = sum(len(sock.wire) for sock in sockets)
-    compressed = sum(1 for first in frames if first == 0xC1)
-    assert compressed > 10 and len(frames) > compressed
+    compressed = sum(1 for first in heads if first == 0xC1)
+    assert compressed > 10 and len(heads) > compressed
     assert (
         metrics.messages_sent - before[0],
         metrics.bytes_sent - before[1],
         metrics.compressed_sent - before[2],
-    ) == (len(frames), written, compressed)
-
-
-def frame_heads(wire: bytes) -> list[int]:
-    """The first header byte of each frame in ``wire``."""
-    heads = []
-    while wire:
-        size = wire[1] & 0x7F
-        start = 2
-        if size == 126:
-            size, start = int.from_bytes(wire[2:4], "big"), 4
-        elif size == 127:
-            size, start = int.from_bytes(wire[2:10], "big"), 10
-        heads.append(wire[0])
-        wire = wire[start + size :]
-    return heads
+    ) == (len(heads), written, compressed)
