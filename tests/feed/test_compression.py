@@ -133,6 +133,19 @@ def test_a_message_over_the_limit_is_cut_at_limit_plus_one() -> None:
     assert reader.feed(TEXT, True, True, False, deflate(b"c" * 100_000)) == (TEXT, b"c" * 11)
 
 
+def test_a_long_compressed_message_in_fragments_is_kept_bounded() -> None:
+    noise = os.urandom(5_000)  # does not compress: longer compressed than the limit
+    packed = deflate(noise)
+    pieces = [packed[start : start + 100] for start in range(0, len(packed), 100)]
+    reader = MessageReader(limit=1_000, deflate=True)
+    assert reader.feed(TEXT, False, True, False, pieces[0]) is None
+    for piece in pieces[1:-1]:
+        assert reader.feed(MORE, False, False, False, piece) is None
+    assert reader._size <= 2 * 1_001
+    message = reader.feed(MORE, True, False, False, pieces[-1])
+    assert message == (TEXT, noise[:1_001])  # over the limit: frame_too_large
+
+
 @pytest.mark.parametrize(
     ("deflate_on", "frames", "code"),
     [

@@ -161,8 +161,10 @@ class MessageReader:
         return None
 
     def _keep(self, payload: bytes) -> None:
-        # compressed data is kept whole up to a bound of its own: it may inflate to less
-        bound = self.limit + 1 if not self._compressed else 16 * (self.limit + 1)
+        # compressed data is kept up to twice the limit: deflate adds a few bytes per 64 KiB
+        # at worst, so a message whose compressed form is longer inflates past the limit
+        # anyway (and what is kept of it still does)
+        bound = self.limit + 1 if not self._compressed else 2 * (self.limit + 1)
         room = bound - self._size
         if room > 0:
             piece = payload[:room]
