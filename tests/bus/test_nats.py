@@ -114,6 +114,46 @@ async def test_every_batch_arrives_once_in_version_order_with_its_events(
     assert [b.envelopes for b in received.batches] == [b.envelopes for b in items]
 
 
+async def test_gateways_learn_when_each_message_became_durable(
+    names: tuple[str, str, str], tmp_path: Path
+) -> None:
+    """The durable time travels in a header (the first batch's, for a merged message) and
+    comes out on every batch of the message; a batch read back from the log has none."""
+    url, stream, subject = names
+    items = [
+        msgspec.structs.replace(batch, durable_at=1_796_000_000.25 + i)
+        for i, batch in enumerate(batches(40))
+    ]
+    async with SqliteEventLog(tmp_path / "events.sqlite3") as log:
+        for batch in items:
+            await log.append(batch.envelopes)
+        # one message each, and batches 10..19 missing from the stream
+        await publish_all(url, stream, subject, items[:10] + items[20:], max_message_bytes=1)
+        received = await consume(
+            url, stream, subject, after=0, until=items[-1].last_version, log=log
+        )
+    by_version = {b.first_version: b.durable_at for b in received.batches}
+    for i, batch in enumerate(items):
+        if 10 <= i < 20:
+            assert by_version.get(batch.first_version, 0.0) == 0.0  # from the log: unknown
+        else:
+            assert by_version[batch.first_version] == batch.durable_at
+
+
+async def test_a_merged_message_carries_its_first_batch_durable_time(
+    names: tuple[str, str, str],
+) -> None:
+    url, stream, subject = names
+    items = [
+        msgspec.structs.replace(batch, durable_at=1_796_000_000.5 + i)
+        for i, batch in enumerate(batches(5))
+    ]
+    await publish_all(url, stream, subject, items)  # queued together: one message
+    assert await stream_messages(url, stream) == 1
+    received = await consume(url, stream, subject, after=0, until=items[-1].last_version)
+    assert [b.durable_at for b in received.batches] == [items[0].durable_at] * len(items)
+
+
 async def test_a_consumer_starts_after_any_version(names: tuple[str, str, str]) -> None:
     url, stream, subject = names
     items = batches(300)

@@ -221,6 +221,7 @@ async def test_compressing_and_plain_clients_get_the_same_pushes(exchange: Excha
         assert len(got[0]) > 10
         assert got[0] == got[1]
         assert exchange.feed.metrics.compressed_sent > sent
+        assert sum(exchange.feed.metrics.latency_counts) > 0  # pushes timed from durability
         assert exchange.feed.metrics.deflate_connections == 1
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
@@ -179,3 +180,37 @@ async def test_the_metrics_count_what_was_written_compressed_or_not() -> None:
         metrics.bytes_sent - before[1],
         metrics.compressed_sent - before[2],
     ) == (len(heads), written, compressed)
+
+
+async def test_push_latency_is_counted_when_the_pushes_are_written() -> None:
+    """From a batch being durable to its pushes being handed to the sockets: counted in the
+    flush, once per batch that pushed something, never for a batch of unknown time."""
+    models = ReadModels()
+    server = FeedServer(models)
+    models.apply_all(BATCHES[0])
+    conn, _ws = connect(server)
+    subscribe(conn, {"topic": "orderbook", "market_id": APT})
+    await asyncio.sleep(0)
+    metrics = server.metrics
+    rest = iter(BATCHES[1:])
+    for batch in rest:  # up to a batch that changes the book, durable 20 ms ago
+        server.on_applied(models.apply_all(batch), durable_at=time.time() - 0.020)
+        if server._pushes or server._changed:
+            break
+    assert sum(metrics.latency_counts) == 0, "nothing is counted before it is written"
+    await asyncio.sleep(0)
+    assert sum(metrics.latency_counts) == 1
+    assert 20 <= metrics.latency_sum < 1000
+    expected = 1
+    for index, batch in enumerate(rest):
+        if index % 2:  # unknown time (read back from the log): not counted
+            server.on_applied(models.apply_all(batch))
+        else:  # counted if it pushes something, once written
+            waiting = len(server._durable)
+            server.on_applied(models.apply_all(batch), durable_at=time.time())
+            expected += len(server._durable) - waiting
+        if index % 7 == 0:
+            await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert 1 < expected < len(BATCHES) // 2, "some batches pushed, some did not"
+    assert sum(metrics.latency_counts) == expected

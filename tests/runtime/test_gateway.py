@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -315,6 +316,9 @@ async def test_gateways_push_what_the_engine_pushes_and_a_restart_loses_nothing(
             metrics = (await http.get("/metrics")).text
             assert f"openperps_feed_connections {len(requests)}\n" in metrics
             assert "openperps_gateway_holes_unfilled_total 0\n" in metrics
+            # push latency, from the engine's durable time carried by the stream
+            (count,) = re.findall(r"^openperps_feed_push_latency_ms_count (\d+)$", metrics, re.M)
+            assert int(count) > 0
             assert 'openperps_build_info{version="' in metrics
             assert (await http.get("/nothing")).status_code == 404
             assert (await http.post("/metrics")).status_code == 405

@@ -23,6 +23,9 @@ class Published(msgspec.Struct, frozen=True):
 
     envelopes: Sequence[Envelope]
     events: Sequence[Event]
+    # wall-clock seconds when the batch became durable (0: unknown, as for a batch read back
+    # from the log): where the feed's push latency is counted from, in any process
+    durable_at: float = 0.0
 
     @property
     def first_version(self) -> int:

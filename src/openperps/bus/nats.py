@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -57,6 +58,9 @@ logger = logging.getLogger("openperps.bus.nats")
 
 ID_HEADER = "Nats-Msg-Id"
 LAST_HEADER = "Openperps-Last-Version"
+# wall-clock seconds when the message's first batch became durable: gateways count their
+# push latency from it (across machines, as well as their clocks agree)
+DURABLE_HEADER = "Openperps-Durable-At"
 DUPLICATE_WINDOW_S = 120.0
 # the log is the truth: the stream keeps a day for gateways to catch up from, then trims
 STREAM_MAX_AGE_S = 24 * 3600.0
@@ -80,9 +84,10 @@ def decode_batches(data: bytes) -> list[list[Envelope]]:
     return _decoder.decode(data)
 
 
-def to_published(envelopes: Sequence[Envelope]) -> Published:
+def to_published(envelopes: Sequence[Envelope], durable_at: float = 0.0) -> Published:
     """A batch as the in-process bus carries it: envelopes plus their decoded events."""
-    return Published(envelopes, [decode_event(envelope.payload) for envelope in envelopes])
+    events = [decode_event(envelope.payload) for envelope in envelopes]
+    return Published(envelopes, events, durable_at)
 
 
 async def connect(
@@ -170,9 +175,9 @@ class NatsPublisher:
         self.duplicates = 0  # of which the server had already stored
         self.dropped = 0  # batches dropped from a full queue (readers fill them from the log)
         self.failures = 0  # failed attempts to send a message
-        # the envelopes of each batch waiting (not its decoded events: they are not sent, and
-        # during an outage they would double what the queue holds)
-        self._queue: deque[Sequence[Envelope]] = deque()
+        # each batch waiting: its envelopes and when it became durable (not its decoded
+        # events: they are not sent, and during an outage they would double the queue)
+        self._queue: deque[tuple[Sequence[Envelope], float]] = deque()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -198,10 +203,10 @@ class NatsPublisher:
                     "NATS publish queue full (%d batches): dropping the oldest, from version "
                     "%d; readers fill the hole from the event log",
                     self.max_queued,
-                    lost[0].version,
+                    lost[0][0].version,
                 )
             self.dropped += 1
-        self._queue.append(batch.envelopes)
+        self._queue.append((batch.envelopes, batch.durable_at))
         self.last_version = batch.last_version
         self._idle.clear()
         self._wake.set()
@@ -236,20 +241,22 @@ class NatsPublisher:
                 await self._nc.close()
             self._nc = None
 
-    def _next_message(self) -> list[Sequence[Envelope]]:
-        """Take queued batches for one message: consecutive versions, within the size."""
+    def _next_message(self) -> tuple[list[Sequence[Envelope]], float]:
+        """Take queued batches for one message: consecutive versions, within the size; and
+        when the first of them became durable."""
         queue = self._queue
-        batches = [queue.popleft()]
-        size = sum(len(e.payload) + ENVELOPE_OVERHEAD for e in batches[0])
-        while queue and queue[0][0].version == batches[-1][-1].version + 1:
-            following = queue[0]
+        first, durable_at = queue.popleft()
+        batches = [first]
+        size = sum(len(e.payload) + ENVELOPE_OVERHEAD for e in first)
+        while queue and queue[0][0][0].version == batches[-1][-1].version + 1:
+            following = queue[0][0]
             more = sum(len(e.payload) + ENVELOPE_OVERHEAD for e in following)
             if size + more > self.max_message_bytes:
                 break
             queue.popleft()
             batches.append(following)
             size += more
-        return batches
+        return batches, durable_at
 
     async def _run(self) -> None:
         delay = 0.05
@@ -278,15 +285,17 @@ class NatsPublisher:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            await self._send(js, self._next_message())
+            await self._send(js, *self._next_message())
 
-    async def _send(self, js: Any, batches: list[Sequence[Envelope]]) -> None:
+    async def _send(self, js: Any, batches: list[Sequence[Envelope]], durable_at: float) -> None:
         """Send one message until the server takes it: the same bytes under the same id."""
         data = encode_batches(batches)
         first, last = batches[0][0].version, batches[-1][-1].version
         delay = 0.05
+        headers = {ID_HEADER: str(first), LAST_HEADER: str(last)}
+        if durable_at:
+            headers[DURABLE_HEADER] = f"{durable_at:.6f}"
         while True:
-            headers = {ID_HEADER: str(first), LAST_HEADER: str(last)}
             try:
                 ack = await js.publish(
                     self.subject,
@@ -464,16 +473,17 @@ class NatsConsumer:
 
     async def _on_message(self, msg: Any) -> None:
         try:
+            durable_at = _durable_at(msg.headers)
             async with self._delivering:
                 for batch in decode_batches(msg.data):
-                    await self.deliver(batch)
+                    await self.deliver(batch, durable_at)
         except Exception:
             # a broken message or a log that cannot be read: reported, and the next
             # message's hole check reads what this one missed from the log
             logger.exception("NATS consumer: a message could not be delivered")
         self.messages += 1
 
-    async def deliver(self, envelopes: Sequence[Envelope]) -> None:
+    async def deliver(self, envelopes: Sequence[Envelope], durable_at: float = 0.0) -> None:
         """Deliver what one batch adds after ``version``, filling a hole from the log (in
         the log's chunks: a hole is where the feed may merge several commands' pushes)."""
         fresh = [e for e in envelopes if e.version > self.version]
@@ -481,7 +491,7 @@ class NatsConsumer:
             return
         if fresh[0].version > self.version + 1:
             await self._fill(self.version + 1, fresh[0].version - 1)
-        self._emit(fresh)
+        self._emit(fresh, durable_at)
 
     async def _fill(self, first: int, last: int) -> None:
         """Deliver ``first..last`` from the log, and nothing after them before they are all
@@ -528,6 +538,15 @@ class NatsConsumer:
         finally:
             self.waiting_for_log = False
 
-    def _emit(self, envelopes: Sequence[Envelope]) -> None:
+    def _emit(self, envelopes: Sequence[Envelope], durable_at: float = 0.0) -> None:
         self.version = envelopes[-1].version
-        self._bus.publish(to_published(envelopes))
+        self._bus.publish(to_published(envelopes, durable_at))
+
+
+def _durable_at(headers: dict[str, str] | None) -> float:
+    """The message's durable time from its header; 0 when absent or unreadable."""
+    try:
+        value = float((headers or {}).get(DURABLE_HEADER, 0))
+    except ValueError:
+        return 0.0
+    return value if math.isfinite(value) and value > 0 else 0.0

@@ -321,6 +321,7 @@ class FeedServer:
         self._dirty: set[Connection] = set()  # frames of their own to write (or a backlog)
         self._pushes: list[Push] = []  # live records and book deltas since the last flush
         self._changed: dict[Subscription, None] = {}  # list subscriptions changed since then
+        self._durable: list[float] = []  # when each batch with pushes since then was durable
         self._flush_scheduled = False
         self._server: asyncio.Server | None = None
         self.port = 0
@@ -411,16 +412,19 @@ class FeedServer:
 
     # -- pushing ----------------------------------------------------------------------------------
 
-    def on_applied(self, applied: Applied, durable_at_ms: int | None = None) -> None:
-        """Take note of one applied batch's pushes; they are written on the next loop pass."""
+    def on_applied(self, applied: Applied, durable_at: float = 0.0) -> None:
+        """Take note of one applied batch's pushes; they are written on the next loop pass.
+        ``durable_at`` (wall-clock seconds, 0 if unknown): when the batch became durable;
+        the time from then until its pushes are handed to the sockets is the latency the
+        metrics count."""
         pushes, changed = self.hub.collect(applied)
         if pushes or changed:
             self._pushes += pushes
             for subscription in changed:
                 self._changed[subscription] = None
+            if durable_at:
+                self._durable.append(durable_at)
             self._schedule()
-        if durable_at_ms is not None:
-            self.metrics.observe_latency(max(now_ms() - durable_at_ms, 0))
 
     def schedule_flush(self, conn: Connection) -> None:
         self._dirty.add(conn)
@@ -449,6 +453,7 @@ class FeedServer:
         pushes, self._pushes = self._pushes, []
         changed, self._changed = self._changed, {}
         dirty, self._dirty = self._dirty, set()
+        durable, self._durable = self._durable, []
         limit = self.server_limits.deflate_min_bytes if self.metrics.deflate_connections else 0
         # every push, in the order a connection must get them
         out: list[_Outgoing] = []
@@ -514,6 +519,10 @@ class FeedServer:
         metrics.messages_sent += messages
         metrics.bytes_sent += sent_bytes
         metrics.compressed_sent += compressed
+        if durable:
+            now = time.time()
+            for moment in durable:
+                metrics.observe_latency(max(now - moment, 0.0) * 1000)
 
 
 class _Outgoing(NamedTuple):

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from openperps.bus import DEFAULT_STREAM, DEFAULT_SUBJECT, InProcessBus, Published
 from openperps.core import commands as c
 from openperps.core.markets import MarketConfig, default_markets
-from openperps.feed.server import FeedServer, ServerLimits, now_ms
+from openperps.feed.server import FeedServer, ServerLimits
 from openperps.feed.session import FeedLimits
 from openperps.indexer import ReadModels
 from openperps.runtime.keepers import Keepers
@@ -153,7 +153,7 @@ class Exchange:
 
     def _on_published(self, batch: Published) -> None:
         applied = self.models.apply_all(batch.events)
-        self.feed.on_applied(applied, durable_at_ms=now_ms())
+        self.feed.on_applied(applied, durable_at=batch.durable_at)
 
     async def stop_work(self) -> None:
         """Stop what was spawned (oracle, simulated traders, keepers); idempotent."""

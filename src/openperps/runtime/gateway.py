@@ -84,7 +84,7 @@ class Gateway:
 
     def _on_published(self, batch: Published) -> None:
         assert self.feed is not None
-        self.feed.on_applied(self.models.apply_all(batch.events))
+        self.feed.on_applied(self.models.apply_all(batch.events), durable_at=batch.durable_at)
 
     @property
     def http_port(self) -> int | None:

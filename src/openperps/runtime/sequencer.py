@@ -91,9 +91,14 @@ class Sequencer:
         self.commands += 1
         envelopes = to_envelopes(events)
         durable = self.writer.enqueue(envelopes)
-        batch = Published(envelopes, events)
+        bus = self.bus
+
+        def published(future: asyncio.Future[None]) -> None:
+            if future.exception() is None:
+                bus.publish(Published(envelopes, events, time.time()))
+
         # done-callbacks run in the order the writer resolves them: version order
-        durable.add_done_callback(lambda f: None if f.exception() else self.bus.publish(batch))
+        durable.add_done_callback(published)
         try:
             await asyncio.shield(durable)
         except Exception as exc:
