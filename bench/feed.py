@@ -24,9 +24,11 @@ browsers), so pushes of 1 KiB or more travel compressed, the same for the exchan
 bare broadcasts; the sampled connections inflate what they time before reading it.
 ``--plain`` measures clients that do not offer it.
 
-Prints figures, then as its last line one JSON object:
+Prints figures, then as its last line one JSON object (``--parts`` picks measurements; the
+server's own part of the latency, durability to the end of the write round that hands a
+commit's pushes to every socket, is ``server_p99_ms``):
 {"bench": "feed", "deliveries_per_s": N, "baseline_per_s": N, "ratio": R,
- "small_frame_baseline_per_s": N, "p50_ms": X, "p99_ms": Y, "floor_p50_ms": X,
+ "small_frame_baseline_per_s": N, "p50_ms": X, "p99_ms": Y, "server_p99_ms": Y, "floor_p50_ms": X,
  "floor_p99_ms": Y, "kib_per_conn": Z, "deflate": true}
 """
 
@@ -203,6 +205,19 @@ async def serve_exchange(
                 durable.append((batch[0].version, batch[-1].version, time.time_ns()))
 
             setattr(log, "_append", timed_commit)  # noqa: B010 (a method of this one object)
+        # (version, wall clock ns) at the end of every write round: every push up to that
+        # version handed to every socket
+        rounds: list[tuple[int, int]] = []
+        if durable_log is not None:
+            feed = exchange.feed
+            flush = feed._flush
+
+            def timed_flush() -> None:
+                version = feed.hub.version
+                flush()
+                rounds.append((version, time.time_ns()))
+
+            setattr(feed, "_flush", timed_flush)  # noqa: B010 (a method of this one object)
         seq = exchange.sequencer
         await seq.execute(c.Mint(timestamp=0, profile=ALICE, amount=10**15))
         await seq.execute(c.Deposit(timestamp=0, profile=ALICE, amount=10**15))
@@ -212,11 +227,13 @@ async def serve_exchange(
         await asyncio.to_thread(sys.stdin.readline)  # wait until the client is connected
         metrics = exchange.feed.metrics
         sent, sent_bytes = metrics.messages_sent, metrics.bytes_sent
+        durable.clear()  # only what happens under load counts (not the set-up's deposits)
+        rounds.clear()
         made, elapsed = await drive(exchange, rate, seconds)
         sent, sent_bytes = metrics.messages_sent - sent, metrics.bytes_sent - sent_bytes
         print(f"events {made} {elapsed:.3f} {sent} {sent_bytes}", flush=True)
         if durable_log is not None:
-            durable_log.write_text(json.dumps(durable))
+            durable_log.write_text(json.dumps({"commits": durable, "rounds": rounds}))
         await asyncio.to_thread(sys.stdin.readline)
         await exchange.stop()
 
@@ -573,6 +590,19 @@ def latencies(
     return per_event, per_frame
 
 
+def server_side(commits: list[tuple[int, ...]], rounds: list[tuple[int, ...]]) -> list[float]:
+    """Milliseconds from each commit being durable to the end of the first write round at or
+    after its version (the round that handed its pushes to every socket)."""
+    rounds.sort()
+    versions = [version for version, _at in rounds]
+    out = []
+    for _first, last, durable_at in commits:
+        index = bisect.bisect_left(versions, last)
+        if index < len(rounds):
+            out.append((rounds[index][1] - durable_at) / 1e6)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--role", choices=["main", "server", "client"], default="main")
@@ -595,6 +625,11 @@ def main() -> None:
     parser.add_argument("--result", type=Path, help="where the client writes what it saw")
     parser.add_argument(
         "--plain", action="store_true", help="clients that do not offer permessage-deflate"
+    )
+    parser.add_argument(
+        "--parts",
+        default="throughput,latency,memory",
+        help="which measurements to make (comma-separated; the JSON has only theirs)",
     )
     args = parser.parse_args()
     deflate = not args.plain
@@ -638,6 +673,19 @@ def main() -> None:
         print(json.dumps(result), flush=True)
         return
 
+    figures: dict[str, Any] = {"bench": "feed"}
+    parts = set(args.parts.split(","))
+    if "throughput" in parts:
+        figures |= throughput(args, deflate)
+    if "latency" in parts:
+        figures |= latency(args)
+    if "memory" in parts:
+        figures |= memory(args)
+    figures["deflate"] = deflate
+    print(json.dumps(figures))
+
+
+def throughput(args: argparse.Namespace, deflate: bool) -> dict[str, Any]:
     n = args.connections
     # the machine is shared: each throughput run is repeated, interleaved, and the best of
     # each kind counts (the same for the exchange and both baselines)
@@ -667,7 +715,16 @@ def main() -> None:
         f"{deliveries / small_baseline:.2f}); "
         f"best of {', '.join(f'{rate:,.0f}' for rate, _ in runs['bare'])}"
     )
+    return {
+        "deliveries_per_s": round(deliveries),
+        "baseline_per_s": round(baseline),
+        "ratio": round(deliveries / baseline, 3) if baseline else None,
+        "small_frame_baseline_per_s": round(small_baseline),
+    }
 
+
+def latency(args: argparse.Namespace) -> dict[str, Any]:
+    n = args.connections
     with tempfile.TemporaryDirectory() as tmp:
         durable_log = Path(tmp) / "durable.json"
         rate = args.events_per_s / EVENTS_PER_COMMAND
@@ -678,8 +735,10 @@ def main() -> None:
             args.seconds,
             sample=50,
         )
-        commits = [tuple(group) for group in json.loads(durable_log.read_text())]
+        timings = json.loads(durable_log.read_text())
+        commits = [tuple(group) for group in timings["commits"]]
     per_event, per_frame = latencies(commits, timed["arrivals"])
+    handed = server_side(commits, [tuple(pair) for pair in timings["rounds"]])
     print(
         f"latency:  {event_rate(events):,.0f} events/s made (asked for {args.events_per_s:,.0f}); "
         f"{len(per_frame)} pushes sampled on 50 connections; the server wrote "
@@ -695,6 +754,12 @@ def main() -> None:
         f"          p50 {percentile(per_frame, 0.5):.2f} ms, "
         f"p99 {percentile(per_frame, 0.99):.2f} ms from the durability of each push's own "
         "version (every push, book and trades)"
+    )
+    server_p99 = percentile(handed, 0.99)
+    print(
+        f"          p50 {percentile(handed, 0.5):.2f} ms, p99 {server_p99:.2f} ms "
+        "from each commit's durability to the end of the write round that carries it (the "
+        f"server's part: every one of the {n} sockets written)"
     )
 
     # the floor: a bare broadcast of the same two pushes, as many book pushes per second per
@@ -716,7 +781,16 @@ def main() -> None:
         f"its book push arriving, for a bare picows broadcast of the same two pushes at "
         f"{rounds_per_s:,.0f} rounds/s to {n} connections"
     )
+    return {
+        "p50_ms": round(p50, 2),
+        "p99_ms": round(p99, 2),
+        "server_p99_ms": round(server_p99, 2),
+        "floor_p50_ms": round(floor_p50, 2),
+        "floor_p99_ms": round(floor_p99, 2),
+    }
 
+
+def memory(args: argparse.Namespace) -> dict[str, Any]:
     server = spawn("--role", "server", "--mode", "idle", "--port", str(args.port + 3))
     expect(server, "ready")
     time.sleep(0.5)
@@ -746,23 +820,7 @@ def main() -> None:
         f"memory:   {per_conn:.1f} KiB per idle connection "
         f"({args.idle_connections} connections, RSS {before} -> {after} KiB)"
     )
-    print(
-        json.dumps(
-            {
-                "bench": "feed",
-                "deliveries_per_s": round(deliveries),
-                "baseline_per_s": round(baseline),
-                "ratio": round(deliveries / baseline, 3) if baseline else None,
-                "small_frame_baseline_per_s": round(small_baseline),
-                "p50_ms": round(p50, 2),
-                "p99_ms": round(p99, 2),
-                "floor_p50_ms": round(floor_p50, 2),
-                "floor_p99_ms": round(floor_p99, 2),
-                "kib_per_conn": round(per_conn, 1),
-                "deflate": deflate,
-            }
-        )
-    )
+    return {"kib_per_conn": round(per_conn, 1)}
 
 
 if __name__ == "__main__":
