@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from openperps.feed.frames import inflate
 from openperps.feed.server import Connection, FeedServer
 from openperps.feed.session import Subscribe
 from openperps.indexer import ReadModels
@@ -214,3 +215,26 @@ async def test_push_latency_is_counted_when_the_pushes_are_written() -> None:
     await asyncio.sleep(0)
     assert 1 < expected < len(BATCHES) // 2, "some batches pushed, some did not"
     assert sum(metrics.latency_counts) == expected
+
+
+async def test_a_snapshot_many_ask_for_at_once_is_compressed_once() -> None:
+    models = ReadModels()
+    server = FeedServer(models)
+    for batch in BATCHES:
+        models.apply_all(batch)
+    storm = []
+    for _ in range(20):
+        conn, _ws = connect(server)
+        conn.deflate = True
+        subscribe(conn, {"topic": "recent_trades", "market_id": APT})
+        storm.append(conn)
+    snapshots = [conn.queue[-1][1] for conn in storm]
+    assert snapshots[0][0] == 0xC1, "large enough to be compressed"
+    assert all(frame is snapshots[0] for frame in snapshots), "compressed once, shared"
+    await asyncio.sleep(0)
+    plain, ws = connect(server)
+    subscribe(plain, {"topic": "recent_trades", "market_id": APT})
+    await asyncio.sleep(0)
+    (payload,) = [p for p in ws.sink if p.startswith(b'{"message":"recent_trades"')]
+    ((_first, packed),) = frames(snapshots[0])
+    assert inflate(packed, len(payload)) == payload, "the same snapshot, compressed or not"

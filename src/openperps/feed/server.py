@@ -74,6 +74,7 @@ logger = logging.getLogger("openperps.feed")
 
 PATHS = (b"/ws/", b"/ws", "/ws/", "/ws")
 _DATA = frozenset({WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION})
+PACKED_CACHE = 64  # compressed snapshots kept (at most a few MB): cleared when full
 
 
 @dataclass(frozen=True)
@@ -322,6 +323,7 @@ class FeedServer:
         self._pushes: list[Push] = []  # live records and book deltas since the last flush
         self._changed: dict[Subscription, None] = {}  # list subscriptions changed since then
         self._durable: list[float] = []  # when each batch with pushes since then was durable
+        self._packed: dict[bytes, bytes] = {}  # snapshots compressed lately, by payload
         self._flush_scheduled = False
         self._server: asyncio.Server | None = None
         self.port = 0
@@ -437,10 +439,16 @@ class FeedServer:
 
     def wire(self, payload: bytes, deflate: bool) -> bytes:
         """``payload`` as a whole frame for a connection: compressed if it negotiated
-        compression and the payload is large enough to be worth it."""
+        compression and the payload is large enough to be worth it. The same snapshot asked
+        for by many clients at once (a reconnect storm) is compressed once."""
         limit = self.server_limits.deflate_min_bytes
         if deflate and limit and len(payload) >= limit:
-            return deflated_frame(payload)
+            packed = self._packed.get(payload)
+            if packed is None:
+                if len(self._packed) >= PACKED_CACHE:
+                    self._packed.clear()
+                packed = self._packed[payload] = deflated_frame(payload)
+            return packed
         return text_frame(payload)
 
     def _flush(self) -> None:
