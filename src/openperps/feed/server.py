@@ -74,7 +74,7 @@ logger = logging.getLogger("openperps.feed")
 
 PATHS = (b"/ws/", b"/ws", "/ws/", "/ws")
 _DATA = frozenset({WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION})
-PACKED_CACHE = 64  # compressed snapshots kept (at most a few MB): cleared when full
+PACKED_CACHE_BYTES = 8 * 1024 * 1024  # compressed snapshots kept; cleared when over
 
 
 @dataclass(frozen=True)
@@ -324,6 +324,7 @@ class FeedServer:
         self._changed: dict[Subscription, None] = {}  # list subscriptions changed since then
         self._durable: list[float] = []  # when each batch with pushes since then was durable
         self._packed: dict[bytes, bytes] = {}  # snapshots compressed lately, by payload
+        self._packed_bytes = 0  # what they hold, payloads included
         self._flush_scheduled = False
         self._server: asyncio.Server | None = None
         self.port = 0
@@ -445,9 +446,12 @@ class FeedServer:
         if deflate and limit and len(payload) >= limit:
             packed = self._packed.get(payload)
             if packed is None:
-                if len(self._packed) >= PACKED_CACHE:
+                packed = deflated_frame(payload)
+                self._packed_bytes += len(payload) + len(packed)
+                if self._packed_bytes > PACKED_CACHE_BYTES:
                     self._packed.clear()
-                packed = self._packed[payload] = deflated_frame(payload)
+                    self._packed_bytes = len(payload) + len(packed)
+                self._packed[payload] = packed
             return packed
         return text_frame(payload)
 
