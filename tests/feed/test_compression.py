@@ -408,3 +408,16 @@ def test_any_frame_sequence_gives_messages_or_a_protocol_failure(
             kind, data = message
             assert kind in (TEXT, BINARY)
             assert len(data) <= LIMIT + 1
+
+
+async def test_frames_after_a_protocol_failure_are_not_read(exchange: Exchange) -> None:
+    """A forbidden frame and a request in the same write: the close comes first and alone;
+    the connection is not left subscribed."""
+    client, _ = await RawClient.connect(exchange.feed.port, None)
+    client.send(0xC1, b"not agreed")
+    client.send(0x81, json.dumps({"topic": "orderbook", "market_id": 1338, "id": 1}).encode())
+    first, payload = await client.receive()
+    assert first & 0x0F == 0x8 and int.from_bytes(payload[:2], "big") == 1002
+    await asyncio.sleep(0.1)
+    assert exchange.feed.subscription_count() == 0
+    assert not any(exchange.feed.hub.holders.values())

@@ -172,6 +172,8 @@ class Connection(WSListener):
         self.server.schedule_flush(self)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if self.closing:
+            return  # frames read after the close was decided (the same read, say): ignored
         kind = frame.msg_type
         if kind == WSMsgType.CLOSE:
             # echo the client's code; a close without one is answered with 1000
