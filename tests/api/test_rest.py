@@ -139,7 +139,11 @@ async def test_a_trading_session_through_the_api(api: httpx.AsyncClient) -> None
         },
     )
     outcome = taken.json()["data"]
-    assert outcome["fills"][1]["fee"] == "0.014" and outcome["transactionVersion"] > 0
+    # Alice's side of the fill only: Bob's fee and PnL are not hers to see
+    (fill,) = outcome["fills"]
+    (taker_order,) = outcome["orders"]
+    assert fill["orderId"] == taker_order["order_id"] and taker_order["address"] == alice.profile
+    assert fill["fee"] == "0.014" and outcome["transactionVersion"] > 0
     (position,) = await alice.get("/getPositions")
     assert position["size"] == "4" and position["tp"] == "8" and position["liq_price"] == "6.462"
     history = await alice.get("/getOrderHistory")

@@ -494,9 +494,9 @@ async def _run(exchange: Exchange, command: c.Command) -> list[e.Event]:
     return events
 
 
-def _outcome(exchange: Exchange, events: list[e.Event]) -> dict[str, Any]:
-    """What an action did: its records (orders, fills, rejections of batch items) and the
-    version that made them."""
+def _outcome(exchange: Exchange, events: list[e.Event], profile: str) -> dict[str, Any]:
+    """What an action did to ``profile``: its orders, its side of each fill (never the
+    counterparty's fee or PnL), rejections of batch items, and the version that made them."""
     render = Renderer(exchange.models.markets)
     orders = []
     fills = []
@@ -504,10 +504,12 @@ def _outcome(exchange: Exchange, events: list[e.Event]) -> dict[str, Any]:
     for event in events:
         if isinstance(event, e.OrderAccepted | e.OrderCancelled):
             row = exchange.models.orders.get(event.order_id)
-            if row is not None:
+            if row is not None and event.profile == profile:
                 orders.append(render.order(row))
         elif isinstance(event, e.TradeExecuted):
             for leg in (event.maker, event.taker):
+                if leg.profile != profile:
+                    continue
                 fills.append(
                     {
                         "orderId": str(leg.order_id),
@@ -571,7 +573,7 @@ async def place_limit(request: Request[Any, Any, Any], state: State) -> Response
     exchange = _exchange(state)
     profile, delegate, body = await _signed(request)
     events = await _run(exchange, _order_command(exchange, profile, delegate, body, False))
-    return envelope(_outcome(exchange, events), "order placed")
+    return envelope(_outcome(exchange, events, profile), "order placed")
 
 
 @post("/placeMarketOrder", status_code=200)
@@ -579,7 +581,7 @@ async def place_market(request: Request[Any, Any, Any], state: State) -> Respons
     exchange = _exchange(state)
     profile, delegate, body = await _signed(request)
     events = await _run(exchange, _order_command(exchange, profile, delegate, body, True))
-    return envelope(_outcome(exchange, events), "order placed")
+    return envelope(_outcome(exchange, events, profile), "order placed")
 
 
 @post("/cancelMultipleOrders", status_code=200)
@@ -598,7 +600,7 @@ async def cancel_orders(request: Request[Any, Any, Any], state: State) -> Respon
             order_ids=order_ids,
         ),
     )
-    return envelope(_outcome(exchange, events), "orders cancelled")
+    return envelope(_outcome(exchange, events, profile), "orders cancelled")
 
 
 @post("/deposit", status_code=200)
@@ -682,7 +684,7 @@ async def _position_action(
     config = _market(exchange, body.get("marketId"))
     command = build(exchange, config, profile, delegate, body)
     events = await _run(exchange, command)
-    return envelope(_outcome(exchange, events), message)
+    return envelope(_outcome(exchange, events, profile), message)
 
 
 def _trigger(key: str, cls: type[c.UpdateTakeProfit] | type[c.UpdateStopLoss]) -> Any:
@@ -777,7 +779,7 @@ async def place_multiple(request: Request[Any, Any, Any], state: State) -> Respo
         exchange,
         c.PlaceMultipleOrders(timestamp=0, profile=profile, delegate=delegate, orders=orders),
     )
-    return envelope(_outcome(exchange, events), "orders placed")
+    return envelope(_outcome(exchange, events, profile), "orders placed")
 
 
 @post("/cancelAndPlaceMultipleOrders", status_code=200)
@@ -798,7 +800,7 @@ async def cancel_and_place(request: Request[Any, Any, Any], state: State) -> Res
             orders=orders,
         ),
     )
-    return envelope(_outcome(exchange, events), "orders replaced")
+    return envelope(_outcome(exchange, events, profile), "orders replaced")
 
 
 @post("/enableDelegation", status_code=200)
