@@ -104,9 +104,11 @@ def test_a_user_session_from_the_command_line(exchange: dict[str, str], tmp_path
     assert rest.returncode == 0 and "Open: 20 @ 5.3" in rest.stdout
     taken = cli(exchange, "order", "market", "1338", "long", "5", "--leverage", "10", key=user_key)
     assert taken.returncode == 0 and "fill 5 @ 5.3" in taken.stdout
+    assert taken.stdout.count("fill ") == 1, "the user's side of the fill, not the maker's"
     table = cli(exchange, "positions", key=user_key)
     assert "1338" in table.stdout and "long" in table.stdout and "4.893" in table.stdout
-    assert cli(exchange, "tp", "1338", "long", "6", key=user_key).returncode == 0
+    # a market by its symbol, in any case
+    assert cli(exchange, "tp", "apt-usd", "long", "6", key=user_key).returncode == 0
     assert "│ 6 " in cli(exchange, "positions", key=user_key).stdout
     profile = account.stdout.split("profile:")[1].split()[0]
     pushed = cli(exchange, "subscribe", "positions", "--address", profile, "--json", "--count", "1")
@@ -118,6 +120,9 @@ def test_a_user_session_from_the_command_line(exchange: dict[str, str], tmp_path
     assert refused.returncode == 1 and "error 1010" in refused.stderr
     withdrawn = cli(exchange, "withdraw", "10", key=user_key)
     assert withdrawn.returncode == 0 and "walletBalance: 110" in withdrawn.stdout
+    no_market = cli(exchange, "order", "market", "DOGE-USD", "long", "5", key=user_key)
+    assert no_market.returncode == 1 and "error 1003" in no_market.stderr
+    assert "APT-USD (1338)" in no_market.stderr
     bad_side = cli(exchange, "order", "market", "1338", "up", "5", key=user_key)
     assert bad_side.returncode == 2 and "long or short" in bad_side.stderr
     no_key = cli(exchange, "account", key=tmp_path / "missing.json")

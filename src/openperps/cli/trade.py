@@ -31,6 +31,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from openperps.client import ApiError, Client, Feed
+from openperps.core.errors import ErrorCode
 from openperps.signing import PrivateKey, SigningError, load_key, save_key
 
 console = Console()
@@ -41,6 +42,10 @@ DEFAULT_KEY = Path.home() / ".config" / "openperps" / "key.json"
 KeyOption = Annotated[Path, typer.Option("--key", envvar="OPENPERPS_KEY", help="key file")]
 UrlOption = Annotated[str, typer.Option("--url", envvar="OPENPERPS_URL", help="REST base URL")]
 WsOption = Annotated[str, typer.Option("--ws-url", envvar="OPENPERPS_WS_URL", help="feed URL")]
+MarketArg = Annotated[str, typer.Argument(help="market id (1338) or symbol (APT-USD)")]
+SideArg = Annotated[str, typer.Argument(help="long or short")]
+SizeArg = Annotated[str, typer.Argument(help="in the market's base asset, e.g. 1.5")]
+PriceArg = Annotated[str, typer.Argument(help="in USDT, e.g. 7.25")]
 
 order_app = typer.Typer(help="place and cancel orders", no_args_is_help=True)
 
@@ -49,7 +54,8 @@ def _run(work: Callable[[], Awaitable[T]]) -> T:
     try:
         return asyncio.run(work())  # type: ignore[arg-type]
     except ApiError as exc:
-        err.print(f"[red]error {exc.code}[/red]: {escape(exc.message)}")
+        code = f" {exc.code}" if exc.code is not None else ""
+        err.print(f"[red]error{code}[/red]: {escape(exc.message)}")
         raise typer.Exit(1) from None
     except SigningError as exc:
         err.print(f"[red]error {int(exc.code)}[/red]: {escape(exc.detail)}")
@@ -66,6 +72,18 @@ def _client(key_path: Path, url: str) -> Client:
         err.print(f"[red]error {int(exc.code)}[/red]: {exc.detail} (run `openperps keygen`)")
         raise typer.Exit(1) from None
     return Client(url, key)
+
+
+async def _market_id(client: Client, market: str) -> str:
+    """A market id as given, or the id of the market with that symbol (any case)."""
+    if market.isascii() and market.isdigit():
+        return market
+    listed = await client.markets()
+    for info in listed:
+        if str(info.get("symbol", "")).lower() == market.lower():
+            return str(info["marketId"])
+    known = ", ".join(f"{m['symbol']} ({m['marketId']})" for m in listed)
+    raise ApiError(400, int(ErrorCode.MARKET_NOT_FOUND), f"no market {market!r}; listed: {known}")
 
 
 def _side(text: str) -> bool:
@@ -154,12 +172,14 @@ withdraw = _money_command("withdraw")
 
 @order_app.command("limit")
 def order_limit(
-    market: str,
-    side: str,
-    size: str,
-    price: str,
+    market: MarketArg,
+    side: SideArg,
+    size: SizeArg,
+    price: PriceArg,
     leverage: Annotated[int, typer.Option()] = 5,
-    reduce: Annotated[bool, typer.Option(help="reduce or close instead of open")] = False,
+    reduce: Annotated[
+        bool, typer.Option(help="close or reduce your SIDE position (long --reduce sells)")
+    ] = False,
     restriction: Annotated[int, typer.Option(help="0 none, 1 FOK, 2 IOC, 3 post-only")] = 0,
     tp: Annotated[str | None, typer.Option(help="take-profit price")] = None,
     sl: Annotated[str | None, typer.Option(help="stop-loss price")] = None,
@@ -173,7 +193,7 @@ def order_limit(
     async def work() -> Any:
         async with client:
             return await client.place_limit_order(
-                market,
+                await _market_id(client, market),
                 long=long,
                 size=size,
                 price=price,
@@ -189,11 +209,13 @@ def order_limit(
 
 @order_app.command("market")
 def order_market(
-    market: str,
-    side: str,
-    size: str,
+    market: MarketArg,
+    side: SideArg,
+    size: SizeArg,
     leverage: Annotated[int, typer.Option()] = 5,
-    reduce: Annotated[bool, typer.Option(help="reduce or close instead of open")] = False,
+    reduce: Annotated[
+        bool, typer.Option(help="close or reduce your SIDE position (long --reduce sells)")
+    ] = False,
     key: KeyOption = DEFAULT_KEY,
     url: UrlOption = "http://127.0.0.1:8080",
 ) -> None:
@@ -204,7 +226,11 @@ def order_market(
     async def work() -> Any:
         async with client:
             return await client.place_market_order(
-                market, long=long, size=size, leverage=leverage, reduce=reduce
+                await _market_id(client, market),
+                long=long,
+                size=size,
+                leverage=leverage,
+                reduce=reduce,
             )
 
     _show(_run(work))
@@ -212,8 +238,8 @@ def order_market(
 
 @order_app.command("cancel")
 def order_cancel(
-    market: str,
-    order_ids: list[str],
+    market: MarketArg,
+    order_ids: Annotated[list[str], typer.Argument(help="one or more order ids")],
     key: KeyOption = DEFAULT_KEY,
     url: UrlOption = "http://127.0.0.1:8080",
 ) -> None:
@@ -222,7 +248,7 @@ def order_cancel(
 
     async def work() -> Any:
         async with client:
-            return await client.cancel_orders(market, order_ids)
+            return await client.cancel_orders(await _market_id(client, market), order_ids)
 
     _show(_run(work))
 
@@ -253,8 +279,8 @@ def positions(key: KeyOption = DEFAULT_KEY, url: UrlOption = "http://127.0.0.1:8
 
 def _trigger_command(method: str) -> Callable[..., None]:
     def command(
-        market: str,
-        side: str,
+        market: MarketArg,
+        side: Annotated[str, typer.Argument(help="the position's side: long or short")],
         price: Annotated[str, typer.Argument(help="trigger price, or 'none' to remove")],
         key: KeyOption = DEFAULT_KEY,
         url: UrlOption = "http://127.0.0.1:8080",
@@ -265,7 +291,9 @@ def _trigger_command(method: str) -> Callable[..., None]:
         async def work() -> Any:
             async with client:
                 return await getattr(client, method)(
-                    market, long=long, price=None if price == "none" else price
+                    await _market_id(client, market),
+                    long=long,
+                    price=None if price == "none" else price,
                 )
 
         _show(_run(work))
@@ -317,7 +345,7 @@ def subscribe(
 
 
 def book(
-    market: str,
+    market: Annotated[str, typer.Argument(help="market id, e.g. 1338")],
     depth: Annotated[int, typer.Option(help="levels per side")] = 10,
     count: Annotated[int, typer.Option(help="stop after N updates (0: never)")] = 0,
     ws_url: WsOption = "ws://127.0.0.1:8765/ws/",
