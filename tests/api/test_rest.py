@@ -201,6 +201,10 @@ async def test_bad_input_and_rule_refusals(api: httpx.AsyncClient) -> None:
     await alice.post("/mintTestTokens", {"amount": "150"})
     refused(await alice.post("/deposit", {"amount": "150.000001"}), 409, 2027)
     refused(await alice.post("/deposit", {"amount": "0"}), 400, 2018)
+    negative = await alice.post("/deposit", {"amount": "-5"})
+    refused(negative, 400, 2018)
+    assert negative.json()["message"] == "amount must be more than 0"  # in USDT, not units
+    refused(await alice.post("/withdraw", {"amount": "-0.5"}), 400, 2018)
     refused(await alice.post("/deposit", {"amount": "1.0000001"}), 400, 2001)
     refused(await alice.post("/deposit", {"amount": True}), 400, 2001)
     assert (await alice.post("/deposit", {"amount": "100"})).status_code == 200

@@ -150,6 +150,14 @@ def _decimal(value: object, decimals: int, what: str) -> int:
         raise ApiError(400, int(exc.code), exc.detail) from None
 
 
+def _amount(body: dict[str, Any]) -> int:
+    """A body's USDT ``amount``: a decimal more than 0, in the quote's smallest units."""
+    amount = _decimal(body.get("amount"), QUOTE_DECIMALS, "amount")
+    if amount <= 0:
+        raise ApiError(400, int(ErrorCode.INVALID_AMOUNT), "amount must be more than 0")
+    return amount
+
+
 def _flag(body: dict[str, Any], key: str) -> bool:
     value = body.get(key)
     if not isinstance(value, bool):
@@ -607,7 +615,7 @@ async def cancel_orders(request: Request[Any, Any, Any], state: State) -> Respon
 async def deposit(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
     exchange = _exchange(state)
     profile, delegate, body = await _signed(request)
-    amount = _decimal(body.get("amount"), QUOTE_DECIMALS, "amount")
+    amount = _amount(body)
     events = await _run(
         exchange, c.Deposit(timestamp=0, profile=profile, delegate=delegate, amount=amount)
     )
@@ -620,7 +628,7 @@ async def withdraw(request: Request[Any, Any, Any], state: State) -> Response[by
     profile, delegate, body = await _signed(request)
     if delegate is not None:
         raise ApiError(403, int(ErrorCode.NOT_AUTHORISED), "a delegate cannot withdraw")
-    amount = _decimal(body.get("amount"), QUOTE_DECIMALS, "amount")
+    amount = _amount(body)
     events = await _run(exchange, c.Withdraw(timestamp=0, profile=profile, amount=amount))
     return envelope(_transfer(events), "withdrawn to the wallet")
 
@@ -736,7 +744,7 @@ async def add_margin(request: Request[Any, Any, Any], state: State) -> Response[
             delegate=delegate,
             market_id=config.market_id,
             trade_side=_flag(body, "tradeSide"),
-            amount=_decimal(body.get("amount"), QUOTE_DECIMALS, "amount"),
+            amount=_amount(body),
         )
 
     return await _position_action(request, state, build, "margin added")
@@ -920,7 +928,7 @@ async def admin_credit_wallet(request: Request[Any, Any, Any], state: State) -> 
     body = await _admin_body(request)
     address = body.get("userAddress")
     profile = _profile_of(address if isinstance(address, str) else None)
-    amount = _decimal(body.get("amount"), QUOTE_DECIMALS, "amount")
+    amount = _amount(body)
     return envelope(await _mint(exchange, profile, amount), "wallet credited")
 
 
