@@ -114,8 +114,12 @@ def test_a_user_session_from_the_command_line(exchange: dict[str, str], tmp_path
     pushed = cli(exchange, "subscribe", "positions", "--address", profile, "--json", "--count", "1")
     record = json.loads(pushed.stdout.splitlines()[0])
     assert record["message"] == "positions" and record["data"][0]["tp"] == "6"
-    ladder = cli(exchange, "book", "1338", "--count", "1")
-    assert ladder.returncode == 0 and "5.3" in ladder.stdout
+    ladder = cli(exchange, "book", "APT-USD", "--count", "1")
+    assert ladder.returncode == 0 and "5.3" in ladder.stdout and "market APT-USD" in ladder.stdout
+    by_symbol = cli(
+        exchange, "subscribe", "orderbook", "--market", "apt-usd", "--json", "--count", "1"
+    )
+    assert json.loads(by_symbol.stdout.splitlines()[0])["data"][0]["market_id"] == "1338"
     refused = cli(exchange, "withdraw", "100000", key=user_key)
     assert refused.returncode == 1 and "error 1010" in refused.stderr
     withdrawn = cli(exchange, "withdraw", "10", key=user_key)

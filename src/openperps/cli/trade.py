@@ -11,6 +11,8 @@
     openperps subscribe TOPIC [--address A] [--market M] [--json]
     openperps book MARKET                  a live depth ladder
 
+A MARKET is an id (1338) or a symbol (APT-USD), looked up on the exchange.
+
 Errors print the server's code and a one-line explanation and exit 1.
 """
 
@@ -72,6 +74,14 @@ def _client(key_path: Path, url: str) -> Client:
         err.print(f"[red]error {int(exc.code)}[/red]: {exc.detail} (run `openperps keygen`)")
         raise typer.Exit(1) from None
     return Client(url, key)
+
+
+async def _resolve(url: str, market: str | None) -> str | None:
+    """A market given to a feed command, by id or symbol (a symbol is looked up over REST)."""
+    if market is None or (market.isascii() and market.isdigit()):
+        return market
+    async with Client(url) as client:
+        return await _market_id(client, market)
 
 
 async def _market_id(client: Client, market: str) -> str:
@@ -311,16 +321,18 @@ sl = _trigger_command("update_stop_loss")
 def subscribe(
     topic: str,
     address: Annotated[str | None, typer.Option(help="profile address (user topics)")] = None,
-    market: Annotated[str | None, typer.Option(help="market id (market topics)")] = None,
+    market: Annotated[str | None, typer.Option(help="market id or symbol (market topics)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines")] = False,
     count: Annotated[int, typer.Option(help="stop after N pushes (0: never)")] = 0,
     ws_url: WsOption = "ws://127.0.0.1:8765/ws/",
+    url: UrlOption = "http://127.0.0.1:8080",
 ) -> None:
     """Print a topic's pushes as they come."""
 
     async def work() -> None:
+        market_id = await _resolve(url, market)
         async with Feed(ws_url) as feed:
-            await feed.subscribe(topic, address=address, market_id=market)
+            await feed.subscribe(topic, address=address, market_id=market_id)
             seen = 0
             async for push in feed:
                 if push.topic == "error":
@@ -341,14 +353,15 @@ def subscribe(
                     return
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(work())
+        _run(work)
 
 
 def book(
-    market: Annotated[str, typer.Argument(help="market id, e.g. 1338")],
+    market: MarketArg,
     depth: Annotated[int, typer.Option(help="levels per side")] = 10,
     count: Annotated[int, typer.Option(help="stop after N updates (0: never)")] = 0,
     ws_url: WsOption = "ws://127.0.0.1:8765/ws/",
+    url: UrlOption = "http://127.0.0.1:8080",
 ) -> None:
     """A live depth ladder of one market."""
 
@@ -363,8 +376,9 @@ def book(
         return table
 
     async def work() -> None:
+        market_id = await _resolve(url, market)
         async with Feed(ws_url) as feed:
-            await feed.subscribe("orderbook", market_id=market, limit=depth)
+            await feed.subscribe("orderbook", market_id=market_id, limit=depth)
             seen = 0
             with Live(ladder([]), console=console, refresh_per_second=8) as live:
                 async for push in feed:
