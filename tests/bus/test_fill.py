@@ -14,6 +14,8 @@ import httpx
 
 from openperps.bus import Published
 from openperps.bus.nats import NatsConsumer
+from openperps.feed.server import FeedServer
+from openperps.indexer import ReadModels
 from openperps.runtime.gateway import Gateway, GatewaySettings
 from openperps.store import SqliteEventLog
 from openperps.store.envelope import Envelope
@@ -117,14 +119,19 @@ async def test_stopping_ends_the_wait(tmp_path: Path) -> None:
 
 
 async def test_gateway_health_is_503_while_a_hole_holds_it_back() -> None:
-    """The operator endpoint without NATS or a log: the consumer's state decides."""
+    """The gateway's HTTP port without NATS or a log: the consumer's state decides /health,
+    and the REST reads answer from its read models once they are loaded."""
     gateway = Gateway(GatewaySettings(db="unused"))
-    gateway.http = await asyncio.start_server(gateway._on_http, "127.0.0.1", 0)
     consumer = gateway.consumer = NatsConsumer()
+    models = gateway.models = ReadModels()
+    for event in batches(1)[0].events:  # the first market listed
+        models.apply(event)
+    await gateway._serve_http("127.0.0.1", 0)
+    base = f"http://127.0.0.1:{gateway.http_port}"
 
     async def health() -> tuple[int, dict[str, object]]:
         async with httpx.AsyncClient() as http:
-            answer = await http.get(f"http://127.0.0.1:{gateway.http_port}/health")
+            answer = await http.get(f"{base}/health")
         return answer.status_code, json.loads(answer.content)
 
     try:
@@ -139,7 +146,19 @@ async def test_gateway_health_is_503_while_a_hole_holds_it_back() -> None:
         consumer.waiting_for_log = True
         assert await health() == (503, {"following": True, "waiting_for_log": True, "version": 0})
         assert "openperps_gateway_waiting_for_log 1\n" in gateway.metrics_text()
+        async with httpx.AsyncClient(base_url=base) as http:
+            metrics = await http.get("/metrics")
+            assert "openperps_gateway_waiting_for_log 1\n" in metrics.text
+            # REST reads: refused while the read models load, then answered from them
+            loading = await http.get("/getPerpetualAssetsInfo/allMarkets")
+            assert loading.status_code == 503 and loading.json()["success"] is False
+            gateway.feed = FeedServer(models)
+            markets = (await http.get("/getPerpetualAssetsInfo/allMarkets")).json()["data"]
+            assert [m["marketId"] for m in markets] == ["1338"]
+            # actions are the exchange's: not here
+            assert (await http.post("/placeLimitOrder", json={})).status_code == 404
+            assert (await http.get("/nothing")).status_code == 404
     finally:
         consumer._nc = consumer._sub = None
-        gateway.http.close()
-        await gateway.http.wait_closed()
+        gateway.feed = None
+        await gateway.stop()

@@ -322,6 +322,21 @@ async def test_gateways_push_what_the_engine_pushes_and_a_restart_loses_nothing(
             assert 'openperps_build_info{version="' in metrics
             assert (await http.get("/nothing")).status_code == 404
             assert (await http.post("/metrics")).status_code == 405
+            # the REST reads: the engine's answers, from the gateway's own read models
+            for path, params in (
+                ("/getOrderHistory", {"userAddress": taker.wallet}),
+                ("/getPositions", {"userAddress": taker.wallet}),
+                ("/getOpenOrders", {"userAddress": maker.wallet}),
+                ("/getFills", {"userAddress": taker.wallet}),
+                ("/getProfileBalanceSnapshot", {"userAddress": maker.wallet}),
+                ("/getAllTrades", {"marketId": MARKET}),
+                ("/getMarketPrice", {"marketId": MARKET}),
+            ):
+                here = (await http.get(path, params=params)).json()
+                assert here["success"] is True and here["data"], path
+                assert here == (await http.get(f"{url}{path}", params=params)).json(), path
+            refused = await http.post("/placeLimitOrder", json={})
+            assert refused.status_code == 404, "actions go to the exchange"
         # gateway B took its feed limits from the [feed] table
         async with websockets.connect(f"ws://127.0.0.1:{port_b}/ws/") as ws:
             for market in ("1338", "1339"):

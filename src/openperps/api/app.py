@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 from decimal import Decimal
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 from litestar import Litestar, Request, Response, get, post
@@ -46,6 +46,7 @@ from openperps.core.numbers import (
     parse_market_id,
 )
 from openperps.feed.prometheus import build_lines, feed_lines, publisher_lines
+from openperps.indexer import ReadModels
 from openperps.indexer.render import Renderer
 from openperps.runtime.app import Exchange
 from openperps.runtime.sequencer import NotDurable
@@ -112,6 +113,24 @@ def _handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[b
 # -- helpers ------------------------------------------------------------------------------------
 
 
+class ReadSource(Protocol):
+    """What the read endpoints need: read models, and whether they are loaded. The exchange
+    is one; a feed gateway, whose read models follow the exchange's stream, is another."""
+
+    @property
+    def models(self) -> ReadModels: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+
+def _source(state: State) -> ReadSource:
+    source: ReadSource = state.exchange
+    if not source.ready:
+        raise ApiError(503, NOT_READY, "the read models are loading")
+    return source
+
+
 def _exchange(state: State) -> Exchange:
     exchange = state.exchange
     assert isinstance(exchange, Exchange)
@@ -129,7 +148,7 @@ def _order_ids(value: object) -> list[int]:
     return parsed
 
 
-def _market(exchange: Exchange, market_id: object) -> MarketConfig:
+def _market(exchange: ReadSource, market_id: object) -> MarketConfig:
     number = parse_market_id(market_id)
     if number is None:
         raise ApiError(400, BAD_REQUEST, "marketId must be a decimal integer")
@@ -256,19 +275,19 @@ def _market_info(config: MarketConfig) -> dict[str, Any]:
 
 @get("/getMarketInfo")
 async def get_market_info(state: State, marketId: str) -> Response[bytes]:
-    exchange = _exchange(state)
+    exchange = _source(state)
     return envelope(_market_info(_market(exchange, marketId)))
 
 
 @get("/getPerpetualAssetsInfo/allMarkets")
 async def all_markets(state: State) -> Response[bytes]:
-    exchange = _exchange(state)
+    exchange = _source(state)
     return envelope([_market_info(m.config) for _, m in sorted(exchange.models.markets.items())])
 
 
 @get("/getMarketPrice")
 async def get_market_price(state: State, marketId: str) -> Response[bytes]:
-    exchange = _exchange(state)
+    exchange = _source(state)
     config = _market(exchange, marketId)
     bids, asks = exchange.models.book_of(config.market_id)
     render = Renderer(exchange.models.markets)
@@ -288,7 +307,7 @@ async def get_market_price(state: State, marketId: str) -> Response[bytes]:
 
 @get("/getLastPlacedPrice")
 async def get_last_price(state: State, marketId: str) -> Response[bytes]:
-    exchange = _exchange(state)
+    exchange = _source(state)
     config = _market(exchange, marketId)
     row = exchange.models.markets[config.market_id]
     price = row.last_trade_price
@@ -303,11 +322,11 @@ async def get_last_price(state: State, marketId: str) -> Response[bytes]:
 
 @get("/getProfileAddress")
 async def get_profile_address(state: State, userAddress: str) -> Response[bytes]:
-    _exchange(state)
+    _source(state)
     return envelope(_profile_of(userAddress))
 
 
-def _balances(exchange: Exchange, profile: str) -> dict[str, str]:
+def _balances(exchange: ReadSource, profile: str) -> dict[str, str]:
     """A profile's balances as decimal strings, from the read models."""
     account = exchange.models.accounts.get(profile)
     free = account.free if account else 0
@@ -324,13 +343,13 @@ def _balances(exchange: Exchange, profile: str) -> dict[str, str]:
 
 @get("/getProfileBalanceSnapshot")
 async def get_balance(state: State, userAddress: str) -> Response[bytes]:
-    exchange = _exchange(state)
+    exchange = _source(state)
     return envelope(_balances(exchange, _profile_of(userAddress)))
 
 
 @get("/getNetProfileBalance")
 async def get_net_balance(state: State, userAddress: str) -> Response[bytes]:
-    exchange = _exchange(state)
+    exchange = _source(state)
     profile = _profile_of(userAddress)
     account = exchange.models.accounts.get(profile)
     return envelope(format_scaled(account.free if account else 0, QUOTE_DECIMALS))
@@ -339,12 +358,12 @@ async def get_net_balance(state: State, userAddress: str) -> Response[bytes]:
 @get("/getWalletAccountBalance")
 async def get_wallet_balance(state: State, userAddress: str) -> Response[bytes]:
     """The USDT the wallet holds outside the exchange (0 for a wallet never credited)."""
-    exchange = _exchange(state)
+    exchange = _source(state)
     profile = _profile_of(userAddress)
     return envelope(format_scaled(exchange.models.wallet_of(profile), QUOTE_DECIMALS))
 
 
-def _market_filter(exchange: Exchange, market_id: str | None) -> int | None:
+def _market_filter(exchange: ReadSource, market_id: str | None) -> int | None:
     return _market(exchange, market_id).market_id if market_id else None
 
 
@@ -354,7 +373,7 @@ async def get_open_orders(
     userAddress: str,
     marketId: str | None = None,
 ) -> Response[bytes]:
-    exchange = _exchange(state)
+    exchange = _source(state)
     profile = _profile_of(userAddress)
     render = Renderer(exchange.models.markets)
     rows = exchange.models.open_orders_of(profile, _market_filter(exchange, marketId))
@@ -369,7 +388,7 @@ async def get_order_history(
     limit: int | None = None,
     offset: int | None = None,
 ) -> Response[bytes]:
-    exchange = _exchange(state)
+    exchange = _source(state)
     profile = _profile_of(userAddress)
     size, start = _page(limit, offset)
     market = _market_filter(exchange, marketId)
@@ -388,7 +407,7 @@ async def get_positions(
     userAddress: str,
     marketId: str | None = None,
 ) -> Response[bytes]:
-    exchange = _exchange(state)
+    exchange = _source(state)
     profile = _profile_of(userAddress)
     render = Renderer(exchange.models.markets)
     rows = exchange.models.positions_of(profile, _market_filter(exchange, marketId))
@@ -405,7 +424,7 @@ async def get_trade_history(
     fromTimestamp: int | None = None,
     toTimestamp: int | None = None,
 ) -> Response[bytes]:
-    exchange = _exchange(state)
+    exchange = _source(state)
     profile = _profile_of(userAddress)
     size, start = _page(limit, offset)
     market = _market_filter(exchange, marketId)
@@ -427,7 +446,7 @@ async def get_transfers(
     limit: int | None = None,
     offset: int | None = None,
 ) -> Response[bytes]:
-    exchange = _exchange(state)
+    exchange = _source(state)
     profile = _profile_of(userAddress)
     size, start = _page(limit, offset)
     render = Renderer(exchange.models.markets)
@@ -441,7 +460,7 @@ async def order_status(
     marketId: str,
     orderId: str,
 ) -> Response[bytes]:
-    exchange = _exchange(state)
+    exchange = _source(state)
     config = _market(exchange, marketId)
     order_id = parse_id(orderId, MAX_ID)
     if order_id is None:
@@ -458,7 +477,7 @@ async def all_trades(
     marketId: str,
     limit: int | None = None,
 ) -> Response[bytes]:
-    exchange = _exchange(state)
+    exchange = _source(state)
     config = _market(exchange, marketId)
     size, _ = _page(limit, 0)
     render = Renderer(exchange.models.markets)
@@ -850,7 +869,7 @@ async def funding_history(
     offset: int | None = None,
     order: str | None = None,
 ) -> Response[bytes]:
-    exchange = _exchange(state)
+    exchange = _source(state)
     profile = _profile_of(userAddress)
     size, start = _page(limit, offset)
     if order not in (None, "asc", "desc"):
@@ -1018,4 +1037,64 @@ def create_app(
         openapi_config=OpenAPIConfig(title="OpenPerps", version=__version__),
         debug=False,
         logging_config=None,  # the process configures logging (openperps serve), not the app
+    )
+
+
+# -- a read-only REST app, for processes that follow the exchange (feed gateways) ------------
+
+READ_HANDLERS = [
+    get_market_info,
+    all_markets,
+    get_market_price,
+    get_last_price,
+    get_profile_address,
+    get_balance,
+    get_net_balance,
+    get_wallet_balance,
+    get_open_orders,
+    get_order_history,
+    get_positions,
+    get_trade_history,
+    get_transfers,
+    order_status,
+    all_trades,
+    funding_history,
+]
+
+
+class ReadReplica(ReadSource, Protocol):
+    """A read source that also reports its own health and figures."""
+
+    def health(self) -> tuple[bool, dict[str, Any]]: ...
+
+    def metrics_text(self) -> str: ...
+
+
+@get("/health", include_in_schema=True, name="replica_health")
+async def replica_health(state: State) -> Response[bytes]:
+    """200 while the read models follow the exchange, 503 otherwise; the body says why."""
+    replica: ReadReplica = state.exchange
+    ok, body = replica.health()
+    return Response(
+        ENCODER.encode(body), status_code=200 if ok else 503, media_type="application/json"
+    )
+
+
+@get("/metrics", media_type="text/plain", name="replica_metrics")
+async def replica_metrics(state: State) -> str:
+    replica: ReadReplica = state.exchange
+    return replica.metrics_text()
+
+
+def create_read_app(replica: ReadReplica) -> Litestar:
+    """The read endpoints (the same paths and answers as the exchange's own REST server),
+    ``/health``, ``/metrics`` and ``/openapi.json``, over a replica's read models. Actions
+    are not here: they go to the exchange."""
+    return Litestar(
+        route_handlers=[*READ_HANDLERS, replica_health, replica_metrics, openapi_document],
+        state=State({"exchange": replica}),
+        exception_handlers={Exception: _handle_error},
+        openapi_config=OpenAPIConfig(title="OpenPerps (read replica)", version=__version__),
+        debug=False,
+        logging_config=None,
     )

@@ -43,7 +43,8 @@ def gateway(
     http_port: Annotated[
         int | None,
         typer.Option(
-            envvar="OPENPERPS_HTTP_PORT", help="serve GET /metrics and /health on this port"
+            envvar="OPENPERPS_HTTP_PORT",
+            help="serve the REST reads, /health and /metrics on this port",
         ),
     ] = None,
     log_level: Annotated[str, typer.Option(envvar="OPENPERPS_LOG_LEVEL")] = "INFO",
@@ -55,8 +56,9 @@ def gateway(
         ),
     ] = None,
 ) -> None:
-    """Serve the WebSocket feed of an exchange running elsewhere (`serve --bus nats://...`):
-    read models from its event log, then its live batches from NATS. Feed only; never writes."""
+    """Serve the WebSocket feed (and, with --http-port, the REST reads) of an exchange running
+    elsewhere (`serve --bus nats://...`): read models from its event log, then its live
+    batches from NATS. Never writes; actions go to the exchange."""
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -95,11 +97,11 @@ async def _run(settings: GatewaySettings) -> None:
     await gateway.start()
     settle_heap()
     assert gateway.feed is not None
+    http = f"; REST reads and /metrics on http://{settings.host}:{gateway.http_port}/"
     err.print(
         f"[green]OpenPerps gateway[/green] feed on ws://{settings.host}:{gateway.feed.port}/ws/ "
         f"(version {gateway.models.version}, following {settings.stream} on {settings.nats}"
-        f"{f'; /metrics on http://{settings.host}:{gateway.http_port}/' if gateway.http else ''}); "
-        "Ctrl-C stops"
+        f"{http if gateway.http else ''}); Ctrl-C stops"
     )
     try:
         await until_signalled()

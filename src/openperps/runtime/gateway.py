@@ -5,18 +5,20 @@ does at start (newest snapshot, then the log after it) at some version V, and jo
 stream right after V (architecture.md: a gateway takes its state from the log at a known
 version and the live stream after it). Each batch from the stream is folded into its read
 models and pushed by its own ``FeedServer``, exactly as in the engine's process; a hole in
-the stream is read from the log. It serves the feed only: no engine, no REST, and it never
-writes the log. Any number of gateways can run behind a TCP load balancer; a restarted one
-starts again from the log, so a client resuming with ``since_version`` loses and repeats
-nothing.
+the stream is read from the log. With an HTTP port it also answers the REST reads from the
+same read models (actions go to the exchange). It has no engine and never writes the log.
+Any number of gateways can run behind a TCP load balancer; a restarted one starts again from
+the log, so a client resuming with ``since_version`` loses and repeats nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
+import socket
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from openperps.bus import DEFAULT_NATS_URL, DEFAULT_STREAM, DEFAULT_SUBJECT, Published
 from openperps.bus.nats import NatsConsumer
@@ -25,6 +27,9 @@ from openperps.feed.server import FeedServer, ServerLimits
 from openperps.feed.session import FeedLimits
 from openperps.runtime.startup import load_read_models
 from openperps.store import EventLog, open_log
+
+if TYPE_CHECKING:
+    import uvicorn
 
 logger = logging.getLogger("openperps.gateway")
 
@@ -37,7 +42,8 @@ class GatewaySettings:
     subject: str = DEFAULT_SUBJECT
     host: str = "127.0.0.1"
     ws_port: int = 8765
-    http_port: int | None = None  # /metrics and /health for operators; None: not served
+    # the REST reads, /health and /metrics for operators; None: not served
+    http_port: int | None = None
     live_retention: int | None = None  # as in Settings: live changes kept for resuming
     feed_limits: FeedLimits = field(default_factory=FeedLimits)
     server_limits: ServerLimits = field(default_factory=ServerLimits)
@@ -49,7 +55,9 @@ class Gateway:
         self.log: EventLog | None = None
         self.consumer: NatsConsumer | None = None
         self.feed: FeedServer | None = None
-        self.http: asyncio.Server | None = None
+        self.http: uvicorn.Server | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self._http_socket: socket.socket | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -72,9 +80,7 @@ class Gateway:
             await self.consumer.start()
             await self.feed.start(settings.host, settings.ws_port)
             if settings.http_port is not None:
-                self.http = await asyncio.start_server(
-                    self._on_http, settings.host, settings.http_port
-                )
+                await self._serve_http(settings.host, settings.http_port)
         except BaseException:
             await self.stop()
             raise
@@ -86,11 +92,39 @@ class Gateway:
         assert self.feed is not None
         self.feed.on_applied(self.models.apply_all(batch.events), durable_at=batch.durable_at)
 
+    async def _serve_http(self, host: str, port: int) -> None:
+        """The REST reads, ``/health`` and ``/metrics`` (uvicorn, on a socket bound here so
+        that a port in use fails the start)."""
+        import uvicorn
+
+        from openperps.api.app import create_read_app
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        self._http_socket = sock
+        config = uvicorn.Config(
+            create_read_app(self), log_config=None, log_level="warning", lifespan="off"
+        )
+        self.http = uvicorn.Server(config)
+        self._http_task = asyncio.create_task(
+            self.http.serve(sockets=[sock]), name="openperps-gateway-http"
+        )
+        while not self.http.started:  # listening before start() returns
+            if self._http_task.done():
+                await self._http_task  # raises what stopped it
+                raise OSError(f"the HTTP server on {host}:{port} stopped at start")
+            await asyncio.sleep(0.01)
+
     @property
     def http_port(self) -> int | None:
-        if self.http is None:
+        if self.http is None or self._http_socket is None:
             return None
-        return int(self.http.sockets[0].getsockname()[1])
+        return int(self._http_socket.getsockname()[1])
 
     def metrics_text(self) -> str:
         lines = build_lines()
@@ -100,47 +134,28 @@ class Gateway:
             lines += consumer_lines(self.consumer)
         return "\n".join(lines) + "\n"
 
-    async def _on_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """A minimal HTTP/1.1 endpoint: ``GET /metrics`` (Prometheus text) and ``GET /health``
-        (200 with the applied version while the gateway follows the stream and is not held
-        back by a hole its log cannot fill yet; 503 otherwise); one request per connection."""
-        try:
-            async with asyncio.timeout(5):
-                head = await reader.readuntil(b"\r\n\r\n")
-            method, _, rest = head.partition(b" ")
-            path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
-            if method != b"GET":
-                status, body, kind = "405 Method Not Allowed", b"GET only\n", "text/plain"
-            elif path == b"/metrics":
-                status, kind = "200 OK", "text/plain; version=0.0.4"
-                body = self.metrics_text().encode()
-            elif path == b"/health":
-                consumer = self.consumer
-                following = consumer is not None and consumer.following
-                waiting = consumer is not None and consumer.waiting_for_log
-                ok = following and not waiting
-                status = "200 OK" if ok else "503 Service Unavailable"
-                version = consumer.version if consumer is not None else 0
-                body = json.dumps(
-                    {"following": following, "waiting_for_log": waiting, "version": version}
-                ).encode()
-                kind = "application/json"
-            else:
-                status, body, kind = "404 Not Found", b"/metrics or /health\n", "text/plain"
-            writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-                + body
-            )
-            await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
-            pass  # a client that sent no whole request, or went away
-        finally:
-            writer.close()
+    @property
+    def ready(self) -> bool:
+        """The read models are loaded (REST reads can be answered)."""
+        return self.feed is not None
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy while following the stream and not held back by a hole its log cannot
+        fill yet; the body says which, and the version applied."""
+        consumer = self.consumer
+        following = consumer is not None and consumer.following
+        waiting = consumer is not None and consumer.waiting_for_log
+        version = consumer.version if consumer is not None else 0
+        body = {"following": following, "waiting_for_log": waiting, "version": version}
+        return following and not waiting, body
 
     async def stop(self) -> None:
         if self.http is not None:
-            self.http.close()
+            self.http.should_exit = True
+            if self._http_task is not None:
+                with contextlib.suppress(Exception):
+                    await self._http_task
+                self._http_task = None
             self.http = None
         if self.consumer is not None:  # first: no batch may reach a stopped feed
             await self.consumer.stop()
