@@ -966,6 +966,27 @@ async def admin_list_market(request: Request[Any, Any, Any], state: State) -> Re
     return envelope(data, "market listed")
 
 
+# the GET endpoints over read models: the exchange serves them, and so does a gateway
+READ_HANDLERS = [
+    get_market_info,
+    all_markets,
+    get_market_price,
+    get_last_price,
+    get_profile_address,
+    get_balance,
+    get_net_balance,
+    get_wallet_balance,
+    get_open_orders,
+    get_order_history,
+    get_positions,
+    get_trade_history,
+    get_transfers,
+    order_status,
+    all_trades,
+    funding_history,
+]
+
+
 def create_app(
     exchange: Exchange,
     *,
@@ -986,21 +1007,7 @@ def create_app(
             dashboard_config,
             health,
             metrics,
-            get_market_info,
-            all_markets,
-            get_market_price,
-            get_last_price,
-            get_profile_address,
-            get_balance,
-            get_net_balance,
-            get_wallet_balance,
-            get_open_orders,
-            get_order_history,
-            get_positions,
-            get_trade_history,
-            get_transfers,
-            order_status,
-            all_trades,
+            *READ_HANDLERS,
             place_limit,
             place_market,
             cancel_orders,
@@ -1016,7 +1023,6 @@ def create_app(
             cancel_and_place,
             enable_delegation,
             disable_delegation,
-            funding_history,
             admin_oracle_price,
             admin_pause,
             admin_credit_wallet,
@@ -1041,25 +1047,6 @@ def create_app(
 
 
 # -- a read-only REST app, for processes that follow the exchange (feed gateways) ------------
-
-READ_HANDLERS = [
-    get_market_info,
-    all_markets,
-    get_market_price,
-    get_last_price,
-    get_profile_address,
-    get_balance,
-    get_net_balance,
-    get_wallet_balance,
-    get_open_orders,
-    get_order_history,
-    get_positions,
-    get_trade_history,
-    get_transfers,
-    order_status,
-    all_trades,
-    funding_history,
-]
 
 
 class ReadReplica(ReadSource, Protocol):
