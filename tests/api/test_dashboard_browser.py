@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -131,6 +132,8 @@ def test_the_dashboard_updates_live_and_shows_an_address(demo: str) -> None:
         page.wait_for_selector("#trades td", timeout=15_000)
         first_trades = page.inner_text("#trades")
         first_book = page.inner_text("#ladder")
+        # the spread in the market's own decimals (APT-USD: ticks of 0.001)
+        assert re.search(r"spread \d+\.\d{3}\b(?!\d)", first_book), first_book
         changed = False
         for _ in range(60):  # the market is live: ladder or trades change within seconds
             page.wait_for_timeout(250)
