@@ -149,6 +149,12 @@ def test_the_dashboard_updates_live_and_shows_an_address(demo: str) -> None:
         )
         account = page.inner_text("#usertable")
         assert "1338" in account and "3" in account
+        assert not re.search(r"\.\d{9}", account), "long decimals are cut to 8 places"
+        # the feed's 28-digit entry price (Kana's own example), as the table shows it
+        long_entry = "5.8370434782608695652173913043"
+        assert page.evaluate(f"shortened('{long_entry}')") == "5.83704347"
+        assert page.evaluate("shortened('5.2')") == "5.2"
+        assert page.evaluate("shortened(12)") == 12
         assert page.inner_text("#status") == "live"
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
