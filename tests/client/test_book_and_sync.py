@@ -21,6 +21,9 @@ def test_local_book_applies_deltas_and_reports_gaps() -> None:
         {"mode": "delta", "data": [bid], "transaction_version": 12, "prev_version": 5}
     )
     assert book.best_bid() == (Decimal("6.9"), Decimal("1")) and book.version == 12
+    assert repr(book) == (
+        "LocalBook(market 1338, version 12, 1 bids, best 1 @ 6.9; 1 asks, best 2 @ 7.0)"
+    )
     gone = {**level, "size": "0"}
     assert book.apply(
         {"mode": "delta", "data": [gone], "transaction_version": 15, "prev_version": 12}

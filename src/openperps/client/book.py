@@ -63,3 +63,12 @@ class LocalBook:
         bids = sorted(self.bids.items(), reverse=True)[:depth]
         asks = sorted(self.asks.items())[:depth]
         return bids, asks
+
+    def __repr__(self) -> str:
+        bid, ask = self.best_bid(), self.best_ask()
+        top = f"{bid[1]} @ {bid[0]}" if bid else "none"
+        offer = f"{ask[1]} @ {ask[0]}" if ask else "none"
+        return (
+            f"LocalBook(market {self.market_id}, version {self.version}, "
+            f"{len(self.bids)} bids, best {top}; {len(self.asks)} asks, best {offer})"
+        )
