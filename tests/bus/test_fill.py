@@ -162,3 +162,16 @@ async def test_gateway_health_is_503_while_a_hole_holds_it_back() -> None:
         consumer._nc = consumer._sub = None
         gateway.feed = None
         await gateway.stop()
+
+
+async def test_without_a_log_a_hole_is_counted_and_delivery_goes_on() -> None:
+    items = batches(6)
+    consumer = NatsConsumer()
+    versions = received_by(consumer)
+    await consumer.deliver(items[0].envelopes)
+    await consumer.deliver(items[3].envelopes)  # 1 and 2 never came
+    await consumer.deliver(items[2].envelopes)  # late: already skipped, not delivered twice
+    await consumer.deliver(items[4].envelopes)
+    expected = [e.version for b in (items[0], items[3], items[4]) for e in b.envelopes]
+    assert versions == expected
+    assert (consumer.holes_filled, consumer.holes_unfilled) == (0, 1)
