@@ -155,6 +155,12 @@ async def test_gateway_health_is_503_while_a_hole_holds_it_back() -> None:
             gateway.feed = FeedServer(models)
             markets = (await http.get("/getPerpetualAssetsInfo/allMarkets")).json()["data"]
             assert [m["marketId"] for m in markets] == ["1338"]
+            # the dashboard, pointed at the gateway's own feed
+            gateway.feed.port = 18999
+            page = await http.get("/")
+            assert page.status_code == 200 and "OpenPerps" in page.text
+            config = (await http.get("/dashboard/config")).json()
+            assert config["feedUrl"] == "ws://127.0.0.1:18999/ws/"
             # actions are the exchange's: not here
             assert (await http.post("/placeLimitOrder", json={})).status_code == 404
             assert (await http.get("/nothing")).status_code == 404

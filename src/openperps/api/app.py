@@ -123,6 +123,11 @@ class ReadSource(Protocol):
     @property
     def ready(self) -> bool: ...
 
+    @property
+    def feed_port(self) -> int:
+        """The port its WebSocket feed listens on (the dashboard connects there)."""
+        ...
+
 
 def _source(state: State) -> ReadSource:
     source: ReadSource = state.exchange
@@ -218,10 +223,10 @@ async def dashboard() -> str:
 
 @get("/dashboard/config", include_in_schema=False)
 async def dashboard_config(request: Request[Any, Any, Any], state: State) -> dict[str, Any]:
-    exchange = _exchange(state)
+    source = _source(state)
     host = request.url.hostname or "127.0.0.1"
     return {
-        "feedUrl": f"ws://{host}:{exchange.feed.port}/ws/",
+        "feedUrl": f"ws://{host}:{source.feed_port}/ws/",
         "startedAt": state.started_at,
     }
 
@@ -1074,12 +1079,19 @@ async def replica_metrics(state: State) -> str:
 
 
 def create_read_app(replica: ReadReplica) -> Litestar:
-    """The read endpoints (the same paths and answers as the exchange's own REST server),
-    ``/health``, ``/metrics`` and ``/openapi.json``, over a replica's read models. Actions
-    are not here: they go to the exchange."""
+    """The read endpoints (the same paths and answers as the exchange's own REST server), the
+    dashboard, ``/health``, ``/metrics`` and ``/openapi.json``, over a replica's read models
+    and feed. Actions are not here: they go to the exchange."""
     return Litestar(
-        route_handlers=[*READ_HANDLERS, replica_health, replica_metrics, openapi_document],
-        state=State({"exchange": replica}),
+        route_handlers=[
+            *READ_HANDLERS,
+            dashboard,
+            dashboard_config,
+            replica_health,
+            replica_metrics,
+            openapi_document,
+        ],
+        state=State({"exchange": replica, "started_at": time.time_ns() // 1_000_000}),
         exception_handlers={Exception: _handle_error},
         openapi_config=OpenAPIConfig(title="OpenPerps (read replica)", version=__version__),
         debug=False,

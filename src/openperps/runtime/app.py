@@ -151,6 +151,10 @@ class Exchange:
                 logger.warning("replayed price not durable: %s", exc.detail)
         logger.info("price replay finished at %d", clock.now)
 
+    @property
+    def feed_port(self) -> int:
+        return self.feed.port
+
     def _on_published(self, batch: Published) -> None:
         applied = self.models.apply_all(batch.events)
         self.feed.on_applied(applied, durable_at=batch.durable_at)

@@ -135,6 +135,10 @@ class Gateway:
         return "\n".join(lines) + "\n"
 
     @property
+    def feed_port(self) -> int:
+        return self.feed.port if self.feed is not None else 0
+
+    @property
     def ready(self) -> bool:
         """The read models are loaded (REST reads can be answered)."""
         return self.feed is not None
