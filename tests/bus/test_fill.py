@@ -71,8 +71,9 @@ async def test_a_hole_waits_for_a_lagging_log_then_goes_on_in_order(tmp_path: Pa
         for batch in items[:10]:
             await consumer.deliver(batch.envelopes)
         delivering = asyncio.create_task(consumer.deliver(items[30].envelopes))
-        while lagging.reads < 3:
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(5):
+            while lagging.reads < 3:
+                await asyncio.sleep(0.01)
         assert not delivering.done()
         assert consumer.waiting_for_log
         assert versions == list(range(1, items[14].last_version + 1)), "what it has, in order"
@@ -108,8 +109,9 @@ async def test_stopping_ends_the_wait(tmp_path: Path) -> None:
     try:
         consumer = NatsConsumer(log=LaggingLog(log, visible=0))  # type: ignore[arg-type]
         delivering = asyncio.create_task(consumer.deliver(items[-1].envelopes))
-        while not consumer.waiting_for_log:
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(5):
+            while not consumer.waiting_for_log:
+                await asyncio.sleep(0.01)
         await consumer.stop()
         await asyncio.wait([delivering], timeout=5)
         assert delivering.cancelled()
