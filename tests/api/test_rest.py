@@ -146,6 +146,10 @@ async def test_a_trading_session_through_the_api(api: httpx.AsyncClient) -> None
     assert fill["fee"] == "0.014" and outcome["transactionVersion"] > 0
     (position,) = await alice.get("/getPositions")
     assert position["size"] == "4" and position["tp"] == "8" and position["liq_price"] == "6.462"
+    # a read says which version it reflects: here, at least the order's own
+    read = await api.get("/getPositions", params={"userAddress": alice.wallet})
+    assert int(read.headers["X-Transaction-Version"]) >= outcome["transactionVersion"]
+    assert "X-Transaction-Version" not in taken.headers  # an action's answer carries it inside
     history = await alice.get("/getOrderHistory")
     assert history[0]["status"] == "Filled"
     fills = await alice.get("/getFills", marketId=APT)

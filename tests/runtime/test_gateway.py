@@ -332,9 +332,13 @@ async def test_gateways_push_what_the_engine_pushes_and_a_restart_loses_nothing(
                 ("/getAllTrades", {"marketId": MARKET}),
                 ("/getMarketPrice", {"marketId": MARKET}),
             ):
-                here = (await http.get(path, params=params)).json()
-                assert here["success"] is True and here["data"], path
-                assert here == (await http.get(f"{url}{path}", params=params)).json(), path
+                here = await http.get(path, params=params)
+                there = await http.get(f"{url}{path}", params=params)
+                assert here.json()["success"] is True and here.json()["data"], path
+                assert here.json() == there.json(), path
+                # at the same version, and saying so
+                version = "X-Transaction-Version"
+                assert here.headers[version] == there.headers[version], path
             refused = await http.post("/placeLimitOrder", json={})
             assert refused.status_code == 404, "actions go to the exchange"
         # gateway B took its feed limits from the [feed] table

@@ -84,9 +84,16 @@ class ApiError(Exception):
         self.message = message
 
 
-def envelope(data: Any, message: str = "ok") -> Response[bytes]:
+def envelope(data: Any, message: str = "ok", version: int | None = None) -> Response[bytes]:
+    """A success answer; ``version``, for a read, is the ledger version its data reflects
+    (``X-Transaction-Version``), so a client can tell whether it includes its own writes."""
     body = ENCODER.encode({"success": True, "message": message, "data": data})
-    return Response(body, media_type="application/json")
+    if version is None:
+        return Response(body, media_type="application/json")
+    return Response(body, media_type="application/json", headers={VERSION_HEADER: str(version)})
+
+
+VERSION_HEADER = "X-Transaction-Version"
 
 
 def failure(status: int, code: int, message: str) -> Response[bytes]:
@@ -134,6 +141,12 @@ def _source(state: State) -> ReadSource:
     if not source.ready:
         raise ApiError(503, NOT_READY, "the read models are loading")
     return source
+
+
+def _read(source: ReadSource, data: Any) -> Response[bytes]:
+    """A read's answer, with the version of the read models it came from (the handlers do
+    not await between reading and answering, so the data is exactly at that version)."""
+    return envelope(data, version=source.models.version)
 
 
 def _exchange(state: State) -> Exchange:
@@ -281,13 +294,15 @@ def _market_info(config: MarketConfig) -> dict[str, Any]:
 @get("/getMarketInfo")
 async def get_market_info(state: State, marketId: str) -> Response[bytes]:
     exchange = _source(state)
-    return envelope(_market_info(_market(exchange, marketId)))
+    return _read(exchange, _market_info(_market(exchange, marketId)))
 
 
 @get("/getPerpetualAssetsInfo/allMarkets")
 async def all_markets(state: State) -> Response[bytes]:
     exchange = _source(state)
-    return envelope([_market_info(m.config) for _, m in sorted(exchange.models.markets.items())])
+    return _read(
+        exchange, [_market_info(m.config) for _, m in sorted(exchange.models.markets.items())]
+    )
 
 
 @get("/getMarketPrice")
@@ -297,7 +312,8 @@ async def get_market_price(state: State, marketId: str) -> Response[bytes]:
     bids, asks = exchange.models.book_of(config.market_id)
     render = Renderer(exchange.models.markets)
     row = exchange.models.markets[config.market_id]
-    return envelope(
+    return _read(
+        exchange,
         {
             "marketId": str(config.market_id),
             "bestBidPrice": render.price(config.market_id, bids[0][0]) if bids else None,
@@ -306,7 +322,7 @@ async def get_market_price(state: State, marketId: str) -> Response[bytes]:
             if row.index_price
             else None,
             "markPrice": render.price(config.market_id, row.mark_price) if row.mark_price else None,
-        }
+        },
     )
 
 
@@ -317,18 +333,19 @@ async def get_last_price(state: State, marketId: str) -> Response[bytes]:
     row = exchange.models.markets[config.market_id]
     price = row.last_trade_price
     render = Renderer(exchange.models.markets)
-    return envelope(
+    return _read(
+        exchange,
         {
             "marketId": str(config.market_id),
             "lastPrice": render.price(config.market_id, price) if price else None,
-        }
+        },
     )
 
 
 @get("/getProfileAddress")
 async def get_profile_address(state: State, userAddress: str) -> Response[bytes]:
     _source(state)
-    return envelope(_profile_of(userAddress))
+    return envelope(_profile_of(userAddress))  # computed from the address alone: no version
 
 
 def _balances(exchange: ReadSource, profile: str) -> dict[str, str]:
@@ -349,7 +366,7 @@ def _balances(exchange: ReadSource, profile: str) -> dict[str, str]:
 @get("/getProfileBalanceSnapshot")
 async def get_balance(state: State, userAddress: str) -> Response[bytes]:
     exchange = _source(state)
-    return envelope(_balances(exchange, _profile_of(userAddress)))
+    return _read(exchange, _balances(exchange, _profile_of(userAddress)))
 
 
 @get("/getNetProfileBalance")
@@ -357,7 +374,7 @@ async def get_net_balance(state: State, userAddress: str) -> Response[bytes]:
     exchange = _source(state)
     profile = _profile_of(userAddress)
     account = exchange.models.accounts.get(profile)
-    return envelope(format_scaled(account.free if account else 0, QUOTE_DECIMALS))
+    return _read(exchange, format_scaled(account.free if account else 0, QUOTE_DECIMALS))
 
 
 @get("/getWalletAccountBalance")
@@ -365,7 +382,7 @@ async def get_wallet_balance(state: State, userAddress: str) -> Response[bytes]:
     """The USDT the wallet holds outside the exchange (0 for a wallet never credited)."""
     exchange = _source(state)
     profile = _profile_of(userAddress)
-    return envelope(format_scaled(exchange.models.wallet_of(profile), QUOTE_DECIMALS))
+    return _read(exchange, format_scaled(exchange.models.wallet_of(profile), QUOTE_DECIMALS))
 
 
 def _market_filter(exchange: ReadSource, market_id: str | None) -> int | None:
@@ -382,7 +399,7 @@ async def get_open_orders(
     profile = _profile_of(userAddress)
     render = Renderer(exchange.models.markets)
     rows = exchange.models.open_orders_of(profile, _market_filter(exchange, marketId))
-    return envelope(_to_builtins([render.open_order(r) for r in rows]))
+    return _read(exchange, _to_builtins([render.open_order(r) for r in rows]))
 
 
 @get("/getOrderHistory")
@@ -403,7 +420,7 @@ async def get_order_history(
         for r in exchange.models.order_history_of(profile, 10**6)
         if market is None or r.market_id == market
     ][start : start + size]
-    return envelope(_to_builtins([render.order(r) for r in rows]))
+    return _read(exchange, _to_builtins([render.order(r) for r in rows]))
 
 
 @get("/getPositions")
@@ -416,7 +433,7 @@ async def get_positions(
     profile = _profile_of(userAddress)
     render = Renderer(exchange.models.markets)
     rows = exchange.models.positions_of(profile, _market_filter(exchange, marketId))
-    return envelope(_to_builtins([render.position(r) for r in rows]))
+    return _read(exchange, _to_builtins([render.position(r) for r in rows]))
 
 
 @get(["/getTradeHistory", "/getFills"])
@@ -441,7 +458,7 @@ async def get_trade_history(
         and (fromTimestamp is None or r.timestamp // 1000 >= fromTimestamp)
         and (toTimestamp is None or r.timestamp // 1000 <= toTimestamp)
     ][start : start + size]
-    return envelope(_to_builtins([render.fill(r) for r in rows]))
+    return _read(exchange, _to_builtins([render.fill(r) for r in rows]))
 
 
 @get("/getDepositAndWithdrawHistory")
@@ -456,7 +473,7 @@ async def get_transfers(
     size, start = _page(limit, offset)
     render = Renderer(exchange.models.markets)
     rows = exchange.models.transfers_of(profile, size, start)
-    return envelope(_to_builtins([render.transfer(r) for r in rows]))
+    return _read(exchange, _to_builtins([render.transfer(r) for r in rows]))
 
 
 @get("/fetchOrderStatusById")
@@ -473,7 +490,7 @@ async def order_status(
     row = exchange.models.orders.get(order_id)
     if row is None or row.market_id != config.market_id:
         raise ApiError(404, int(ErrorCode.ORDER_NOT_FOUND), MESSAGES[ErrorCode.ORDER_NOT_FOUND])
-    return envelope(_to_builtins(Renderer(exchange.models.markets).order(row)))
+    return _read(exchange, _to_builtins(Renderer(exchange.models.markets).order(row)))
 
 
 @get("/getAllTrades")
@@ -487,7 +504,7 @@ async def all_trades(
     size, _ = _page(limit, 0)
     render = Renderer(exchange.models.markets)
     rows = exchange.models.recent_trades_of(config.market_id, size)
-    return envelope(_to_builtins([render.recent_trade(r) for r in rows]))
+    return _read(exchange, _to_builtins([render.recent_trade(r) for r in rows]))
 
 
 # -- signed actions -----------------------------------------------------------------------------
@@ -883,7 +900,8 @@ async def funding_history(
     if order == "asc":
         rows.reverse()
     render = Renderer(exchange.models.markets)
-    return envelope(
+    return _read(
+        exchange,
         [
             {
                 "marketId": str(r.market_id),
@@ -896,7 +914,7 @@ async def funding_history(
                 "transactionVersion": r.version,
             }
             for r in rows[start : start + size]
-        ]
+        ],
     )
 
 
