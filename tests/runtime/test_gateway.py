@@ -337,8 +337,8 @@ async def test_gateways_push_what_the_engine_pushes_and_a_restart_loses_nothing(
                 assert here.json()["success"] is True and here.json()["data"], path
                 assert here.json() == there.json(), path
                 # at the same version, and saying so
-                version = "X-Transaction-Version"
-                assert here.headers[version] == there.headers[version], path
+                header = "X-Transaction-Version"
+                assert here.headers[header] == there.headers[header], path
             refused = await http.post("/placeLimitOrder", json={})
             assert refused.status_code == 404, "actions go to the exchange"
         # gateway B took its feed limits from the [feed] table
