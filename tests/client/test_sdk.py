@@ -65,10 +65,12 @@ async def test_a_full_trading_session_rest_and_feed_agree(server: Server) -> Non
         assert await trader.wallet_balance() == 0
         assert (await trader.balance())["freeBalance"] == Decimal("1000")
         await maker.place_limit_order(APT, long=False, size="20", price="7.000", leverage=5)
-        await trader.place_market_order(
+        assert trader.read_version is not None
+        taken = await trader.place_market_order(
             APT, long=True, size="10", leverage=10, take_profit="9", stop_loss="6"
         )
         (position,) = await trader.positions()
+        assert trader.read_version >= taken["transactionVersion"]  # the read includes it
         assert position.size == "10" and position.tp == "9" and position.sl == "6"
         await trader.update_take_profit(APT, long=True, price="8.5")
         await maker.place_limit_order(APT, long=True, size="20", price="7.200", leverage=5)

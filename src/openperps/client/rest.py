@@ -61,6 +61,9 @@ class Client:
         self.base_url = base_url.rstrip("/")
         self.key = key
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+        # the ledger version the last read reflected (its X-Transaction-Version), if any: a
+        # read from a gateway includes an action once this reaches the action's version
+        self.read_version: int | None = None
 
     @property
     def wallet(self) -> str:
@@ -99,7 +102,11 @@ class Client:
 
     async def get(self, path: str, **params: Any) -> Any:
         query = {k: v for k, v in params.items() if v is not None}
-        return self._unwrap(await self._http.get(path, params=query))
+        response = await self._http.get(path, params=query)
+        data = self._unwrap(response)
+        version = response.headers.get("x-transaction-version", "")
+        self.read_version = int(version) if version.isascii() and version.isdigit() else None
+        return data
 
     async def post(self, path: str, body: dict[str, Any]) -> Any:
         if self.key is None:
