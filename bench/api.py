@@ -62,27 +62,30 @@ async def run(
         await asyncio.gather(*(health_worker(stop, counts) for _ in range(concurrency)))
         baseline = counts[0] / seconds
 
+        async def timed_order(n: int, into: list[float]) -> None:
+            """One passive bid below the market, its request-to-durable-answer time kept."""
+            started = time.perf_counter()
+            response = await signed(
+                "/placeLimitOrder",
+                {
+                    "marketId": "1338",
+                    "tradeSide": True,
+                    "direction": False,
+                    "size": "0.1",
+                    "price": f"{4 + n % 100 / 1000:.3f}",
+                    "leverage": 20,
+                },
+            )
+            into.append((time.perf_counter() - started) * 1000)
+            assert response.status_code == 200, response.text
+
         latencies: list[float] = []
         sequence = [0]
 
         async def order_worker(stop: float) -> None:
             while time.monotonic() < stop:
                 sequence[0] += 1
-                price = f"{4 + sequence[0] % 100 / 1000:.3f}"  # passive bids below the market
-                started = time.perf_counter()
-                response = await signed(
-                    "/placeLimitOrder",
-                    {
-                        "marketId": "1338",
-                        "tradeSide": True,
-                        "direction": False,
-                        "size": "0.1",
-                        "price": price,
-                        "leverage": 20,
-                    },
-                )
-                latencies.append((time.perf_counter() - started) * 1000)
-                assert response.status_code == 200, response.text
+                await timed_order(sequence[0], latencies)
 
         stop = time.monotonic() + seconds
         await asyncio.gather(*(order_worker(stop) for _ in range(concurrency)))
@@ -93,28 +96,11 @@ async def run(
         # and the figures are the server's: request to durable answer.
         paced: list[float] = []
 
-        async def one_order(n: int) -> None:
-            started = time.perf_counter()
-            price = f"{4 + n % 100 / 1000:.3f}"
-            response = await signed(
-                "/placeLimitOrder",
-                {
-                    "marketId": "1338",
-                    "tradeSide": True,
-                    "direction": False,
-                    "size": "0.1",
-                    "price": price,
-                    "leverage": 20,
-                },
-            )
-            paced.append((time.perf_counter() - started) * 1000)
-            assert response.status_code == 200, response.text
-
         tasks = []
         begin = time.perf_counter()
         for n in range(int(paced_rate * seconds)):
             await asyncio.sleep(max(begin + n / paced_rate - time.perf_counter(), 0))
-            tasks.append(asyncio.create_task(one_order(n)))
+            tasks.append(asyncio.create_task(timed_order(n, paced)))
         await asyncio.gather(*tasks)
         return orders, baseline, sorted(latencies), sorted(paced)
 

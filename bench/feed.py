@@ -54,7 +54,6 @@ from picows import (
     WSMsgType,
     WSTransport,
     WSUpgradeRequest,
-    WSUpgradeResponse,
     WSUpgradeResponseWithListener,
     ws_connect,
     ws_create_server,
@@ -294,7 +293,7 @@ def on_wire(payload: bytes, deflate: bool) -> tuple[bytes, bool]:
 async def bare_server(port: int, deflate: bool) -> tuple[asyncio.Server, set[WSTransport]]:
     """A picows server that only keeps the set of its connections (agreeing to compression
     as the feed does, when ``deflate``)."""
-    from openperps.feed.frames import DEFLATE_RESPONSE, EXTENSIONS_HEADER, accepts_deflate
+    from openperps.feed.frames import offers_deflate, with_deflate
 
     transports: set[WSTransport] = set()
 
@@ -306,11 +305,8 @@ async def bare_server(port: int, deflate: bool) -> tuple[asyncio.Server, set[WST
             transports.discard(transport)
 
     def factory(request: WSUpgradeRequest) -> Listener | WSUpgradeResponseWithListener:
-        offers = request.headers.getall(EXTENSIONS_HEADER, [])
-        if deflate and accepts_deflate(offers):
-            response = WSUpgradeResponse.create_101_response({EXTENSIONS_HEADER: DEFLATE_RESPONSE})
-            return WSUpgradeResponseWithListener(response, Listener())
-        return Listener()
+        listener = Listener()
+        return with_deflate(listener) if deflate and offers_deflate(request) else listener
 
     server = await ws_create_server(factory, "127.0.0.1", port)
     return server, transports

@@ -13,7 +13,13 @@ from __future__ import annotations
 import zlib
 from typing import Final
 
-from picows import WSMsgType
+from picows import (
+    WSListener,
+    WSMsgType,
+    WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+)
 
 EXTENSIONS_HEADER: Final = "Sec-WebSocket-Extensions"
 DEFLATE: Final = "permessage-deflate"
@@ -74,6 +80,17 @@ def accepts_deflate(offers: list[str]) -> bool:
             if name.lower() == DEFLATE and _acceptable(params):
                 return True
     return False
+
+
+def offers_deflate(request: WSUpgradeRequest) -> bool:
+    """Whether an opening handshake offers compression the server can take."""
+    return accepts_deflate(request.headers.getall(EXTENSIONS_HEADER, []))
+
+
+def with_deflate(listener: WSListener) -> WSUpgradeResponseWithListener:
+    """The opening handshake's answer for ``listener``, agreeing to compression."""
+    response = WSUpgradeResponse.create_101_response({EXTENSIONS_HEADER: DEFLATE_RESPONSE})
+    return WSUpgradeResponseWithListener(response, listener)
 
 
 _WINDOW_PARAMS: Final = frozenset({"server_max_window_bits", "client_max_window_bits"})

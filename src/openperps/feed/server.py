@@ -38,20 +38,18 @@ from picows import (
     WSMsgType,
     WSTransport,
     WSUpgradeRequest,
-    WSUpgradeResponse,
     WSUpgradeResponseWithListener,
     ws_create_server,
 )
 
 from openperps.feed.frames import (
     COMPRESSED_TEXT,
-    DEFLATE_RESPONSE,
-    EXTENSIONS_HEADER,
     MessageReader,
     ProtocolFailure,
-    accepts_deflate,
     deflated_frame,
+    offers_deflate,
     text_frame,
+    with_deflate,
 )
 from openperps.feed.hub import Hub, Push
 from openperps.feed.session import (
@@ -347,14 +345,9 @@ class FeedServer:
         def factory(request: WSUpgradeRequest) -> Connection | WSUpgradeResponseWithListener | None:
             if request.path not in PATHS:
                 return None
-            if limits.deflate_min_bytes and accepts_deflate(
-                request.headers.getall(EXTENSIONS_HEADER, [])
-            ):
-                return WSUpgradeResponseWithListener(
-                    WSUpgradeResponse.create_101_response({EXTENSIONS_HEADER: DEFLATE_RESPONSE}),
-                    Connection(self, deflate=True),
-                )
-            return Connection(self)
+            deflate = bool(limits.deflate_min_bytes) and offers_deflate(request)
+            conn = Connection(self, deflate)
+            return with_deflate(conn) if deflate else conn
 
         self._server = await ws_create_server(
             factory,
