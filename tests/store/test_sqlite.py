@@ -142,6 +142,18 @@ async def test_checkpoints_run_in_the_background_not_in_a_commit(tmp_path: Path)
     conn.close()
 
 
+async def test_small_commits_are_checkpointed_in_the_background_too(tmp_path: Path) -> None:
+    """Each commit adds at least a whole page to the WAL: one small envelope a commit (a
+    paced trader) reaches the checkpoint mark as surely as big batches do."""
+    async with SqliteEventLog(tmp_path / "events.sqlite3", checkpoint_pages=8) as log:
+        for version in range(1, 41):
+            await log.append(envelopes(version, 1))
+            if log._checkpointing is not None:
+                await log._checkpointing
+        assert log.checkpoints >= 3
+        await assert_log(log, envelopes(1, 40))
+
+
 async def test_close_waits_for_a_running_checkpoint(tmp_path: Path) -> None:
     log = SqliteEventLog(tmp_path / "events.sqlite3", checkpoint_pages=1)
     await log.open()
@@ -150,5 +162,6 @@ async def test_close_waits_for_a_running_checkpoint(tmp_path: Path) -> None:
     assert log._checkpointing is not None  # started, maybe not finished
     await log.close()
     assert log._checkpointing is None
+    assert log.checkpoints == 1, "close waited for it, and it copied the WAL back"
     async with SqliteEventLog(tmp_path / "events.sqlite3") as again:
         await assert_log(again, batch)

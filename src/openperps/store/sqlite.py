@@ -124,8 +124,8 @@ class SqliteEventLog(EventLog):
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._checkpointer: sqlite3.Connection | None = None
-        self._appended_bytes = 0  # since the last background checkpoint was started
-        self._checkpointing: asyncio.Future[None] | None = None
+        self._appended_pages = 0  # WAL pages written since the last checkpoint started (roughly)
+        self._checkpointing: asyncio.Future[bool] | None = None
         self.checkpoints = 0  # background checkpoints completed (for tests and operators)
 
     def __repr__(self) -> str:
@@ -180,8 +180,10 @@ class SqliteEventLog(EventLog):
             return
         check_batch(batch, batch[0].version)
         await self._on_writer(self._append, batch)
-        self._appended_bytes += sum(len(envelope.payload) + 64 for envelope in batch)
-        if self._appended_bytes >= self.checkpoint_pages * 4096 and self._checkpointing is None:
+        # every commit adds at least one whole page to the WAL, however small the batch
+        size = sum(len(envelope.payload) + 64 for envelope in batch)
+        self._appended_pages += 1 + (size + 4095) // 4096
+        if self._appended_pages >= self.checkpoint_pages and self._checkpointing is None:
             self._start_checkpoint()
 
     def _start_checkpoint(self) -> None:
@@ -189,18 +191,18 @@ class SqliteEventLog(EventLog):
         pool = self._checkpoint_pool
         if pool is None:
             return
-        self._appended_bytes = 0
+        self._appended_pages = 0
         future = asyncio.ensure_future(self._run(pool, self._checkpoint))
         self._checkpointing = future
 
-        def done(finished: asyncio.Future[None]) -> None:
+        def done(finished: asyncio.Future[bool]) -> None:
             self._checkpointing = None
             if finished.cancelled():
                 return
             if (error := finished.exception()) is not None:
                 # not fatal: the writer's automatic checkpoint is the safety net
                 logger.warning("%s: background checkpoint failed: %s", self, error)
-            else:
+            elif finished.result():
                 self.checkpoints += 1
 
         future.add_done_callback(done)
@@ -301,9 +303,14 @@ class SqliteEventLog(EventLog):
             self._checkpointer.close()
             self._checkpointer = None
 
-    def _checkpoint(self) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    def _checkpoint(self) -> bool:
+        """Copy what the WAL holds back into the database; True if any page was copied."""
+        if self._checkpointer is None:
+            return False
+        _busy, _frames, copied = self._checkpointer.execute(
+            "PRAGMA wal_checkpoint(PASSIVE)"
+        ).fetchone()
+        return bool(copied and copied > 0)
 
     def _close_writer(self) -> None:
         if self._writer is not None:
