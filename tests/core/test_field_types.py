@@ -84,8 +84,9 @@ def wrong_values(kind: int) -> list[Any]:
         c.INT: numbers,
         c.OPT_INT: [1.0, False, "1", [1]],
         c.BOOL: [1, 0, "true", None, 1.0],
-        c.STR: [1, None, b"0x01", True],
-        c.OPT_STR: [1, b"0x01", True],
+        # a lone surrogate is a str the log cannot hold (not UTF-8 encodable)
+        c.STR: [1, None, b"0x01", True, "\ud800"],
+        c.OPT_STR: [1, b"0x01", True, "0x\udc00"],
         c.RESTRICTION: [1.0, True, "1", None],
         c.INT_LIST: [1, (1,), [1.0], [True], ["1"], None],
         c.STRUCT: ["APT", 1, None, {"market_id": 99}],
@@ -93,24 +94,40 @@ def wrong_values(kind: int) -> list[Any]:
     }[kind]
 
 
-def cases() -> list[tuple[str, c.Command]]:
-    found: list[tuple[str, c.Command]] = []
+def cases() -> list[tuple[str, str, c.Command]]:
+    """(what is broken, the path the refusal names, the command)."""
+    found: list[tuple[str, str, c.Command]] = []
     for example in examples():
         for name, kind, _ in c.FIELD_KINDS[type(example)]:
             for value in wrong_values(kind):
                 broken = msgspec.structs.replace(example, **{name: value})
-                found.append((f"{type(example).__name__}.{name}={value!r}", broken))
+                # a list of structs with a wrong item names the item
+                path = f"{name}[0]" if kind == c.STRUCT_LIST and value else name
+                found.append((f"{type(example).__name__}.{name}={value!r}", path, broken))
     # one level down: a field of an order inside a batch, a field of a listed market's config
     batch = examples()[6]
     assert isinstance(batch, c.PlaceMultipleOrders)
     for name, kind, _ in c.FIELD_KINDS[c.PlaceLimitOrder]:
-        bad = msgspec.structs.replace(batch.orders[0], **{name: wrong_values(kind)[0]})
-        found.append((f"batch order {name}", msgspec.structs.replace(batch, orders=[bad])))
+        for value in wrong_values(kind):
+            bad = msgspec.structs.replace(batch.orders[0], **{name: value})
+            found.append(
+                (
+                    f"batch order {name}={value!r}",
+                    f"orders[0].{name}",
+                    msgspec.structs.replace(batch, orders=[bad]),
+                )
+            )
     listing = examples()[18]
     assert isinstance(listing, c.ListMarket)
     for name, kind, _ in c.FIELD_KINDS[type(listing.market)]:
         config = msgspec.structs.replace(listing.market, **{name: wrong_values(kind)[0]})
-        found.append((f"market config {name}", msgspec.structs.replace(listing, market=config)))
+        found.append(
+            (
+                f"market config {name}",
+                f"market.{name}",
+                msgspec.structs.replace(listing, market=config),
+            )
+        )
     return found
 
 
@@ -143,9 +160,9 @@ def test_the_well_formed_examples_pass_the_type_check() -> None:
         assert not any("wrong type" in ev.detail for ev in refused), (example, refused)
 
 
-@pytest.mark.parametrize(("what", "command"), CASES, ids=[what for what, _ in CASES])
+@pytest.mark.parametrize(("what", "path", "command"), CASES, ids=[what for what, _, _ in CASES])
 def test_a_wrongly_typed_field_is_refused_and_changes_nothing(
-    what: str, command: c.Command
+    what: str, path: str, command: c.Command
 ) -> None:
     x = funded()
     before = business_state(x.engine)
@@ -154,7 +171,7 @@ def test_a_wrongly_typed_field_is_refused_and_changes_nothing(
     assert len(events) == 1 and isinstance(events[0], e.Rejected), what
     assert events[0].version == version + 1
     assert events[0].code in {int(code) for code in ErrorCode}, what
-    assert "wrong type" in events[0].detail, what
+    assert events[0].detail == f"{path} has the wrong type", what
     assert business_state(x.engine) == before, what
 
 
@@ -168,7 +185,7 @@ from tests.core.test_field_types import CASES, funded, examples
 
 assert is_compiled() is (sys.argv[1] == "compiled"), "wrong build loaded"
 x = funded()
-for command in [*examples(), *(command for _, command in CASES)]:
+for command in [*examples(), *(command for _, _, command in CASES)]:
     for event in x.engine.handle(command):
         sys.stdout.write(encode_event(event).decode() + "\\n")
 sys.stdout.write(x.engine.state_hash() + "\\n")
