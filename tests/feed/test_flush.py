@@ -224,8 +224,8 @@ async def test_a_snapshot_many_ask_for_at_once_is_compressed_once() -> None:
         models.apply_all(batch)
     storm = []
     for _ in range(20):
-        conn, _ws = connect(server)
-        conn.deflate = True
+        conn = Connection(server, deflate=True)
+        conn.on_ws_connected(WebSocket())  # type: ignore[arg-type]
         subscribe(conn, {"topic": "recent_trades", "market_id": APT})
         storm.append(conn)
     snapshots = [conn.queue[-1][1] for conn in storm]
@@ -238,3 +238,32 @@ async def test_a_snapshot_many_ask_for_at_once_is_compressed_once() -> None:
     (payload,) = [p for p in ws.sink if p.startswith(b'{"message":"recent_trades"')]
     ((_first, packed),) = frames(snapshots[0])
     assert inflate(packed, len(payload)) == payload, "the same snapshot, compressed or not"
+
+
+async def test_a_list_state_is_written_once_per_pass_at_the_version_it_is_built() -> None:
+    """Several batches change a list between two passes: one push, of the newest state. A
+    subscriber that joins in between gets its snapshot and not the same state again."""
+    models = ReadModels()
+    server = FeedServer(models)
+    models.apply_all(BATCHES[0])
+    steady, steady_ws = connect(server)
+    subscribe(steady, {"topic": "recent_trades", "market_id": APT})
+    await asyncio.sleep(0)
+    steady_ws.sink.clear()
+    changes = 0
+    for batch in BATCHES[1:]:
+        server.on_applied(models.apply_all(batch))
+        changes += bool(server._changed)
+        if changes == 3:
+            break
+    assert changes == 3, "three batches changed the trades"
+    late, late_ws = connect(server)
+    subscribe(late, {"topic": "recent_trades", "market_id": APT})  # after collect, before flush
+    await asyncio.sleep(0)
+    pushes = [json.loads(p) for p in steady_ws.sink]
+    assert [p["message"] for p in pushes] == ["recent_trades"]
+    assert pushes[0]["transaction_version"] == models.version
+    (subscription,) = steady.session.subscriptions
+    assert pushes[0]["data"] == json.loads(server.hub.render(subscription))["data"]
+    late_trades = [json.loads(p) for p in late_ws.sink if b"recent_trades" in p]
+    assert len(late_trades) == 1, "the snapshot only: the pass's state is the same one"

@@ -27,7 +27,7 @@ import logging
 import socket
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, KeysView
+from collections.abc import KeysView
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -133,7 +133,6 @@ class Connection(WSListener):
         self.coalesced: dict[Subscription, int] = {}
         self.queued_bytes = 0
         self.oldest_ms = 0
-        self.paused = False
         self.closing = False
         # subscriptions started since the last flush -> the version of their snapshot; pushes
         # built before it (at or below that version) are not written to this connection
@@ -161,11 +160,9 @@ class Connection(WSListener):
         self.server.forget(self)
 
     def pause_writing(self) -> None:
-        self.paused = True
         self.server.paused.add(self)
 
     def resume_writing(self) -> None:
-        self.paused = False
         self.server.paused.discard(self)
         self.server.schedule_flush(self)
 
@@ -263,7 +260,7 @@ class Connection(WSListener):
             return
         limits = self.server.server_limits
         backlog = transport.underlying_transport.get_write_buffer_size()
-        if self.paused or backlog > limits.outbox_max_bytes:
+        if self in self.server.paused or backlog > limits.outbox_max_bytes:
             if (
                 self.queued_bytes + backlog > limits.outbox_max_bytes
                 or now_ms() - self.oldest_ms > limits.outbox_max_age_ms
@@ -461,53 +458,58 @@ class FeedServer:
         changed, self._changed = self._changed, {}
         dirty, self._dirty = self._dirty, set()
         durable, self._durable = self._durable, []
-        limit = self.server_limits.deflate_min_bytes if self.metrics.deflate_connections else 0
+        limit = self.server_limits.deflate_min_bytes
         # every push, in the order a connection must get them
-        out: list[_Outgoing] = []
-        for push in pushes:
-            if push.holders:
-                plain = text_frame(push.frame)
-                packed = deflated_frame(push.frame) if limit and len(push.frame) >= limit else plain
-                out.append(
-                    _Outgoing(plain, packed, push.version, push.subscription, False, push.holders)
-                )
+        out: list[_Outgoing] = [
+            _Outgoing(push.frame, push.version, push.subscription, False, push.holders)
+            for push in pushes
+            if push.holders
+        ]
         for subscription in changed:
             holders = hub.holders.get(subscription)
             if holders:  # list state: built now, once, at the version it is written at
-                frame = hub.render(subscription)
-                plain = text_frame(frame)
-                packed = deflated_frame(frame) if limit and len(frame) >= limit else plain
-                out.append(_Outgoing(plain, packed, version, subscription, True, holders))
+                out.append(
+                    _Outgoing(hub.render(subscription), version, subscription, True, holders)
+                )
 
         # connections with frames of their own, or that cannot take more, go through their
         # outbox; everyone else gets the shared bytes straight to the socket, in one write
         careful = dirty | self.paused if self.paused else dirty
         writes: defaultdict[Connection, list[bytes]] = defaultdict(list)
+        # each payload framed once, and compressed only when a holder takes it so; book
+        # deltas are the same bytes for every depth subscribed to
+        framed: dict[int, tuple[bytes, bytes | None]] = {}
         messages = sent_bytes = compressed = 0  # what the shared path writes
         for item in out:
-            targets: set[Connection] = item.holders
-            plain, packed = item.plain, item.packed
-            if careful:
-                for conn in targets & careful:
-                    if conn.joined.get(item.subscription, -1) < item.version:
-                        wire = packed if conn.deflate else plain
-                        conn.enqueue(item.subscription if item.coalesced else None, wire)
-                targets = targets - careful
-            if packed is plain:
-                for conn in targets:
+            payload = item.payload
+            plain, packed = framed.get(id(payload)) or (text_frame(payload), None)
+            compressible = limit and len(payload) >= limit
+            written = taking = 0  # connections given it straight, of which compressed
+            if not careful and not compressible:  # the common case, kept tight
+                for conn in item.holders:
                     writes[conn].append(plain)
-                sent_bytes += len(targets) * len(plain)
-            else:
-                taking = 0  # connections that take it compressed
-                for conn in targets:
-                    if conn.deflate:
-                        writes[conn].append(packed)
-                        taking += 1
-                    else:
-                        writes[conn].append(plain)
-                compressed += taking
-                sent_bytes += taking * len(packed) + (len(targets) - taking) * len(plain)
-            messages += len(targets)
+                messages += len(item.holders)
+                sent_bytes += len(item.holders) * len(plain)
+                framed[id(payload)] = (plain, packed)
+                continue
+            for conn in item.holders:
+                if compressible and conn.deflate:
+                    if packed is None:
+                        packed = deflated_frame(payload)
+                    wire = packed
+                else:
+                    wire = plain
+                if careful and conn in careful:
+                    if conn.joined.get(item.subscription, -1) < item.version:
+                        conn.enqueue(item.subscription if item.coalesced else None, wire)
+                    continue
+                writes[conn].append(wire)
+                written += 1
+                taking += wire is packed
+            framed[id(payload)] = (plain, packed)
+            messages += written
+            compressed += taking
+            sent_bytes += (written - taking) * len(plain) + (taking * len(packed) if packed else 0)
         for conn in careful:
             conn.joined.clear()
             conn.flush()
@@ -533,12 +535,8 @@ class FeedServer:
 
 
 class _Outgoing(NamedTuple):
-    plain: bytes  # the push as a whole websocket text frame
-    packed: bytes  # the same compressed, for connections that take it so (or ``plain``)
+    payload: bytes  # the push's JSON
     version: int
     subscription: Subscription
     coalesced: bool  # list state: a newer one may replace it in an outbox
     holders: set[Any]
-
-
-Factory = Callable[[WSUpgradeRequest], Connection | None]
