@@ -170,6 +170,12 @@ async def test_a_trading_session_through_the_api(api: httpx.AsyncClient) -> None
         "/cancelMultipleOrders", {"marketId": APT, "cancelOrderIds": [order["order_id"]]}
     )
     assert cancel.json()["data"]["orders"][0]["status"] == "Cancelled"
+    # the read's version was the ledger's then: not a later one (the cancel came after it)
+    assert int(read.headers["X-Transaction-Version"]) < cancel.json()["data"]["transactionVersion"]
+    again = await api.get("/getPositions", params={"userAddress": alice.wallet})
+    assert (
+        int(again.headers["X-Transaction-Version"]) >= cancel.json()["data"]["transactionVersion"]
+    )
     out = await bob.post("/withdraw", {"amount": 10.5})
     assert out.status_code == 200, out.text
     assert out.json()["data"]["walletBalance"] == "10.5"

@@ -718,8 +718,7 @@ async def settle_pnl(request: Request[Any, Any, Any], state: State) -> Response[
     if body.get("marketId") is not None:
         data["marketId"] = str(_market(exchange, body["marketId"]).market_id)
     data.update(_balances(exchange, profile))
-    account = exchange.models.accounts.get(profile)
-    data["netBalance"] = format_scaled(account.free if account else 0, QUOTE_DECIMALS)
+    data["netBalance"] = data["freeBalance"]  # as getNetProfileBalance answers
     data["settledPnl"] = "0"
     data["transactionVersion"] = exchange.models.version
     return envelope(data, "nothing to settle: PnL is settled with every fill")
