@@ -8,7 +8,6 @@ import dataclasses
 import errno
 import logging
 import signal
-import socket
 import sys
 import tomllib
 from pathlib import Path
@@ -351,18 +350,11 @@ async def _serve(
     ticks: list[Tick] | None,
     replay_speed: float,
 ) -> None:
-    import uvicorn
-
     from openperps.api.app import create_app
+    from openperps.api.serving import bind, start
 
     # bind the REST socket first: a port in use is reported before anything starts
-    rest_socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    rest_socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        rest_socket.bind((settings.host, api_port))
-    except OSError:
-        rest_socket.close()
-        raise
+    rest_socket = bind(settings.host, api_port)
     clock = ReplayClock(ticks[0].timestamp or 0) if ticks else None
     exchange = Exchange(settings, clock=clock) if clock is not None else Exchange(settings)
     try:
@@ -383,14 +375,10 @@ async def _serve(
         rest_socket.close()
         raise
     settle_heap()
-    config = uvicorn.Config(
-        create_app(exchange, faucet=network == "testnet", network=network, admin_token=admin_token),
-        log_config=None,
-        log_level="warning",
-        lifespan="off",
+    app = create_app(
+        exchange, faucet=network == "testnet", network=network, admin_token=admin_token
     )
-    api = uvicorn.Server(config)
-    api_task = asyncio.create_task(api.serve(sockets=[rest_socket]), name="openperps-api")
+    api, api_task = start(app, rest_socket, "openperps-api")
     api_port = rest_socket.getsockname()[1]
     engine = exchange.sequencer.engine
     oracle = RandomWalkOracle([m.config for m in engine.markets.values()], seed=seed)

@@ -95,25 +95,11 @@ class Gateway:
     async def _serve_http(self, host: str, port: int) -> None:
         """The REST reads, ``/health`` and ``/metrics`` (uvicorn, on a socket bound here so
         that a port in use fails the start)."""
-        import uvicorn
-
         from openperps.api.app import create_read_app
+        from openperps.api.serving import bind, start
 
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            sock.close()
-            raise
-        self._http_socket = sock
-        config = uvicorn.Config(
-            create_read_app(self), log_config=None, log_level="warning", lifespan="off"
-        )
-        self.http = uvicorn.Server(config)
-        self._http_task = asyncio.create_task(
-            self.http.serve(sockets=[sock]), name="openperps-gateway-http"
-        )
+        self._http_socket = sock = bind(host, port)
+        self.http, self._http_task = start(create_read_app(self), sock, "openperps-gateway-http")
         while not self.http.started:  # listening before start() returns
             if self._http_task.done():
                 await self._http_task  # raises what stopped it
