@@ -3,14 +3,16 @@ version they are written at; live records and book deltas are built per batch, i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import pairwise
-from typing import Any
 
 import msgspec
+import pytest
 
 from openperps.core import events as e
+from openperps.feed import hub as hub_module
 from openperps.feed.frames import text_frame
-from openperps.feed.hub import Hub
+from openperps.feed.hub import Hub, decode_frame, push_frame
 from openperps.feed.session import Subscription
 from openperps.indexer import ReadModels
 from openperps.indexer.topics import TopicData
@@ -31,12 +33,6 @@ HISTORY = Subscription("order_history", WHO)
 LIVE = Subscription("live_order_history", WHO)
 
 
-def decode(frame: bytes) -> dict[str, Any]:
-    value = msgspec.json.decode(frame)
-    assert isinstance(value, dict)
-    return value
-
-
 def hub_with(*subscriptions: Subscription) -> Hub:
     hub = Hub(TopicData(ReadModels()))
     for subscription in subscriptions:
@@ -54,11 +50,11 @@ def test_a_list_state_is_named_per_batch_and_built_once_at_the_newest_version() 
         changed.update(dict.fromkeys(subs))
     assert set(changed) == {BOOK, TRADES, HISTORY}
     for subscription in changed:
-        frame = decode(hub.render(subscription))
+        frame = decode_frame(hub.render(subscription))
         assert frame["message"] == subscription.topic
         assert frame["transaction_version"] == models.version
         snapshot, covered = hub.snapshot(subscription)
-        assert covered and decode(snapshot[0]) == frame  # the same as a new subscriber's
+        assert covered and decode_frame(snapshot[0]) == frame  # the same as a new subscriber's
 
 
 def test_live_records_and_deltas_are_built_per_batch_in_version_order() -> None:
@@ -71,7 +67,7 @@ def test_live_records_and_deltas_are_built_per_batch_in_version_order() -> None:
         assert changed == []  # nothing here is coalesced
         for push in pushes:
             assert push.holders is hub.holders[push.subscription]  # leavers are left out
-            frame = decode(push.frame)
+            frame = decode_frame(push.frame)
             assert frame["transaction_version"] == push.version
             if push.subscription == LIVE:
                 assert frame["data"]["transaction_version"] == push.version
@@ -93,3 +89,64 @@ def test_a_push_is_framed_once_as_an_unmasked_text_frame() -> None:
     ):
         payload = b"x" * size
         assert text_frame(payload) == header + payload
+
+
+class CountingData(TopicData):
+    """Topic data that counts the snapshots taken of it."""
+
+    def __init__(self, models: ReadModels) -> None:
+        super().__init__(models)
+        self.taken = 0
+
+    def snapshot(
+        self, topic: str, key: str | int | None, limit: int = 100
+    ) -> Sequence[msgspec.Struct]:
+        self.taken += 1
+        return super().snapshot(topic, key, limit)
+
+
+def fresh(data: TopicData, subscription: Subscription) -> bytes:
+    """The state of ``subscription`` built from scratch, as a new subscriber must see it."""
+    extra = {"mode": "snapshot"} if subscription.delta else {}
+    records = TopicData.snapshot(data, subscription.topic, subscription.key, subscription.limit)
+    return push_frame(subscription.topic, records, data.models.version, **extra)
+
+
+def test_a_list_state_is_built_once_per_version_for_every_subscriber_and_never_served_stale() -> (
+    None
+):
+    data = CountingData(ReadModels())
+    hub = Hub(data)
+    models = data.models
+    half = len(BATCHES) // 2
+    for batch in BATCHES[:half]:
+        hub.collect(models.apply_all(batch))
+    first = [hub.snapshot(TRADES)[0][0] for _ in range(1_000)]  # a reconnect storm
+    assert data.taken == 1
+    assert all(frame is first[0] for frame in first)  # the same bytes for everyone
+    assert hub.render(TRADES) is first[0]  # and for the write of a change at that version
+    assert first[0] == fresh(data, TRADES)
+    # the same market in delta mode starts from a snapshot of its own kind
+    book, delta = hub.snapshot(BOOK)[0][0], hub.snapshot(DELTA)[0][0]
+    assert "mode" not in decode_frame(book)
+    assert decode_frame(delta)["mode"] == "snapshot"
+    assert (book, delta) == (fresh(data, BOOK), fresh(data, DELTA))
+    assert data.taken == 3
+    for batch in BATCHES[half:]:
+        hub.collect(models.apply_all(batch))
+        for subscription in (TRADES, BOOK, DELTA, HISTORY):
+            assert hub.snapshot(subscription)[0][0] == fresh(data, subscription)
+    assert decode_frame(hub.render(TRADES))["transaction_version"] == models.version
+
+
+def test_states_over_the_cache_budget_are_dropped_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = CountingData(ReadModels())
+    hub = Hub(data)
+    for batch in BATCHES:
+        hub.collect(data.models.apply_all(batch))
+    trades = hub.render(TRADES)
+    monkeypatch.setattr(hub_module, "STATE_CACHE_BYTES", len(trades) + 1)
+    hub.render(BOOK)  # over the budget: the cache starts again from this state
+    assert data.taken == 2
+    assert hub.render(BOOK) == fresh(data, BOOK) and data.taken == 2
+    assert hub.render(TRADES) == trades and data.taken == 3  # built again, the same

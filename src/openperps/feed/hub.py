@@ -2,9 +2,10 @@
 
 Sans-I/O like the session: the server calls ``snapshot`` when a subscription starts,
 ``collect`` after each batch has been applied to the read models, and ``render`` for each
-changed list subscription when it writes. A frame is built
-and encoded once per subscription (topic, key, options) and the same bytes object goes to
-every connection holding it.
+changed list subscription when it writes. A frame is built and encoded once per subscription
+(topic, key, options) and version, and the same bytes object goes to every connection holding
+it, or starting it at that version: a thousand clients reconnecting to one market's
+``recent_trades`` cost one rendering, not a thousand.
 
 Pushes (ws-protocol.md):
 - list topics: ``{"message": T, "data": [...], "transaction_version": V}``, the current
@@ -34,6 +35,8 @@ from openperps.wire.shapes import ENCODER
 
 Conn = Hashable
 
+STATE_CACHE_BYTES = 8 * 1024 * 1024  # list states kept at one version; cleared when over
+
 
 class Push(NamedTuple):
     """A frame that is never coalesced, for every holder of ``subscription`` (the set itself,
@@ -57,6 +60,10 @@ class Hub:
         self.holders: dict[Subscription, set[Conn]] = {}
         self.by_key: dict[tuple[str, str | int | None], set[Subscription]] = {}
         self.book_versions: dict[int, int] = {}  # market -> version of the last delta sent
+        # list states rendered at ``_states_version``, and the bytes they hold
+        self._states: dict[Subscription, bytes] = {}
+        self._states_version = -1
+        self._states_bytes = 0
 
     @property
     def version(self) -> int:
@@ -98,7 +105,6 @@ class Hub:
         """The frames a new subscription starts with, and False when ``since_version`` is
         older than retention (the caller reports ``version_too_old``; a snapshot follows)."""
         topic, key = subscription.topic, subscription.key
-        version = self.version
         if topic in LIVE_TOPICS:
             if since_version is not None:
                 rows, covered = self.data.models.live_changes_since(str(key), since_version)
@@ -107,10 +113,7 @@ class Hub:
                     return frames, True
                 return self._latest_live(topic, str(key)), False
             return self._latest_live(topic, str(key)), True
-        records = self.data.snapshot(topic, key, subscription.limit)
-        if subscription.delta:
-            return [push_frame(topic, records, version, mode="snapshot")], True
-        return [push_frame(topic, records, version)], True
+        return [self.render(subscription)], True
 
     def _latest_live(self, topic: str, address: str) -> list[bytes]:
         records = self.data.snapshot(topic, address)
@@ -173,9 +176,27 @@ class Hub:
         return pushes, changed
 
     def render(self, subscription: Subscription) -> bytes:
-        """The push of a list subscription's current state."""
-        records = self.data.snapshot(subscription.topic, subscription.key, subscription.limit)
-        return push_frame(subscription.topic, records, self.version)
+        """The push of a list subscription's current state (an order book in delta mode: the
+        full book its deltas start from, marked ``"mode": "snapshot"``), built once per
+        version however many connections ask for it."""
+        version = self.version
+        if version != self._states_version:
+            self._states.clear()
+            self._states_version, self._states_bytes = version, 0
+        frame = self._states.get(subscription)
+        if frame is None:
+            topic = subscription.topic
+            records = self.data.snapshot(topic, subscription.key, subscription.limit)
+            if subscription.delta:
+                frame = push_frame(topic, records, version, mode="snapshot")
+            else:
+                frame = push_frame(topic, records, version)
+            self._states_bytes += len(frame)
+            if self._states_bytes > STATE_CACHE_BYTES:  # many different states at one version
+                self._states.clear()
+                self._states_bytes = len(frame)
+            self._states[subscription] = frame
+        return frame
 
     def _delta(self, market_id: int, applied: Applied, version: int) -> bytes | None:
         levels = applied.book_levels.get(market_id)
