@@ -42,6 +42,7 @@ class Received:
     def __init__(self) -> None:
         self.batches: list[Published] = []
         self.changed = asyncio.Event()
+        self.messages = 0  # the stream messages the consumer read to get them
 
     def __call__(self, batch: Published) -> None:
         self.batches.append(batch)
@@ -88,6 +89,7 @@ async def consume(
         await received.until(until)
     finally:
         await consumer.stop()
+    received.messages = consumer.messages
     return received
 
 
@@ -162,9 +164,12 @@ async def test_a_consumer_starts_after_any_version(names: tuple[str, str, str]) 
     await publish_all(url, stream, subject, items, max_message_bytes=1)
     assert await stream_messages(url, stream) == len(items)
 
-    for after in (1, 2, 57, last // 2, last - 1):
+    for after in (0, 1, 2, 57, last // 2, last - 1):
         received = await consume(url, stream, subject, after=after, until=last)
         assert received.versions == list(range(after + 1, last + 1))
+        # read from the message that holds the next version, not from the stream's start
+        holding = next(i for i, b in enumerate(items) if b.last_version > after)
+        assert received.messages == len(items) - holding
 
 
 async def test_a_version_published_again_is_stored_once(names: tuple[str, str, str]) -> None:
