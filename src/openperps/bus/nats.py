@@ -51,6 +51,7 @@ from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
 from openperps.bus import DEFAULT_NATS_URL, DEFAULT_STREAM, DEFAULT_SUBJECT
 from openperps.bus.memory import InProcessBus, Published, Subscriber
 from openperps.core.events import decode_event
+from openperps.retry import Backoff
 from openperps.store.base import EventLog
 from openperps.store.envelope import Envelope
 
@@ -259,7 +260,7 @@ class NatsPublisher:
         return batches, durable_at
 
     async def _run(self) -> None:
-        delay = 0.05
+        backoff = Backoff()
         while self._nc is None:
             try:
                 self._nc = await connect(self.url, "openperps-publisher")
@@ -270,15 +271,14 @@ class NatsPublisher:
                     with contextlib.suppress(Exception):
                         await self._nc.close()
                     self._nc = None
-                if delay == 0.05:  # once; the attempts go on quietly
+                if not backoff.pauses:  # once; the attempts go on quietly
                     logger.warning(
                         "NATS at %s: %s; publishing when it answers (%s)",
                         self.url,
                         type(exc).__name__,
                         exc,
                     )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                await backoff.pause()
         while True:
             if not self._queue:
                 self._idle.set()
@@ -291,7 +291,7 @@ class NatsPublisher:
         """Send one message until the server takes it: the same bytes under the same id."""
         data = encode_batches(batches)
         first, last = batches[0][0].version, batches[-1][-1].version
-        delay = 0.05
+        backoff = Backoff()
         headers = {ID_HEADER: str(first), LAST_HEADER: str(last)}
         if durable_at:
             headers[DURABLE_HEADER] = f"{durable_at:.6f}"
@@ -323,7 +323,7 @@ class NatsPublisher:
                     # make it again, then send again
                     with contextlib.suppress(Exception):
                         await ensure_stream(js, self.stream, self.subject)
-                if delay == 0.05:  # once per message; the retries go on quietly
+                if not backoff.pauses:  # once per message; the retries go on quietly
                     logger.warning(
                         "NATS publish of %d..%d failed (%s: %s); sending it again until "
                         "the server takes it",
@@ -332,8 +332,7 @@ class NatsPublisher:
                         type(exc).__name__,
                         exc,
                     )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                await backoff.pause()
                 continue
             self.messages += 1
             if ack.duplicate:
@@ -417,7 +416,7 @@ class NatsConsumer:
             self._resubscribing = asyncio.create_task(self._resubscribe())
 
     async def _resubscribe(self) -> None:
-        delay = 0.05
+        backoff = Backoff()
         try:
             while self._nc is not None:
                 old, self._sub = self._sub, None
@@ -430,8 +429,7 @@ class NatsConsumer:
                     return
                 except Exception as exc:  # JetStream not ready yet after a restart, say
                     logger.debug("NATS consumer: subscribing again failed (%s)", exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
+                    await backoff.pause()
         finally:
             self._resubscribing = None
 
@@ -506,7 +504,7 @@ class NatsConsumer:
             return
         logger.warning("NATS consumer: reading versions %d..%d from the event log", first, last)
         self.holes_filled += 1
-        delay, waited = FILL_RETRY_FIRST_S, 0.0
+        backoff = Backoff(FILL_RETRY_FIRST_S, FILL_RETRY_MAX_S)
         try:
             while True:
                 try:
@@ -524,17 +522,16 @@ class NatsConsumer:
                 if self._stopping:
                     raise asyncio.CancelledError
                 self.waiting_for_log = True
-                if waited == 0.0 or int(waited + delay) // 10 > int(waited) // 10:
-                    logger.warning(
+                waited = backoff.waited
+                if not backoff.pauses or int(waited + backoff.next) // 10 > int(waited) // 10:
+                    logger.warning(  # at first, then every ten seconds or so
                         "NATS consumer: the event log does not have versions %d..%d yet; "
                         "waiting for it (%.1f s so far)",
                         self.version + 1,
                         last,
                         waited,
                     )
-                await asyncio.sleep(delay)
-                waited += delay
-                delay = min(delay * 2, FILL_RETRY_MAX_S)
+                await backoff.pause()
         finally:
             self.waiting_for_log = False
 

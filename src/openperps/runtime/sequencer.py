@@ -26,6 +26,7 @@ from openperps.core.commands import Command
 from openperps.core.engine import Engine
 from openperps.core.errors import ErrorCode, OpenPerpsError
 from openperps.core.events import Event, encode_event
+from openperps.retry import Backoff
 from openperps.store.envelope import Envelope
 from openperps.store.writer import GroupCommitWriter
 
@@ -112,15 +113,14 @@ class Sequencer:
             self._recovering = asyncio.create_task(self._recover(), name="openperps-recover")
 
     async def _recover(self) -> None:
-        delay = 0.05
+        backoff = Backoff(ceiling=5.0)
         try:
             while True:
                 try:
                     engine = await self._rebuild()
                 except Exception as exc:
-                    logger.error("rebuild failed (%s); retrying in %.2f s", exc, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
+                    logger.error("rebuild failed (%s); retrying in %.2f s", exc, backoff.next)
+                    await backoff.pause()
                     continue
                 self.engine = engine
                 self.generation += 1
