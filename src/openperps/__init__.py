@@ -13,7 +13,8 @@ from types import ModuleType
 
 __version__ = "0.1.0"
 
-# The modules setup.py compiles with mypyc (tests/packaging checks the two lists agree).
+# The modules setup.py compiles with mypyc and the Makefile rebuilds on (tests/packaging checks
+# that the three lists agree).
 COMPILED_MODULES = frozenset(
     {
         "openperps.core.book",

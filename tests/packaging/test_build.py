@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.machinery
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,30 @@ def test_openperps_pure_loads_the_python_sources() -> None:
     assert compiled == "False" and path.endswith("engine.py")
 
 
+def test_a_stale_compiled_module_makes_the_whole_engine_run_pure_with_a_warning() -> None:
+    # in a fresh interpreter: the choice is made once, when openperps is first imported
+    code = (
+        "import warnings, openperps\n"
+        "openperps._stale_compiled = lambda: ['openperps.core.engine']\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    openperps._choose_build()\n"
+        "from openperps.core import is_compiled, book, engine\n"
+        "print(is_compiled(), book.__file__, engine.__file__)\n"
+        "print(caught[0].message)\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "OPENPERPS_PURE"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    modules, warning = done.stdout.splitlines()
+    compiled, *paths = modules.split()
+    assert compiled == "False"
+    assert all(path.endswith(".py") for path in paths)  # all or none, not the stale one only
+    assert "openperps.core.engine is older than its source" in warning
+    assert "make install" in warning
+
+
 def test_setup_compiles_the_modules_the_package_knows_as_compiled() -> None:
     """setup.py cannot import the package it builds, so it keeps its own list."""
     import ast
@@ -67,4 +92,12 @@ def test_setup_compiles_the_modules_the_package_knows_as_compiled() -> None:
         and any(isinstance(t, ast.Name) and t.id == "COMPILED_MODULES" for t in node.targets)
     ]
     names = {path.removeprefix("src/").removesuffix(".py").replace("/", ".") for path in listed}
+    assert names == set(openperps.COMPILED_MODULES)
+
+
+def test_make_rebuilds_when_a_compiled_module_changes() -> None:
+    makefile = (Path(__file__).parents[2] / "Makefile").read_text("utf-8")
+    found = re.search(r"addprefix src/openperps/core/,([^)]*)\)", makefile)
+    assert found is not None
+    names = {f"openperps.core.{name.removesuffix('.py')}" for name in found.group(1).split()}
     assert names == set(openperps.COMPILED_MODULES)
