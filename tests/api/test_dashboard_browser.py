@@ -130,6 +130,10 @@ def test_the_dashboard_updates_live_and_shows_an_address(demo: str) -> None:
         page.goto(f"{demo}/?address={profile}")
         page.wait_for_selector("#ladder td.ask", timeout=15_000)
         page.wait_for_selector("#trades td", timeout=15_000)
+        # both sides quoted (until the simulated makers have, the ladder says "spread -")
+        page.wait_for_function(
+            "/spread \\d/.test(document.getElementById('ladder').innerText)", timeout=15_000
+        )
         first_trades = page.inner_text("#trades")
         first_book = page.inner_text("#ladder")
         # the spread in the market's own decimals (APT-USD: ticks of 0.001)
