@@ -18,8 +18,6 @@ from hypothesis import strategies as st
 from picows import WSMsgType
 
 from openperps.feed.frames import (
-    CLOSE_INVALID_DATA,
-    CLOSE_PROTOCOL_ERROR,
     DEFLATE_RESPONSE,
     MessageReader,
     ProtocolFailure,
@@ -30,6 +28,7 @@ from openperps.feed.frames import (
     text_frame,
 )
 from openperps.feed.server import ServerLimits
+from openperps.feed.session import CLOSE_INVALID_DATA, CLOSE_PROTOCOL_ERROR
 from openperps.runtime.app import Exchange, Settings
 from tests.feed.test_server import ALICE, trade, url
 

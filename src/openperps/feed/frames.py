@@ -21,6 +21,8 @@ from picows import (
     WSUpgradeResponseWithListener,
 )
 
+from openperps.feed.session import CLOSE_INVALID_DATA, CLOSE_PROTOCOL_ERROR
+
 EXTENSIONS_HEADER: Final = "Sec-WebSocket-Extensions"
 DEFLATE: Final = "permessage-deflate"
 # what the server answers to an offer it takes: each message stands alone, both ways
@@ -28,9 +30,6 @@ DEFLATE_RESPONSE: Final = f"{DEFLATE}; server_no_context_takeover; client_no_con
 # the end of a sync-flushed deflate block: left off on the wire, put back to inflate
 _SYNC_TAIL: Final = b"\x00\x00\xff\xff"
 _LEVEL: Final = 1  # a third of level 6's time for a tenth more bytes on the feed's JSON
-
-CLOSE_PROTOCOL_ERROR: Final = 1002
-CLOSE_INVALID_DATA: Final = 1007
 
 _TEXT: Final = 0x81  # FIN and the text opcode
 COMPRESSED_TEXT: Final = 0xC1  # FIN, RSV1 (compressed) and the text opcode: a frame's first byte

@@ -32,6 +32,8 @@ from openperps.indexer.topics import ALL_TOPICS, LIVE_TOPICS, MARKET_TOPICS, USE
 # close codes, in one place
 CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001
+CLOSE_PROTOCOL_ERROR: Final = 1002  # a frame the websocket protocol forbids
+CLOSE_INVALID_DATA: Final = 1007  # a compressed message that is not deflate data
 CLOSE_SERVER_RESTART: Final = 1012
 CLOSE_POLICY: Final = 4008  # too many refused or rate-limited requests
 CLOSE_TOO_LARGE: Final = 4009  # frames over the size limit, again and again
