@@ -13,9 +13,12 @@ if TYPE_CHECKING:
     from openperps.bus.nats import NatsConsumer, NatsPublisher
 
 
-def _metric(lines: list[str], name: str, kind: str, value: object) -> None:
-    lines.append(f"# TYPE {name} {kind}")
-    lines.append(f"{name} {value}")
+def _metrics(*rows: tuple[str, str, object]) -> list[str]:
+    """Each (name, kind, value) as its TYPE line and its sample."""
+    lines: list[str] = []
+    for name, kind, value in rows:
+        lines += (f"# TYPE {name} {kind}", f"{name} {value}")
+    return lines
 
 
 def build_lines() -> list[str]:
@@ -29,8 +32,7 @@ def build_lines() -> list[str]:
 def feed_lines(feed: FeedServer) -> list[str]:
     m = feed.metrics
     frames, queued, largest = feed.outbox_stats()
-    lines: list[str] = []
-    for name, kind, value in (
+    lines = _metrics(
         ("openperps_feed_connections", "gauge", m.connections),
         ("openperps_feed_deflate_connections", "gauge", m.deflate_connections),
         ("openperps_feed_subscriptions", "gauge", feed.subscription_count()),
@@ -43,8 +45,7 @@ def feed_lines(feed: FeedServer) -> list[str]:
         ("openperps_feed_messages_sent_total", "counter", m.messages_sent),
         ("openperps_feed_bytes_sent_total", "counter", m.bytes_sent),
         ("openperps_feed_compressed_messages_total", "counter", m.compressed_sent),
-    ):
-        _metric(lines, name, kind, value)
+    )
     lines.append("# TYPE openperps_feed_closes_total counter")
     lines += [f'openperps_feed_closes_total{{reason="{k}"}} {v}' for k, v in m.closes.items()]
     lines.append("# TYPE openperps_feed_push_latency_ms histogram")
@@ -61,27 +62,21 @@ def feed_lines(feed: FeedServer) -> list[str]:
 
 def publisher_lines(publisher: NatsPublisher) -> list[str]:
     """The engine's side of the bus: how far NATS has acknowledged, what was dropped."""
-    lines: list[str] = []
-    for name, kind, value in (
+    return _metrics(
         ("openperps_bus_handed_version", "gauge", publisher.last_version),
         ("openperps_bus_published_version", "gauge", publisher.published_version),
         ("openperps_bus_messages_total", "counter", publisher.messages),
         ("openperps_bus_dropped_total", "counter", publisher.dropped),
         ("openperps_bus_failures_total", "counter", publisher.failures),
-    ):
-        _metric(lines, name, kind, value)
-    return lines
+    )
 
 
 def consumer_lines(consumer: NatsConsumer) -> list[str]:
     """A gateway's side of the bus: the version it has applied, holes filled from the log."""
-    lines: list[str] = []
-    for name, kind, value in (
+    return _metrics(
         ("openperps_gateway_version", "gauge", consumer.version),
         ("openperps_gateway_messages_total", "counter", consumer.messages),
         ("openperps_gateway_holes_filled_total", "counter", consumer.holes_filled),
         ("openperps_gateway_holes_unfilled_total", "counter", consumer.holes_unfilled),
         ("openperps_gateway_waiting_for_log", "gauge", int(consumer.waiting_for_log)),
-    ):
-        _metric(lines, name, kind, value)
-    return lines
+    )
