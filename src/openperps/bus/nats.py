@@ -40,7 +40,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import nats
@@ -69,9 +69,6 @@ STREAM_MAX_AGE_S = 24 * 3600.0
 MAX_MESSAGE_BYTES = 512 * 1024
 CONNECT_TIMEOUT_S = 5.0
 ENVELOPE_OVERHEAD = 48  # msgpack framing and the type tag, roughly, per envelope
-# a hole the log cannot fill yet is asked for again after these pauses (doubling)
-FILL_RETRY_FIRST_S = 0.05
-FILL_RETRY_MAX_S = 2.0
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(list[list[Envelope]])
@@ -151,6 +148,14 @@ async def ensure_stream(js: Any, stream: str, subject: str) -> None:
         await js.stream_info(stream)  # created meanwhile by another process
 
 
+class _Queued(NamedTuple):
+    """A batch waiting to be sent: not its decoded events, which are not sent and would
+    double what an outage keeps queued."""
+
+    envelopes: Sequence[Envelope]
+    durable_at: float  # when it became durable (0: unknown)
+
+
 class NatsPublisher:
     """The writer's side: ``publish`` queues a durable batch and returns at once."""
 
@@ -176,9 +181,7 @@ class NatsPublisher:
         self.duplicates = 0  # of which the server had already stored
         self.dropped = 0  # batches dropped from a full queue (readers fill them from the log)
         self.failures = 0  # failed attempts to send a message
-        # each batch waiting: its envelopes and when it became durable (not its decoded
-        # events: they are not sent, and during an outage they would double the queue)
-        self._queue: deque[tuple[Sequence[Envelope], float]] = deque()
+        self._queue: deque[_Queued] = deque()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -204,10 +207,10 @@ class NatsPublisher:
                     "NATS publish queue full (%d batches): dropping the oldest, from version "
                     "%d; readers fill the hole from the event log",
                     self.max_queued,
-                    lost[0][0].version,
+                    lost.envelopes[0].version,
                 )
             self.dropped += 1
-        self._queue.append((batch.envelopes, batch.durable_at))
+        self._queue.append(_Queued(batch.envelopes, batch.durable_at))
         self.last_version = batch.last_version
         self._idle.clear()
         self._wake.set()
@@ -249,8 +252,8 @@ class NatsPublisher:
         first, durable_at = queue.popleft()
         batches = [first]
         size = sum(len(e.payload) + ENVELOPE_OVERHEAD for e in first)
-        while queue and queue[0][0][0].version == batches[-1][-1].version + 1:
-            following = queue[0][0]
+        while queue and queue[0].envelopes[0].version == batches[-1][-1].version + 1:
+            following = queue[0].envelopes
             more = sum(len(e.payload) + ENVELOPE_OVERHEAD for e in following)
             if size + more > self.max_message_bytes:
                 break
@@ -504,7 +507,7 @@ class NatsConsumer:
             return
         logger.warning("NATS consumer: reading versions %d..%d from the event log", first, last)
         self.holes_filled += 1
-        backoff = Backoff(FILL_RETRY_FIRST_S, FILL_RETRY_MAX_S)
+        backoff = Backoff()
         try:
             while True:
                 try:
