@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from openperps.feed import server as server_module
 from openperps.feed.frames import inflate
 from openperps.feed.server import Connection, FeedServer
 from openperps.feed.session import Subscribe
@@ -267,3 +268,36 @@ async def test_a_list_state_is_written_once_per_pass_at_the_version_it_is_built(
     assert pushes[0]["data"] == json.loads(server.hub.render(subscription))["data"]
     late_trades = [json.loads(p) for p in late_ws.sink if b"recent_trades" in p]
     assert len(late_trades) == 1, "the snapshot only: the pass's state is the same one"
+
+
+async def test_a_list_state_written_compressed_is_not_compressed_again_for_new_subscribers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    models = ReadModels()
+    server = FeedServer(models)
+    half = len(BATCHES) // 2
+    for batch in BATCHES[:half]:
+        models.apply_all(batch)
+    holder = Connection(server, deflate=True)
+    holder.on_ws_connected(WebSocket())  # type: ignore[arg-type]
+    subscribe(holder, {"topic": "recent_trades", "market_id": APT})
+    await asyncio.sleep(0)
+    compressed: list[bytes] = []
+    compress = server_module.deflated_frame
+
+    def counted(payload: bytes) -> bytes:
+        compressed.append(payload)
+        return compress(payload)
+
+    monkeypatch.setattr(server_module, "deflated_frame", counted)
+    for batch in BATCHES[half:]:
+        server.on_applied(models.apply_all(batch))
+        if server._changed:
+            break
+    await asyncio.sleep(0)  # the new state is written, compressed
+    assert len(compressed) == 1
+    late = Connection(server, deflate=True)
+    late.on_ws_connected(WebSocket())  # type: ignore[arg-type]
+    subscribe(late, {"topic": "recent_trades", "market_id": APT})  # at the same version
+    assert len(compressed) == 1, "its snapshot is the state just written"
+    assert late.queue[-1][1][0] == 0xC1

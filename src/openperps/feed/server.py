@@ -494,8 +494,10 @@ class FeedServer:
                 continue
             for conn in item.holders:
                 if compressible and conn.deflate:
-                    if packed is None:
-                        packed = deflated_frame(payload)
+                    if packed is None:  # a list state: the one its new subscribers get too
+                        packed = (
+                            self.wire(payload, True) if item.coalesced else deflated_frame(payload)
+                        )
                     wire = packed
                 else:
                     wire = plain
