@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from openperps.feed import frames as frames_module
 from openperps.feed import server as server_module
 from openperps.feed.frames import inflate
 from openperps.feed.server import Connection, FeedServer
@@ -283,7 +284,7 @@ async def test_a_list_state_written_compressed_is_not_compressed_again_for_new_s
     subscribe(holder, {"topic": "recent_trades", "market_id": APT})
     await asyncio.sleep(0)
     compressed: list[bytes] = []
-    compress = server_module.deflated_frame
+    compress = frames_module.deflated_frame
 
     def counted(payload: bytes) -> bytes:
         compressed.append(payload)
