@@ -210,11 +210,13 @@ async def test_bad_input_and_rule_refusals(api: httpx.AsyncClient) -> None:
     alice = Trader(api)
     await alice.post("/mintTestTokens", {"amount": "150"})
     refused(await alice.post("/deposit", {"amount": "150.000001"}), 409, 2027)
-    refused(await alice.post("/deposit", {"amount": "0"}), 400, 2018)
     negative = await alice.post("/deposit", {"amount": "-5"})
     refused(negative, 400, 2018)
     assert negative.json()["message"] == "amount must be more than 0"  # in USDT, not units
-    refused(await alice.post("/withdraw", {"amount": "-0.5"}), 400, 2018)
+    for path, amount in (("/deposit", "0"), ("/withdraw", "-0.5"), ("/withdraw", "0")):
+        zero_or_less = await alice.post(path, {"amount": amount})
+        refused(zero_or_less, 400, 2018)
+        assert zero_or_less.json()["message"] == "amount must be more than 0", path
     refused(await alice.post("/deposit", {"amount": "1.0000001"}), 400, 2001)
     refused(await alice.post("/deposit", {"amount": True}), 400, 2001)
     assert (await alice.post("/deposit", {"amount": "100"})).status_code == 200
