@@ -70,6 +70,28 @@ def refused(response: httpx.Response, status: int, code: int) -> None:
     assert body["message"]
 
 
+async def test_health_is_503_until_the_exchange_has_started(tmp_path: Path) -> None:
+    exchange = Exchange(Settings(db=str(tmp_path / "events.sqlite3"), ws_port=0))
+    transport = httpx.ASGITransport(app=create_app(exchange))  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://openperps") as client:
+        starting = await client.get("/health")
+        assert starting.status_code == 503
+        assert starting.json() == {
+            "success": False,
+            "message": "not ready",
+            "code": 2031,
+            "data": {"version": 0},
+        }
+        await exchange.start()
+        try:
+            started = await client.get("/health")
+            assert started.status_code == 200
+            assert started.json()["data"] == {"version": exchange.sequencer.engine.version}
+            assert "openperps_transaction_version " in (await client.get("/metrics")).text
+        finally:
+            await exchange.stop()
+
+
 async def test_health_markets_and_openapi(api: httpx.AsyncClient) -> None:
     health = await api.get("/health")
     assert health.status_code == 200 and health.json()["success"]

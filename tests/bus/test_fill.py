@@ -132,9 +132,13 @@ async def test_gateway_health_is_503_while_a_hole_holds_it_back() -> None:
     base = f"http://127.0.0.1:{gateway.http_port}"
 
     async def health() -> tuple[int, dict[str, object]]:
+        """The status and the figures, from the envelope every REST answer has."""
         async with httpx.AsyncClient() as http:
             answer = await http.get(f"{base}/health")
-        return answer.status_code, json.loads(answer.content)
+        body = json.loads(answer.content)
+        assert body["success"] is (answer.status_code == 200)
+        assert body.get("code") == (None if body["success"] else 2031), body  # NOT_READY
+        return answer.status_code, body["data"]
 
     try:
         # not connected to NATS: not following

@@ -311,8 +311,8 @@ async def test_gateways_push_what_the_engine_pushes_and_a_restart_loses_nothing(
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_b}") as http:
             health = await http.get("/health")
             assert health.status_code == 200
-            assert health.json()["following"] is True
-            assert health.json()["version"] >= newest
+            assert health.json()["data"]["following"] is True
+            assert health.json()["data"]["version"] >= newest
             metrics = (await http.get("/metrics")).text
             assert f"openperps_feed_connections {len(requests)}\n" in metrics
             assert "openperps_gateway_holes_unfilled_total 0\n" in metrics

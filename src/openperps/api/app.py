@@ -45,7 +45,6 @@ from openperps.core.numbers import (
     parse_id,
     parse_market_id,
 )
-from openperps.feed.prometheus import build_lines, feed_lines, publisher_lines
 from openperps.indexer import ReadModels
 from openperps.indexer.render import Renderer
 from openperps.runtime.app import Exchange
@@ -96,8 +95,8 @@ def envelope(data: Any, message: str = "ok", version: int | None = None) -> Resp
 VERSION_HEADER = "X-Transaction-Version"
 
 
-def failure(status: int, code: int, message: str) -> Response[bytes]:
-    body = ENCODER.encode({"success": False, "message": message, "code": code, "data": None})
+def failure(status: int, code: int, message: str, data: Any = None) -> Response[bytes]:
+    body = ENCODER.encode({"success": False, "message": message, "code": code, "data": data})
     return Response(body, status_code=status, media_type="application/json")
 
 
@@ -133,6 +132,14 @@ class ReadSource(Protocol):
     @property
     def feed_port(self) -> int:
         """The port its WebSocket feed listens on (the dashboard connects there)."""
+        ...
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Whether it is healthy, and the figures ``/health`` shows either way."""
+        ...
+
+    def metrics_text(self) -> str:
+        """Its figures in the Prometheus text format."""
         ...
 
 
@@ -246,24 +253,19 @@ async def dashboard_config(request: Request[Any, Any, Any], state: State) -> dic
 
 @get("/health", include_in_schema=True)
 async def health(state: State) -> Response[bytes]:
-    exchange = state.exchange
-    if not isinstance(exchange, Exchange) or not exchange.ready:
-        return failure(503, NOT_READY, "not ready")
-    return envelope({"version": exchange.sequencer.engine.version})
+    """200 and the version while the source is healthy (an exchange taking commands, a
+    gateway following the stream); 503 otherwise, with the same figures in ``data``."""
+    source: ReadSource = state.exchange
+    ok, body = source.health()
+    if ok:
+        return envelope(body)
+    return failure(503, NOT_READY, "not ready", body)
 
 
 @get("/metrics", media_type="text/plain")
 async def metrics(state: State) -> str:
-    exchange = _exchange(state)
-    lines = build_lines()
-    lines += [
-        "# TYPE openperps_transaction_version gauge",
-        f"openperps_transaction_version {exchange.sequencer.engine.version}",
-    ]
-    lines += feed_lines(exchange.feed)
-    if exchange.publisher is not None:
-        lines += publisher_lines(exchange.publisher)
-    return "\n".join(lines) + "\n"
+    source: ReadSource = state.exchange
+    return source.metrics_text()
 
 
 @get("/openapi.json", include_in_schema=False)
@@ -1023,8 +1025,8 @@ def create_app(
     def delegate_of(profile: str) -> tuple[str, int] | None:
         return exchange.models.delegations.get(profile)
 
-    return Litestar(
-        route_handlers=[
+    return _litestar(
+        [
             dashboard,
             dashboard_config,
             health,
@@ -1051,18 +1053,25 @@ def create_app(
             admin_list_market,
             openapi_document,
         ],
-        state=State(
-            {
-                "exchange": exchange,
-                "verifier": RequestVerifier(delegate_of, window_ms=window_ms),
-                "faucet": faucet,
-                "network": network,
-                "admin_token": admin_token,
-                "started_at": time.time_ns() // 1_000_000,
-            }
-        ),
+        {
+            "exchange": exchange,
+            "verifier": RequestVerifier(delegate_of, window_ms=window_ms),
+            "faucet": faucet,
+            "network": network,
+            "admin_token": admin_token,
+        },
+        "OpenPerps",
+    )
+
+
+def _litestar(handlers: list[Any], state: dict[str, Any], title: str) -> Litestar:
+    """An app of ``handlers``: coded errors, the OpenAPI document, and ``started_at`` (what
+    the dashboard reloads on) in its state beside ``state``."""
+    return Litestar(
+        route_handlers=handlers,
+        state=State({**state, "started_at": time.time_ns() // 1_000_000}),
         exception_handlers={Exception: _handle_error},
-        openapi_config=OpenAPIConfig(title="OpenPerps", version=__version__),
+        openapi_config=OpenAPIConfig(title=title, version=__version__),
         debug=False,
         logging_config=None,  # the process configures logging (openperps serve), not the app
     )
@@ -1071,46 +1080,12 @@ def create_app(
 # -- a read-only REST app, for processes that follow the exchange (feed gateways) ------------
 
 
-class ReadReplica(ReadSource, Protocol):
-    """A read source that also reports its own health and figures."""
-
-    def health(self) -> tuple[bool, dict[str, Any]]: ...
-
-    def metrics_text(self) -> str: ...
-
-
-@get("/health", include_in_schema=True, name="replica_health")
-async def replica_health(state: State) -> Response[bytes]:
-    """200 while the read models follow the exchange, 503 otherwise; the body says why."""
-    replica: ReadReplica = state.exchange
-    ok, body = replica.health()
-    return Response(
-        ENCODER.encode(body), status_code=200 if ok else 503, media_type="application/json"
-    )
-
-
-@get("/metrics", media_type="text/plain", name="replica_metrics")
-async def replica_metrics(state: State) -> str:
-    replica: ReadReplica = state.exchange
-    return replica.metrics_text()
-
-
-def create_read_app(replica: ReadReplica) -> Litestar:
+def create_read_app(replica: ReadSource) -> Litestar:
     """The read endpoints (the same paths and answers as the exchange's own REST server), the
     dashboard, ``/health``, ``/metrics`` and ``/openapi.json``, over a replica's read models
     and feed. Actions are not here: they go to the exchange."""
-    return Litestar(
-        route_handlers=[
-            *READ_HANDLERS,
-            dashboard,
-            dashboard_config,
-            replica_health,
-            replica_metrics,
-            openapi_document,
-        ],
-        state=State({"exchange": replica, "started_at": time.time_ns() // 1_000_000}),
-        exception_handlers={Exception: _handle_error},
-        openapi_config=OpenAPIConfig(title="OpenPerps (read replica)", version=__version__),
-        debug=False,
-        logging_config=None,
+    return _litestar(
+        [*READ_HANDLERS, dashboard, dashboard_config, health, metrics, openapi_document],
+        {"exchange": replica},
+        "OpenPerps (read replica)",
     )

@@ -15,11 +15,12 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from openperps.bus import DEFAULT_STREAM, DEFAULT_SUBJECT, InProcessBus, Published
 from openperps.core import commands as c
 from openperps.core.markets import MarketConfig, default_markets
+from openperps.feed.prometheus import build_lines, feed_lines, publisher_lines
 from openperps.feed.server import FeedServer, ServerLimits
 from openperps.feed.session import FeedLimits
 from openperps.indexer import ReadModels
@@ -154,6 +155,27 @@ class Exchange:
     @property
     def feed_port(self) -> int:
         return self.feed.port
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy once started and while taking commands (not while the engine is rebuilt
+        from the log after a commit failed); the body gives the engine's version."""
+        if not self.ready:
+            return False, {"version": 0}
+        sequencer = self.sequencer
+        return sequencer.ready, {"version": sequencer.engine.version}
+
+    def metrics_text(self) -> str:
+        """The Prometheus text of ``/metrics``: build, version, feed, and the bus if any."""
+        lines = build_lines()
+        if self.ready:
+            lines += [
+                "# TYPE openperps_transaction_version gauge",
+                f"openperps_transaction_version {self.sequencer.engine.version}",
+            ]
+        lines += feed_lines(self.feed)
+        if self.publisher is not None:
+            lines += publisher_lines(self.publisher)
+        return "\n".join(lines) + "\n"
 
     def _on_published(self, batch: Published) -> None:
         applied = self.models.apply_all(batch.events)
