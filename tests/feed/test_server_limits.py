@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -12,6 +12,7 @@ import websockets
 
 from openperps.core import commands as c
 from openperps.feed.server import ServerLimits
+from openperps.feed.session import FeedLimits
 from openperps.runtime.app import Exchange, Settings
 from tests.feed.test_server import ALICE, APT, recv, url
 
@@ -118,18 +119,28 @@ async def test_a_dead_client_is_dropped_after_the_ping_timeout(tmp_path: Path) -
 
 @pytest.mark.parametrize(
     ("interval", "timeout", "message"),
-    [(0.5, 0.5, "at least 1 second"), (5.0, 6.0, "may not be longer than the ping interval")],
+    [(0.5, 0.5, "at least 1 second"), (5.0, 6.0, "may not be longer than ping_interval_s")],
 )
-async def test_heartbeat_settings_picows_cannot_honour_are_refused_at_start(
-    tmp_path: Path, interval: float, timeout: float, message: str
+def test_heartbeat_settings_picows_cannot_honour_are_refused(
+    interval: float, timeout: float, message: str
 ) -> None:
-    ex = Exchange(
-        Settings(
-            db=str(tmp_path / "events.sqlite3"),
-            ws_port=0,
-            server_limits=ServerLimits(ping_interval_s=interval, ping_timeout_s=timeout),
-        )
-    )
     with pytest.raises(ValueError, match=message):
-        await ex.start()
-    await ex.stop()
+        ServerLimits(ping_interval_s=interval, ping_timeout_s=timeout)
+
+
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [
+        (lambda: FeedLimits(max_subscriptions=0), "max_subscriptions must be a positive integer"),
+        (lambda: FeedLimits(max_frame_bytes=1.5), "max_frame_bytes must be a positive integer"),  # type: ignore[arg-type]
+        (lambda: FeedLimits(requests_per_second=True), "must be a positive number"),
+        (lambda: ServerLimits(socket_send_buffer=-1), "a positive integer or 0"),
+        (lambda: ServerLimits(outbox_max_bytes=0), "outbox_max_bytes must be a positive"),
+    ],
+)
+def test_limits_built_in_python_are_checked_as_a_config_file_is(
+    limits: Callable[[], object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        limits()
+    assert ServerLimits(socket_send_buffer=0, deflate_min_bytes=0).deflate_min_bytes == 0

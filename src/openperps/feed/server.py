@@ -63,6 +63,7 @@ from openperps.feed.session import (
     Subscribe,
     Subscription,
     Unsubscribe,
+    check_limits,
     error_frame,
 )
 from openperps.indexer.models import Applied, ReadModels
@@ -89,6 +90,16 @@ class ServerLimits:
     # pushes of at least this many bytes go compressed to clients that offered
     # permessage-deflate (0: compression is never negotiated)
     deflate_min_bytes: int = 1024
+
+    def __post_init__(self) -> None:
+        # 0: the system's send buffer; compression never negotiated
+        check_limits(self, zero_allowed=("socket_send_buffer", "deflate_min_bytes"))
+        if self.ping_interval_s < 1 or self.ping_timeout_s < 1:
+            # picows counts heartbeat time in whole seconds; below one it never answers
+            raise ValueError("feed limits ping_interval_s and ping_timeout_s are at least 1 second")
+        if self.ping_timeout_s > self.ping_interval_s:
+            # picows then fails every opening handshake (2.3.1)
+            raise ValueError("feed limit ping_timeout_s may not be longer than ping_interval_s")
 
 
 def now_ms() -> int:
@@ -332,12 +343,6 @@ class FeedServer:
 
     async def start(self, host: str = "127.0.0.1", port: int = 8765) -> None:
         limits = self.server_limits
-        if limits.ping_interval_s < 1 or limits.ping_timeout_s < 1:
-            # picows counts heartbeat time in whole seconds; below one it never answers
-            raise ValueError("ping interval and timeout are at least 1 second")
-        if limits.ping_timeout_s > limits.ping_interval_s:
-            # picows then fails every opening handshake (2.3.1): refuse to start instead
-            raise ValueError("the ping timeout may not be longer than the ping interval")
 
         def factory(request: WSUpgradeRequest) -> Connection | WSUpgradeResponseWithListener | None:
             if request.path not in PATHS:

@@ -19,6 +19,7 @@ large).
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -47,6 +48,26 @@ HISTORY_TOPICS: Final = frozenset(
 _HEX: Final = frozenset("0123456789abcdef")
 
 
+def check_limits(limits: Any, zero_allowed: Collection[str] = ()) -> None:
+    """Refuse (``ValueError``) a limit of a limits dataclass that is not a positive number of
+    its default's kind: an integer where the default is one, never a bool; 0 only for the
+    fields in ``zero_allowed``."""
+    for spec in dataclasses.fields(limits):
+        value = getattr(limits, spec.name)
+        fractional = isinstance(spec.default, float)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (isinstance(value, float) and not fractional)
+            or value < 0
+            or (value == 0 and spec.name not in zero_allowed)
+        ):
+            kind = "a positive number" if fractional else "a positive integer"
+            if spec.name in zero_allowed:
+                kind += " or 0"
+            raise ValueError(f"feed limit {spec.name} must be {kind}, not {value!r}")
+
+
 @dataclass(frozen=True)
 class FeedLimits:
     max_frame_bytes: int = 64 * 1024
@@ -57,6 +78,9 @@ class FeedLimits:
     violation_window_ms: int = 10_000
     default_limit: int = 100
     max_limit: int = 1000
+
+    def __post_init__(self) -> None:
+        check_limits(self)
 
 
 class Subscription(msgspec.Struct, frozen=True, order=True):
