@@ -72,6 +72,31 @@ async def test_restart_keeps_engine_and_read_models(tmp_path: Path) -> None:
     assert state(rebuilt) == expected_models
 
 
+async def test_the_live_retention_setting_holds_over_a_snapshot_and_a_restart(
+    tmp_path: Path,
+) -> None:
+    db = str(tmp_path / "events.sqlite3")
+    first = Exchange(Settings(db=db, ws_port=0))
+    await first.start()
+    await trade(first, 7000)
+    await trade(first, 7100)
+    assert await first.snapshotter.take() is not None  # kept with the default retention
+    kept = len(first.models.live_log[ALICE])
+    await first.stop()
+    assert kept > 3
+    second = Exchange(Settings(db=db, ws_port=0, live_retention=3))
+    await second.start()
+    try:
+        models = second.models
+        assert models.live_retention == 3
+        rows, covered = models.live_changes_since(ALICE, 0)
+        assert len(rows) == 3 and not covered, "older changes are gone: resume says so"
+        await trade(second, 7200)
+        assert len(models.live_log[ALICE]) == 3
+    finally:
+        await second.stop()
+
+
 def test_reindex_rebuilds_and_stores_a_snapshot(tmp_path: Path) -> None:
     import asyncio
 

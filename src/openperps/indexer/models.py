@@ -321,6 +321,8 @@ class ReadModels:
         start); shrinking drops the oldest and records what a resume can no longer cover."""
         if retention < 1:
             raise ValueError(f"live retention must be at least 1, got {retention}")
+        if retention == self.live_retention:
+            return
         self.live_retention = retention
         for address, rows in self.live_log.items():
             if len(rows) > retention:

@@ -48,7 +48,8 @@ class Settings:
     snapshot_every_events: int = 200_000
     snapshot_every_seconds: float = 300.0
     funding_check_seconds: float = 1.0
-    live_retention: int | None = None  # live changes kept per address for resuming; None: 10 000
+    # live changes kept per address for resuming; None: as the snapshot has it (10 000 new)
+    live_retention: int | None = None
     bus: str | None = None  # nats://host:port: also publish every durable batch there
     bus_stream: str = DEFAULT_STREAM
     bus_subject: str = DEFAULT_SUBJECT

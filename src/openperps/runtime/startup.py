@@ -93,7 +93,7 @@ async def load_read_models(
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 logger.error("read models in the snapshot do not decode (%s); rebuilding", exc)
                 models = ReadModels()
-    if live_retention is not None and live_retention != models.live_retention:
+    if live_retention is not None:
         models.set_live_retention(live_retention)
     last = await log.last_version()
     base = models.version
