@@ -7,14 +7,18 @@ another process (``--role client``), so neither side's event loop slows the othe
    while traders keep 64 commands in flight (the exchange matches as fast as it can); the
    baseline is the same client against a bare picows server broadcasting the same bytes (a
    small book push and a 32 KB push of 100 trades) to every connection, framed once and
-   written in one write per connection per round as the feed writes them; the original
-   baseline, broadcasting only the small book push, is printed too; each of the three runs
-   ``--repeat`` (2) times, interleaved, and the best of each counts (the machine is shared);
+   written in one write per connection per round as the feed writes them, into sockets with
+   the send buffer the feed gives its own; each of the two runs ``--repeat`` (2) times,
+   interleaved, and the best of each counts (the machine is shared);
 2. latency: the same 1 000 subscribers while traders send commands at a fixed rate that makes
    ``--events-per-s`` (5 000) events/s, none waiting for another; the server records when
-   each commit became durable (wall clock, when the log's append returns), a sample of 50
-   connections record when each push arrived; a commit counts until the first book push
-   that includes it reaches the client;
+   each commit became durable (wall clock, when the log's append returns) and when each write
+   round ended, a sample of 50 connections record when each push arrived; a commit counts
+   until the first book push that includes it reaches the client. The client reports the
+   wall-clock start and end of its measuring window, and the server's figures (events,
+   pushes and write rounds per second, its own part of the latency) count only what falls
+   inside that window: the server trades for a second longer than the client measures, and
+   the clients stay connected until it has stopped;
 3. the latency floor: a bare picows server broadcasting the same two pushes to the same
    1 000 connections, as many rounds per second as the exchange sent book pushes, each push
    stamped when its round starts: how fast this machine can move them with nothing else to do;
@@ -22,18 +26,18 @@ another process (``--role client``), so neither side's event loop slows the othe
 
 The clients offer ``permessage-deflate`` as most do (Python's websockets, Node's ws,
 browsers), so pushes of 1 KiB or more travel compressed, the same for the exchange and the
-bare broadcasts; the sampled connections inflate what they time before reading it.
-``--plain`` measures clients that do not offer it.
+bare broadcasts; the sampled connections take the time a push arrives before anything else,
+keep its bytes as they came and inflate and read them only after the measuring window, so
+the client's own work is not counted as latency. ``--plain`` measures clients that do not
+offer it.
 
 Prints figures, then as its last line one JSON object (``--parts`` picks measurements; the
 server's own part of the latency, durability to the end of the write round that hands a
 commit's pushes to every socket, is ``server_p99_ms``; the deliveries the clients received
-during the latency part, at a steady 5 000 events/s, are ``paced_deliveries_per_s``, and their
-ratio to the bare broadcast ``paced_ratio``):
+during the latency run, at a steady 5 000 events/s, are ``paced_deliveries_per_s``):
 {"bench": "feed", "deliveries_per_s": N, "baseline_per_s": N, "ratio": R,
- "small_frame_baseline_per_s": N, "paced_deliveries_per_s": N, "paced_ratio": R, "p50_ms": X,
- "p99_ms": Y, "server_p99_ms": Y, "floor_p50_ms": X, "floor_p99_ms": Y, "kib_per_conn": Z,
- "deflate": true}
+ "paced_deliveries_per_s": N, "p50_ms": X, "p99_ms": Y, "server_p99_ms": Y, "floor_p50_ms": X,
+ "floor_p99_ms": Y, "kib_per_conn": Z, "deflate": true}
 
 Market pushes are coalesced: a subscriber gets at most one ``orderbook`` and one
 ``recent_trades`` push per write round, and a round follows new durable batches. So the
@@ -50,11 +54,13 @@ import bisect
 import json
 import resource
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +81,7 @@ FLAT_OUT_IN_FLIGHT = 64
 EVENTS_PER_COMMAND = 5  # measured: a resting order and a taker that fills it make 10 events
 ORDERBOOK_PUSH = b'{"message":"orderbook"'
 MAX_IN_FLIGHT = 20_000
+SAMPLE = 50  # connections of the latency runs that record when each push arrived
 OFFER = "permessage-deflate; client_max_window_bits"  # what browsers and Node's ws offer
 ALICE = "0x" + "a1" * 32
 BOB = "0x" + "b2" * 32
@@ -174,17 +181,13 @@ async def drive(exchange: Any, rate: float, seconds: float) -> tuple[int, float]
     return made, elapsed
 
 
-async def serve_exchange(
-    port: int, rate: float, durable_log: Path | None, seconds: float, deflate: bool
-) -> None:
-    """The real thing: log, sequencer, read models, feed; traders sending ``rate`` commands
-    per second (0: as fast as the exchange takes them)."""
-    from openperps.core import commands as c
+@asynccontextmanager
+async def running_exchange(port: int, deflate: bool) -> AsyncIterator[Any]:
+    """An exchange serving on ``port``, its log in a temporary directory, started and settled
+    as ``openperps serve`` does; stopped on leaving."""
     from openperps.feed.server import ServerLimits
     from openperps.runtime.app import Exchange, Settings
     from openperps.runtime.startup import settle_heap
-    from openperps.store.envelope import Envelope
-    from openperps.store.sqlite import SqliteEventLog
 
     with tempfile.TemporaryDirectory() as tmp:
         exchange = Exchange(
@@ -200,6 +203,20 @@ async def serve_exchange(
         )
         await exchange.start()
         settle_heap()  # as ``openperps serve`` does once started
+        yield exchange
+        await exchange.stop()
+
+
+async def serve_exchange(
+    port: int, rate: float, durable_log: Path | None, seconds: float, deflate: bool
+) -> None:
+    """The real thing: log, sequencer, read models, feed; traders sending ``rate`` commands
+    per second (0: as fast as the exchange takes them)."""
+    from openperps.core import commands as c
+    from openperps.store.envelope import Envelope
+    from openperps.store.sqlite import SqliteEventLog
+
+    async with running_exchange(port, deflate) as exchange:
         # (first version, last version, wall clock ns) of every commit, taken on the log's
         # writer thread the moment SQLite's COMMIT returns (the batch is on disk): before the
         # event loop hears of it, let alone the bus, the read models or the feed
@@ -214,9 +231,11 @@ async def serve_exchange(
                 durable.append((batch[0].version, batch[-1].version, time.time_ns()))
 
             setattr(log, "_append", timed_commit)  # noqa: B010 (a method of this one object)
-        # (version, wall clock ns) at the end of every write round: every push up to that
-        # version handed to every socket
-        rounds: list[tuple[int, int]] = []
+        # (version, wall clock ns, pushes written, bytes written) at the end of every write
+        # round: every push up to that version handed to every socket, and the feed's running
+        # totals then (so that what it wrote inside the client's window can be counted)
+        rounds: list[tuple[int, int, int, int]] = []
+        metrics = exchange.feed.metrics
         if durable_log is not None:
             feed = exchange.feed
             flush = feed._flush
@@ -224,7 +243,7 @@ async def serve_exchange(
             def timed_flush() -> None:
                 version = feed.hub.version
                 flush()
-                rounds.append((version, time.time_ns()))
+                rounds.append((version, time.time_ns(), metrics.messages_sent, metrics.bytes_sent))
 
             setattr(feed, "_flush", timed_flush)  # noqa: B010 (a method of this one object)
         seq = exchange.sequencer
@@ -234,7 +253,6 @@ async def serve_exchange(
         await seq.execute(c.Deposit(timestamp=0, profile=BOB, amount=10**15))
         print("ready", flush=True)
         await asyncio.to_thread(sys.stdin.readline)  # wait until the client is connected
-        metrics = exchange.feed.metrics
         sent, sent_bytes = metrics.messages_sent, metrics.bytes_sent
         durable.clear()  # only what happens under load counts (not the set-up's deposits)
         rounds.clear()
@@ -244,7 +262,6 @@ async def serve_exchange(
         if durable_log is not None:
             durable_log.write_text(json.dumps({"commits": durable, "rounds": rounds}))
         await asyncio.to_thread(sys.stdin.readline)
-        await exchange.stop()
 
 
 def book_push() -> bytes:
@@ -307,13 +324,20 @@ def on_wire(payloads: list[bytes], deflate: bool) -> bytes:
 
 async def bare_server(port: int, deflate: bool) -> tuple[asyncio.Server, set[WSTransport]]:
     """A picows server that only keeps the set of its connections (agreeing to compression
-    as the feed does, when ``deflate``)."""
+    as the feed does, when ``deflate``), each socket's send buffer set as the feed sets its
+    own: a bigger kernel buffer would let a broadcast hand over more per write."""
     from openperps.feed.frames import offers_deflate, with_deflate
+    from openperps.feed.server import ServerLimits
 
+    send_buffer = ServerLimits.socket_send_buffer
     transports: set[WSTransport] = set()
 
     class Listener(WSListener):
         def on_ws_connected(self, transport: WSTransport) -> None:
+            if send_buffer:  # as the feed's connections do on connecting
+                sock = transport.underlying_transport.get_extra_info("socket")
+                if sock is not None:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
             transports.add(transport)
 
         def on_ws_disconnected(self, transport: WSTransport) -> None:
@@ -327,31 +351,22 @@ async def bare_server(port: int, deflate: bool) -> tuple[asyncio.Server, set[WST
     return server, transports
 
 
-async def serve_bare(port: int, seconds: float, pushes: list[bytes], deflate: bool) -> None:
-    """Baseline: picows broadcasting the same bytes to every connection, nothing else: the
-    frames built once, then one write per connection per round.
-
-    With one small frame this is the original baseline: it writes whatever the socket can
-    take or not. With the feed's own mix (a small book push and a 32 KB trades push) it
-    skips a connection while its socket has a backlog, as any broadcast of that size must
-    (otherwise the backlog grows by gigabytes in a few seconds)."""
+async def serve_bare(port: int, seconds: float, deflate: bool) -> None:
+    """Baseline: picows broadcasting the feed's own mix (a small book push and a 32 KB trades
+    push) to every connection, nothing else: the frames built once, then one write per
+    connection per round. It skips a connection while its socket has a backlog, as any
+    broadcast of that size must (otherwise the backlog grows by gigabytes in a few seconds)."""
     server, transports = await bare_server(port, deflate)
-    wire = on_wire(pushes, deflate)
+    wire = on_wire([book_push(), trades_push()], deflate)
     print("ready", flush=True)
     await asyncio.to_thread(sys.stdin.readline)
     stop_at = time.monotonic() + seconds
-    if len(pushes) == 1:
-        while time.monotonic() < stop_at:
-            for transport in list(transports):
-                transport.underlying_transport.write(wire)
-            await asyncio.sleep(0)
-    else:
-        while time.monotonic() < stop_at:
-            for transport in list(transports):
-                socket = transport.underlying_transport
-                if not socket.get_write_buffer_size():
-                    socket.write(wire)
-            await asyncio.sleep(0)
+    while time.monotonic() < stop_at:
+        for transport in list(transports):
+            raw = transport.underlying_transport
+            if not raw.get_write_buffer_size():
+                raw.write(wire)
+        await asyncio.sleep(0)
     print("events 0 1 0 0", flush=True)
     await asyncio.to_thread(sys.stdin.readline)
     server.close()
@@ -368,9 +383,9 @@ async def serve_bare_timed(port: int, seconds: float, rounds_per_s: float, defla
     """Latency floor: picows broadcasting a book push and the trades push to every connection
     at a fixed number of rounds per second, each stamped with the wall clock at the start of
     its round (in ``transaction_version``), both in one write per connection, skipping a socket
-    with a backlog. What the client
-    measures is the time from deciding to push to receiving, with nothing else to do; a push
-    large enough is compressed once per round, as the exchange does once per push."""
+    with a backlog. What the client measures is the time from deciding to push to receiving,
+    with nothing else to do; a push large enough is compressed once per round, as the exchange
+    does once per push."""
     server, transports = await bare_server(port, deflate)
     print("ready", flush=True)
     await asyncio.to_thread(sys.stdin.readline)
@@ -384,9 +399,9 @@ async def serve_bare_timed(port: int, seconds: float, rounds_per_s: float, defla
         tail = b"%d}" % time.time_ns()
         wire = on_wire([head + tail for head in heads], deflate)
         for transport in list(transports):
-            socket = transport.underlying_transport
-            if not socket.get_write_buffer_size():
-                socket.write(wire)
+            raw = transport.underlying_transport
+            if not raw.get_write_buffer_size():
+                raw.write(wire)
         rounds += 1
         next_round += 1 / rounds_per_s
         await asyncio.sleep(max(next_round - time.monotonic(), 0))
@@ -395,38 +410,50 @@ async def serve_bare_timed(port: int, seconds: float, rounds_per_s: float, defla
     server.close()
 
 
-async def serve_idle(port: int) -> None:
-    from openperps.feed.server import ServerLimits
-    from openperps.runtime.app import Exchange, Settings
-    from openperps.runtime.startup import settle_heap
-
-    with tempfile.TemporaryDirectory() as tmp:
-        exchange = Exchange(
-            Settings(
-                db=str(Path(tmp) / "events.sqlite3"),
-                ws_port=port,
-                # every simulated client comes from 127.0.0.1
-                server_limits=ServerLimits(connections_per_ip=1_000_000),
-            )
-        )
-        await exchange.start()
-        settle_heap()  # as ``openperps serve`` does once started
+async def serve_idle(port: int, deflate: bool) -> None:
+    """An exchange with nothing to do but hold its connections."""
+    async with running_exchange(port, deflate):
         print("ready", flush=True)
         await asyncio.to_thread(sys.stdin.readline)
-        await exchange.stop()
 
 
 # -- client -------------------------------------------------------------------------------------
 
 
-async def client(
-    port: int, connections: int, seconds: float, sample: int, subscribe: bool, deflate: bool
-) -> dict[str, Any]:
+def pushed_version(data: bytes, compressed: bool) -> tuple[bool, int] | None:
+    """Whether a push as it came off the wire is a book push, and its ``transaction_version``
+    (None if it has none)."""
     from openperps.feed.frames import inflate
 
+    if compressed:
+        data = inflate(data, 1 << 24)
+    start = data.rfind(b'"transaction_version":')
+    if start < 0:
+        return None
+    end = start + 22
+    stop = end
+    while stop < len(data) and data[stop : stop + 1].isdigit():
+        stop += 1
+    return data.startswith(ORDERBOOK_PUSH), int(data[end:stop])
+
+
+async def client(
+    port: int,
+    connections: int,
+    seconds: float,
+    sample: int,
+    subscribe: bool,
+    deflate: bool,
+    result_file: Path | None,
+) -> None:
+    """Connects (and subscribes), measures for ``seconds`` when told to, writes what it saw,
+    then stays connected until told to leave: the server may still be counting."""
     received = 0
-    # (stream, version, ns) of sampled connections; a stream is one topic on one connection
-    arrivals: list[tuple[int, int, int]] = []
+    measuring = False
+    # (connection, payload as it came, compressed, wall clock ns on arrival) on the sampled
+    # connections during the window; read only after it, so that inflating and parsing
+    # (the client's own work) is not counted as latency
+    raw: list[tuple[int, bytes, bool, int]] = []
 
     class Listener(WSListener):
         def __init__(self, index: int, sampled: bool) -> None:
@@ -435,20 +462,10 @@ async def client(
 
         def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
             nonlocal received
+            if self.sampled and measuring:
+                at = time.time_ns()  # on arrival, before anything else
+                raw.append((self.index, frame.get_payload_as_bytes(), bool(frame.rsv1), at))
             received += 1
-            if self.sampled:
-                data = frame.get_payload_as_bytes()
-                if frame.rsv1:
-                    data = inflate(data, 1 << 24)
-                at = time.time_ns()  # once the client can read it
-                start = data.rfind(b'"transaction_version":')
-                if start >= 0:
-                    end = start + 22
-                    stop = end
-                    while stop < len(data) and data[stop : stop + 1].isdigit():
-                        stop += 1
-                    stream = 2 * self.index + (0 if data.startswith(ORDERBOOK_PUSH) else 1)
-                    arrivals.append((stream, int(data[end:stop]), at))
 
     url = f"ws://127.0.0.1:{port}/ws/"
     transports = []
@@ -471,14 +488,36 @@ async def client(
     print("connected", flush=True)
     await asyncio.to_thread(sys.stdin.readline)  # the parent says: measure now
     received = 0
-    arrivals.clear()
+    measuring = True
+    started_ns = time.time_ns()  # the window in wall clock, for the server's records
     started = time.monotonic()
     await asyncio.sleep(seconds)
     elapsed = time.monotonic() - started
-    result = {"received": received, "seconds": elapsed, "arrivals": arrivals}
+    ended_ns = time.time_ns()
+    measuring = False
+    in_window = received
+    # (stream, version, ns) of the sampled connections; a stream is one topic on one
+    # connection: 2 * connection for the book, 2 * connection + 1 for the trades
+    arrivals: list[tuple[int, int, int]] = []
+    for index, data, compressed, at in raw:
+        pushed = pushed_version(data, compressed)
+        if pushed is not None:
+            book, version = pushed
+            arrivals.append((2 * index + (0 if book else 1), version, at))
+    raw.clear()
+    result: dict[str, Any] = {
+        "received": in_window,
+        "seconds": elapsed,
+        "started_ns": started_ns,
+        "ended_ns": ended_ns,
+        "arrivals": arrivals,
+    }
+    if result_file is not None:  # the arrivals can be megabytes: not through a pipe
+        result_file.write_text(json.dumps(result))
+    print(json.dumps({"received": in_window, "seconds": elapsed}), flush=True)
+    await asyncio.to_thread(sys.stdin.readline)  # the parent says: leave now
     for transport in transports:
         transport.disconnect()
-    return result
 
 
 # -- orchestration ------------------------------------------------------------------------------
@@ -517,6 +556,10 @@ def tell(process: subprocess.Popen[str]) -> None:
 def measure(
     server_args: list[str], port: int, connections: int, seconds: float, sample: int = 0
 ) -> tuple[dict[str, Any], str]:
+    """One run: the server works for a second longer than the client measures, so that the
+    client's window lies inside the server's; the client stays connected until the server
+    has stopped counting. Returns what the client saw (with its window in wall-clock ns,
+    ``started_ns`` and ``ended_ns``) and the server's ``events`` line."""
     server = spawn(
         "--role", "server", "--port", str(port), "--seconds", str(seconds + 1), *server_args
     )
@@ -543,9 +586,10 @@ def measure(
     result = json.loads(result_file.read_text())
     shutil.rmtree(result_file.parent)
     events = expect(server, "events")
+    tell(load)  # the server has stopped counting: the clients may leave
+    load.wait(timeout=60)
     tell(server)
     server.wait(timeout=60)
-    load.wait(timeout=60)
     return result, events
 
 
@@ -564,6 +608,13 @@ def push_rate(events_line: str) -> tuple[float, float]:
     """Pushes and megabytes per second the server wrote, from the same line."""
     _word, _made, seconds, pushes, sent = events_line.split()
     return int(pushes) / float(seconds), int(sent) / float(seconds) / 1e6
+
+
+def send_buffer_kib() -> int:
+    """The kernel send buffer the feed asks for each connection, and the bare servers too."""
+    from openperps.feed.server import ServerLimits
+
+    return ServerLimits.socket_send_buffer // 1024
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -609,9 +660,9 @@ def latencies(
 
 def server_side(commits: list[tuple[int, ...]], rounds: list[tuple[int, ...]]) -> list[float]:
     """Milliseconds from each commit being durable to the end of the first write round at or
-    after its version (the round that handed its pushes to every socket)."""
-    rounds.sort()
-    versions = [version for version, _at in rounds]
+    after its version (the round that handed its pushes to every socket). ``rounds`` are
+    (version, wall clock ns, ...) in the order they ended."""
+    versions = [round_[0] for round_ in rounds]
     out = []
     for _first, last, durable_at in commits:
         index = bisect.bisect_left(versions, last)
@@ -625,7 +676,7 @@ def main() -> None:
     parser.add_argument("--role", choices=["main", "server", "client"], default="main")
     parser.add_argument(
         "--mode",
-        choices=["exchange", "bare", "bare-same", "bare-timed", "idle"],
+        choices=["exchange", "bare-same", "bare-timed", "idle"],
         default="exchange",
     )
     parser.add_argument("--port", type=int, default=18870)
@@ -660,21 +711,19 @@ def main() -> None:
             uvloop.run(
                 serve_exchange(args.port, args.rate, args.durable_log, args.seconds, deflate)
             )
-        elif args.mode == "bare":
-            uvloop.run(serve_bare(args.port, args.seconds, [book_push()], deflate))
         elif args.mode == "bare-same":
-            uvloop.run(serve_bare(args.port, args.seconds, [book_push(), trades_push()], deflate))
+            uvloop.run(serve_bare(args.port, args.seconds, deflate))
         elif args.mode == "bare-timed":
             uvloop.run(serve_bare_timed(args.port, args.seconds, args.rate, deflate))
         else:
-            uvloop.run(serve_idle(args.port))
+            uvloop.run(serve_idle(args.port, deflate))
         return
     if args.role == "client":
         import uvloop
 
         _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        result = uvloop.run(
+        uvloop.run(
             client(
                 args.port,
                 args.connections,
@@ -682,12 +731,9 @@ def main() -> None:
                 args.sample,
                 subscribe=args.mode != "idle",
                 deflate=deflate,
+                result_file=args.result,
             )
         )
-        if args.result is not None:  # the arrivals can be megabytes: not through a pipe
-            args.result.write_text(json.dumps(result))
-            result = {"received": result["received"], "seconds": result["seconds"]}
-        print(json.dumps(result), flush=True)
         return
 
     figures: dict[str, Any] = {"bench": "feed"}
@@ -696,17 +742,6 @@ def main() -> None:
         figures |= throughput(args, deflate)
     if "latency" in parts:
         figures |= latency(args)
-        if figures.get("baseline_per_s"):
-            # the same comparison at the latency part's steady 5 000 events/s, where the
-            # exchange's own work takes less of the loop than when trading flat out
-            figures["paced_ratio"] = round(
-                figures["paced_deliveries_per_s"] / figures["baseline_per_s"], 3
-            )
-            print(
-                f"paced:    {figures['paced_deliveries_per_s']:,} deliveries/s at "
-                f"{args.events_per_s:,.0f} events/s: ratio {figures['paced_ratio']:.2f} "
-                "to the bare broadcast"
-            )
     if "memory" in parts:
         figures |= memory(args)
     figures["deflate"] = deflate
@@ -716,8 +751,8 @@ def main() -> None:
 def throughput(args: argparse.Namespace, deflate: bool) -> dict[str, Any]:
     n = args.connections
     # the machine is shared: each throughput run is repeated, interleaved, and the best of
-    # each kind counts (the same for the exchange and both baselines)
-    runs: dict[str, list[tuple[float, str]]] = {"exchange": [], "bare-same": [], "bare": []}
+    # each kind counts (the same for the exchange and the baseline)
+    runs: dict[str, list[tuple[float, str]]] = {"exchange": [], "bare-same": []}
     for repeat in range(args.repeat):
         for offset, mode in enumerate(runs):
             port = args.port + 10 * (repeat + 1) + offset
@@ -725,29 +760,24 @@ def throughput(args: argparse.Namespace, deflate: bool) -> dict[str, Any]:
             runs[mode].append((result["received"] / result["seconds"], events))
     deliveries, events = max(runs["exchange"])
     print(
-        f"exchange: {deliveries:,.0f} deliveries/s to {n} subscribers "
-        f"({event_rate(events):,.0f} events/s; the server wrote {push_rate(events)[1]:,.0f} MB/s)"
-        f"; best of {', '.join(f'{rate:,.0f}' for rate, _ in runs['exchange'])}"
+        f"exchange: {deliveries:,.0f} deliveries/s to {n} subscribers; "
+        f"best of {', '.join(f'{rate:,.0f}' for rate, _ in runs['exchange'])} (the best run's "
+        f"server, over its own {event_seconds(events):.1f} s of trading, the subscribers "
+        f"connected throughout: {event_rate(events):,.0f} events/s, "
+        f"{push_rate(events)[1]:,.0f} MB/s written)"
     )
     baseline = max(rate for rate, _ in runs["bare-same"])
     print(
         f"baseline: {baseline:,.0f} deliveries/s (bare picows broadcast of the same bytes: "
         f"a {len(book_push())} B book push and a {len(trades_push()):,} B trades push, "
-        f"{len(on_wire([trades_push()], deflate)):,} B on the wire, frame included); "
+        f"{len(on_wire([trades_push()], deflate)):,} B on the wire, frame included, into "
+        f"sockets with the feed's {send_buffer_kib()} KiB send buffer); "
         f"best of {', '.join(f'{rate:,.0f}' for rate, _ in runs['bare-same'])}"
-    )
-    small_baseline = max(rate for rate, _ in runs["bare"])
-    print(
-        f"          {small_baseline:,.0f} deliveries/s broadcasting only the "
-        f"{len(book_push())} B book push (the baseline before; ratio "
-        f"{deliveries / small_baseline:.2f}); "
-        f"best of {', '.join(f'{rate:,.0f}' for rate, _ in runs['bare'])}"
     )
     return {
         "deliveries_per_s": round(deliveries),
         "baseline_per_s": round(baseline),
         "ratio": round(deliveries / baseline, 3) if baseline else None,
-        "small_frame_baseline_per_s": round(small_baseline),
     }
 
 
@@ -756,24 +786,39 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         durable_log = Path(tmp) / "durable.json"
         rate = args.events_per_s / EVENTS_PER_COMMAND
-        timed, events = measure(
+        timed, _events = measure(
             ["--mode", "exchange", "--rate", str(rate), "--durable-log", str(durable_log)],
             args.port + 2,
             n,
             args.seconds,
-            sample=50,
+            sample=SAMPLE,
         )
         timings = json.loads(durable_log.read_text())
-        commits = [tuple(group) for group in timings["commits"]]
+    commits = [tuple(group) for group in timings["commits"]]
+    rounds = [tuple(group) for group in timings["rounds"]]
+    # the server trades longer than the client measures: only what happens inside the
+    # client's window counts. The arrivals are all inside it; each is matched with its
+    # commit wherever that fell. The server's part is taken for the commits made durable
+    # inside the window, each with the round that carried it (which may end just after).
+    opened, closed = timed["started_ns"], timed["ended_ns"]
+    window = (closed - opened) / 1e9
     per_event, per_frame = latencies(commits, timed["arrivals"])
-    handed = server_side(commits, [tuple(pair) for pair in timings["rounds"]])
-    rounds_per_s = len(timings["rounds"]) / event_seconds(events)
+    inside = [commit for commit in commits if opened <= commit[2] <= closed]
+    handed = server_side(inside, rounds)
+    made = sum(last - first + 1 for first, last, _at in inside)
+    rounds_inside = [round_ for round_ in rounds if opened <= round_[1] <= closed]
+    rounds_per_s = len(rounds_inside) / window
+    # what the feed wrote between the first and the last round that ended inside the window
+    first, last = rounds_inside[0], rounds_inside[-1]
+    span = max((last[1] - first[1]) / 1e9, 1e-9)
+    pushes_per_s, mb_per_s = (last[2] - first[2]) / span, (last[3] - first[3]) / span / 1e6
     paced = timed["received"] / timed["seconds"]
     print(
-        f"latency:  {event_rate(events):,.0f} events/s made (asked for {args.events_per_s:,.0f}); "
-        f"{len(per_frame)} pushes sampled on 50 connections; the server wrote "
-        f"{push_rate(events)[0]:,.0f} pushes/s, {push_rate(events)[1]:,.0f} MB/s, in "
-        f"{rounds_per_s:,.0f} write rounds/s; the clients received {paced:,.0f} deliveries/s"
+        f"latency:  {made / window:,.0f} events/s made (asked for {args.events_per_s:,.0f}) in "
+        f"the clients' {window:.2f} s window, over which the server wrote {pushes_per_s:,.0f} "
+        f"pushes/s, {mb_per_s:,.0f} MB/s, in {rounds_per_s:,.0f} write rounds/s; "
+        f"{len(per_frame)} pushes sampled on {SAMPLE} connections; the clients received "
+        f"{paced:,.0f} deliveries/s"
     )
     p50 = percentile(per_event, 0.5)
     p99 = percentile(per_event, 0.99)
@@ -790,27 +835,28 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
     print(
         f"          p50 {percentile(handed, 0.5):.2f} ms, p99 {server_p99:.2f} ms "
         "from each commit's durability to the end of the write round that carries it (the "
-        f"server's part: every one of the {n} sockets written)"
+        f"server's part: every one of the {n} sockets written; the {len(handed)} commits "
+        "durable inside the window)"
     )
 
     # the floor: a bare broadcast of the same two pushes, as many book pushes per second per
     # connection as the exchange just sent, timed from the start of each round
-    sampled_seconds = timed["seconds"] * 50
+    sampled_seconds = timed["seconds"] * SAMPLE
     book_rounds = sum(1 for stream, _, _ in timed["arrivals"] if stream % 2 == 0)
-    rounds_per_s = max(book_rounds / sampled_seconds, 1.0)
+    floor_rate = max(book_rounds / sampled_seconds, 1.0)
     floor, _ = measure(
-        ["--mode", "bare-timed", "--rate", str(rounds_per_s)],
+        ["--mode", "bare-timed", "--rate", str(floor_rate)],
         args.port + 4,
         n,
         args.seconds,
-        sample=50,
+        sample=SAMPLE,
     )
     floor_ms = [(at - stamp) / 1e6 for stream, stamp, at in floor["arrivals"] if stream % 2 == 0]
     floor_p50, floor_p99 = percentile(floor_ms, 0.5), percentile(floor_ms, 0.99)
     print(
         f"floor:    p50 {floor_p50:.2f} ms, p99 {floor_p99:.2f} ms from the start of a round to "
         f"its book push arriving, for a bare picows broadcast of the same two pushes at "
-        f"{rounds_per_s:,.0f} rounds/s to {n} connections"
+        f"{floor_rate:,.0f} rounds/s to {n} connections"
     )
     return {
         "paced_deliveries_per_s": round(paced),
@@ -844,6 +890,7 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
     after = rss_kib(server.pid)
     tell(idle)
     expect(idle, "{")
+    tell(idle)
     idle.wait(timeout=60)
     tell(server)
     server.wait(timeout=60)
