@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 
 import uvicorn
@@ -22,11 +23,31 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def start(
-    app: Litestar, sock: socket.socket, name: str
-) -> tuple[uvicorn.Server, asyncio.Task[None]]:
-    """``app`` served on ``sock`` in a task of the running loop; set ``should_exit`` on the
-    server and await the task to stop it."""
+class Serving:
+    """An app being served: its port, and how to stop it."""
+
+    def __init__(self, server: uvicorn.Server, task: asyncio.Task[None], port: int) -> None:
+        self.server = server
+        self.task = task
+        self.port = port
+
+    async def stop(self) -> None:
+        """Stop taking requests, let those in flight finish, and close the socket."""
+        self.server.should_exit = True
+        with contextlib.suppress(Exception):  # it failed already: nothing left to stop
+            await self.task
+
+
+async def start(app: Litestar, sock: socket.socket, name: str) -> Serving:
+    """``app`` served on ``sock`` by uvicorn in a task of the running loop, listening when
+    this returns (``OSError`` if the server stopped before it could)."""
     config = uvicorn.Config(app, log_config=None, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
-    return server, asyncio.create_task(server.serve(sockets=[sock]), name=name)
+    port = int(sock.getsockname()[1])
+    task = asyncio.create_task(server.serve(sockets=[sock]), name=name)
+    while not server.started:
+        if task.done():
+            await task  # raises what stopped it
+            raise OSError(f"the HTTP server on port {port} stopped at start")
+        await asyncio.sleep(0.01)
+    return Serving(server, task, port)

@@ -362,8 +362,8 @@ async def _serve(
     app = create_app(
         exchange, faucet=network == "testnet", network=network, admin_token=admin_token
     )
-    api, api_task = start(app, rest_socket, "openperps-api")
-    api_port = rest_socket.getsockname()[1]
+    api = await start(app, rest_socket, "openperps-api")
+    api_port = api.port
     engine = exchange.sequencer.engine
     oracle = RandomWalkOracle([m.config for m in engine.markets.values()], seed=seed)
     for market_id, market in engine.markets.items():  # continue from the logged prices
@@ -393,8 +393,7 @@ async def _serve(
         await until_signalled()
     finally:
         await exchange.stop_work()  # the traders stop before the API they trade through
-        api.should_exit = True
-        await api_task
+        await api.stop()
         await exchange.stop()
         err.print("stopped; the log is flushed")
     if sys.stderr.isatty():

@@ -13,10 +13,7 @@ the log, so a client resuming with ``since_version`` loses and repeats nothing.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +26,7 @@ from openperps.runtime.startup import load_read_models
 from openperps.store import EventLog, open_log
 
 if TYPE_CHECKING:
-    import uvicorn
+    from openperps.api.serving import Serving
 
 logger = logging.getLogger("openperps.gateway")
 
@@ -55,9 +52,7 @@ class Gateway:
         self.log: EventLog | None = None
         self.consumer: NatsConsumer | None = None
         self.feed: FeedServer | None = None
-        self.http: uvicorn.Server | None = None
-        self._http_task: asyncio.Task[None] | None = None
-        self._http_socket: socket.socket | None = None
+        self.http: Serving | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -98,19 +93,11 @@ class Gateway:
         from openperps.api.app import create_read_app
         from openperps.api.serving import bind, start
 
-        self._http_socket = sock = bind(host, port)
-        self.http, self._http_task = start(create_read_app(self), sock, "openperps-gateway-http")
-        while not self.http.started:  # listening before start() returns
-            if self._http_task.done():
-                await self._http_task  # raises what stopped it
-                raise OSError(f"the HTTP server on {host}:{port} stopped at start")
-            await asyncio.sleep(0.01)
+        self.http = await start(create_read_app(self), bind(host, port), "openperps-gateway-http")
 
     @property
     def http_port(self) -> int | None:
-        if self.http is None or self._http_socket is None:
-            return None
-        return int(self._http_socket.getsockname()[1])
+        return self.http.port if self.http is not None else None
 
     def metrics_text(self) -> str:
         lines = build_lines()
@@ -141,11 +128,7 @@ class Gateway:
 
     async def stop(self) -> None:
         if self.http is not None:
-            self.http.should_exit = True
-            if self._http_task is not None:
-                with contextlib.suppress(Exception):
-                    await self._http_task
-                self._http_task = None
+            await self.http.stop()
             self.http = None
         if self.consumer is not None:  # first: no batch may reach a stopped feed
             await self.consumer.stop()
