@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import os
+import tracemalloc
 import zlib
 from pathlib import Path
 from typing import Any
@@ -84,9 +85,17 @@ def squeezed(payload: bytes) -> bytes:
 
 
 def test_inflating_stops_past_the_limit() -> None:
+    """A bomb is cut at the limit while it is inflated, not after: memory stays bounded."""
     bomb = squeezed(b"\x00" * 20_000_000)  # 20 MB of zeros fit in about 20 KB
     assert len(bomb) < 30_000
-    assert len(inflate(bomb, 64 * 1024)) == 64 * 1024 + 1
+    tracemalloc.start()
+    try:
+        inflated = inflate(bomb, 64 * 1024)
+        _size, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(inflated) == 64 * 1024 + 1
+    assert peak < 1_000_000, "the 20 MB were never inflated whole"
 
 
 def test_frames_carry_rsv1_only_when_compressed() -> None:
