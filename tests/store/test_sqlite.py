@@ -165,3 +165,37 @@ async def test_close_waits_for_a_running_checkpoint(tmp_path: Path) -> None:
     assert log.checkpoints == 1, "close waited for it, and it copied the WAL back"
     async with SqliteEventLog(tmp_path / "events.sqlite3") as again:
         await assert_log(again, batch)
+
+
+async def test_a_checkpoint_that_copies_nothing_is_not_counted(tmp_path: Path) -> None:
+    """A reader holding a snapshot from before the appends keeps every page in the WAL: the
+    background checkpoints run, copy nothing and are not counted; once it lets go, they are."""
+    path = tmp_path / "events.sqlite3"
+    written = big_envelopes(1, 1)
+    async with SqliteEventLog(path) as log:
+        await log.append(written)  # closing copies the WAL back and removes it
+    async with SqliteEventLog(path, checkpoint_pages=4) as log:
+
+        async def append(count: int) -> int:
+            """Append ``count`` batches of about 5 KB; the checkpoints started meanwhile."""
+            started = 0
+            for _ in range(count):
+                batch = big_envelopes(len(written) + 1, 20)
+                await log.append(batch)
+                written.extend(batch)
+                if log._checkpointing is not None:
+                    started += 1
+                    await log._checkpointing
+            return started
+
+        reader = sqlite3.connect(path, isolation_level=None)
+        try:
+            reader.execute("BEGIN")
+            assert reader.execute("SELECT count(*) FROM events").fetchone() == (1,)
+            assert await append(20) >= 5, "background checkpoints ran"
+            assert log.checkpoints == 0, "none could copy a page: none is counted"
+        finally:
+            reader.close()
+        assert await append(10) >= 2
+        assert log.checkpoints >= 2, "with the reader gone, they copy and are counted"
+        await assert_log(log, written)
