@@ -1,4 +1,5 @@
-"""Helpers for the NATS bus tests: the server check, a unique stream, and real batches."""
+"""Helpers for the NATS bus tests: the server check, a unique stream, real batches, and a log
+that holds them."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import nats
 from nats.js.errors import NotFoundError
@@ -15,6 +17,7 @@ from openperps.core import commands as c
 from openperps.core.engine import Engine
 from openperps.core.markets import default_markets
 from openperps.runtime.sequencer import to_envelopes
+from openperps.store import SqliteEventLog
 from tests.services import unavailable
 
 NATS_URL = os.environ.get("OPENPERPS_TEST_NATS", "nats://127.0.0.1:4222")
@@ -62,3 +65,16 @@ def batches(count: int) -> list[Published]:
         events = engine.handle(command)
         out.append(Published(to_envelopes(events), events))
     return out
+
+
+@asynccontextmanager
+async def filled(path: Path, items: list[Published]) -> AsyncIterator[SqliteEventLog]:
+    """A SQLite log at ``path`` holding every batch of ``items``, closed afterwards."""
+    log = SqliteEventLog(path)
+    await log.open()
+    try:
+        for batch in items:
+            await log.append(batch.envelopes)
+        yield log
+    finally:
+        await log.close()

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import httpx
 
-from openperps.bus import Published
 from openperps.bus.nats import NatsConsumer
 from openperps.feed.server import FeedServer
 from openperps.indexer import ReadModels
@@ -20,7 +19,7 @@ from openperps.runtime.gateway import Gateway, GatewaySettings
 from openperps.store import SqliteEventLog
 from openperps.store.envelope import Envelope
 
-from .helpers import batches
+from .helpers import batches, filled
 
 
 class LaggingLog:
@@ -33,25 +32,17 @@ class LaggingLog:
         self.reads = 0
 
     async def read_batches(
-        self, from_version: int, to_version: int | None = None
+        self, from_version: int, to_version: int
     ) -> AsyncGenerator[list[Envelope], None]:
         self.reads += 1
         if self.failures:
             self.failures -= 1
             raise ConnectionError("the database went away")
-        last = self.visible if to_version is None else min(to_version, self.visible)
+        last = min(to_version, self.visible)
         if last < from_version:
             return
         async for chunk in self.log.read_batches(from_version, last, batch_size=7):
             yield chunk
-
-
-async def filled(tmp_path: Path, items: list[Published]) -> SqliteEventLog:
-    log = SqliteEventLog(tmp_path / "events.sqlite3")
-    await log.open()
-    for batch in items:
-        await log.append(batch.envelopes)
-    return log
 
 
 def received_by(consumer: NatsConsumer) -> list[int]:
@@ -62,8 +53,7 @@ def received_by(consumer: NatsConsumer) -> list[int]:
 
 async def test_a_hole_waits_for_a_lagging_log_then_goes_on_in_order(tmp_path: Path) -> None:
     items = batches(40)
-    log = await filled(tmp_path, items)
-    try:
+    async with filled(tmp_path / "events.sqlite3", items) as log:
         # batches 10..29 never reached the stream, and the log shows only up to batch 14
         lagging = LaggingLog(log, visible=items[14].last_version)
         consumer = NatsConsumer(log=lagging)  # type: ignore[arg-type]
@@ -84,14 +74,11 @@ async def test_a_hole_waits_for_a_lagging_log_then_goes_on_in_order(tmp_path: Pa
             await consumer.deliver(batch.envelopes)
         assert versions == list(range(1, items[-1].last_version + 1))
         assert (consumer.holes_filled, consumer.holes_unfilled) == (1, 0)
-    finally:
-        await log.close()
 
 
 async def test_a_log_that_cannot_be_read_is_asked_again(tmp_path: Path) -> None:
     items = batches(12)
-    log = await filled(tmp_path, items)
-    try:
+    async with filled(tmp_path / "events.sqlite3", items) as log:
         failing = LaggingLog(log, visible=items[-1].last_version, failures=3)
         consumer = NatsConsumer(log=failing)  # type: ignore[arg-type]
         versions = received_by(consumer)
@@ -99,14 +86,11 @@ async def test_a_log_that_cannot_be_read_is_asked_again(tmp_path: Path) -> None:
         await asyncio.wait_for(consumer.deliver(items[-1].envelopes), 5)
         assert failing.reads == 4
         assert versions == list(range(1, items[-1].last_version + 1))
-    finally:
-        await log.close()
 
 
 async def test_stopping_ends_the_wait(tmp_path: Path) -> None:
     items = batches(5)
-    log = await filled(tmp_path, items)
-    try:
+    async with filled(tmp_path / "events.sqlite3", items) as log:
         consumer = NatsConsumer(log=LaggingLog(log, visible=0))  # type: ignore[arg-type]
         delivering = asyncio.create_task(consumer.deliver(items[-1].envelopes))
         async with asyncio.timeout(5):
@@ -116,8 +100,6 @@ async def test_stopping_ends_the_wait(tmp_path: Path) -> None:
         await asyncio.wait([delivering], timeout=5)
         assert delivering.cancelled()
         assert consumer.version == 0, "nothing after the hole was delivered"
-    finally:
-        await log.close()
 
 
 async def test_gateway_health_is_503_while_a_hole_holds_it_back() -> None:

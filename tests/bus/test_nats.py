@@ -24,7 +24,7 @@ from openperps.store import SqliteEventLog
 from tests.runtime.test_demo import free_port
 from tests.services import unavailable
 
-from .helpers import batches, nats_or_skip, unique_stream
+from .helpers import batches, filled, nats_or_skip, unique_stream
 
 pytestmark = pytest.mark.nats
 
@@ -126,20 +126,19 @@ async def test_gateways_learn_when_each_message_became_durable(
         msgspec.structs.replace(batch, durable_at=1_796_000_000.25 + i)
         for i, batch in enumerate(batches(40))
     ]
-    async with SqliteEventLog(tmp_path / "events.sqlite3") as log:
-        for batch in items:
-            await log.append(batch.envelopes)
+    async with filled(tmp_path / "events.sqlite3", items) as log:
         # one message each, and batches 10..19 missing from the stream
         await publish_all(url, stream, subject, items[:10] + items[20:], max_message_bytes=1)
         received = await consume(
             url, stream, subject, after=0, until=items[-1].last_version, log=log
         )
+    hole = range(items[10].first_version, items[19].last_version + 1)
+    from_log = [b for b in received.batches if b.first_version in hole]
+    assert [e.version for b in from_log for e in b.envelopes] == list(hole), "read from the log"
+    assert [b.durable_at for b in from_log] == [0.0] * len(from_log), "from the log: unknown"
     by_version = {b.first_version: b.durable_at for b in received.batches}
-    for i, batch in enumerate(items):
-        if 10 <= i < 20:
-            assert by_version.get(batch.first_version, 0.0) == 0.0  # from the log: unknown
-        else:
-            assert by_version[batch.first_version] == batch.durable_at
+    for batch in items[:10] + items[20:]:
+        assert by_version[batch.first_version] == batch.durable_at
 
 
 async def test_a_merged_message_carries_its_first_batch_durable_time(
@@ -236,9 +235,7 @@ async def test_a_hole_in_the_stream_is_read_from_the_event_log(
 ) -> None:
     url, stream, subject = names
     items = batches(50)
-    async with SqliteEventLog(tmp_path / "events.sqlite3") as log:
-        for batch in items:
-            await log.append(batch.envelopes)
+    async with filled(tmp_path / "events.sqlite3", items) as log:
         # batches 10..19 never reached the stream (dropped while NATS was down, say)
         await publish_all(url, stream, subject, items[:10] + items[20:])
 
