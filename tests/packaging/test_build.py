@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import openperps
 
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
@@ -57,6 +59,10 @@ def test_openperps_pure_loads_the_python_sources() -> None:
 
 
 def test_a_stale_compiled_module_makes_the_whole_engine_run_pure_with_a_warning() -> None:
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    core = Path(openperps.__file__).parent / "core"
+    if not any(path.name.endswith(suffixes) for path in core.iterdir()):
+        pytest.skip("openperps is installed pure: every module is a .py whatever is stale")
     # in a fresh interpreter: the choice is made once, when openperps is first imported
     code = (
         "import warnings, openperps\n"
