@@ -78,9 +78,9 @@ def _client(key_path: Path, url: str) -> Client:
 
 async def _resolve(url: str, market: str | None) -> str | None:
     """A market given to a feed command, by id or symbol (a symbol is looked up over REST)."""
-    if market is None or (market.isascii() and market.isdigit()):
-        return market
-    async with Client(url) as client:
+    if market is None:
+        return None
+    async with Client(url) as client:  # no request unless ``market`` is a symbol
         return await _market_id(client, market)
 
 
