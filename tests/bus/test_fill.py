@@ -11,6 +11,7 @@ from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import httpx
+import pytest
 
 from openperps.bus.nats import NatsConsumer
 from openperps.feed.server import FeedServer
@@ -102,7 +103,9 @@ async def test_stopping_ends_the_wait(tmp_path: Path) -> None:
         assert consumer.version == 0, "nothing after the hole was delivered"
 
 
-async def test_gateway_health_is_503_while_a_hole_holds_it_back() -> None:
+async def test_gateway_health_is_503_while_a_hole_holds_it_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The gateway's HTTP port without NATS or a log: the consumer's state decides /health,
     and the REST reads answer from its read models once they are loaded."""
     gateway = Gateway(GatewaySettings(db="unused"))
@@ -128,8 +131,7 @@ async def test_gateway_health_is_503_while_a_hole_holds_it_back() -> None:
             503,
             {"following": False, "waiting_for_log": False, "version": 0},
         )
-        consumer._nc = type("Connected", (), {"is_connected": True})()
-        consumer._sub = object()
+        monkeypatch.setattr(NatsConsumer, "following", property(lambda self: True))
         assert (await health())[0] == 200
         consumer.waiting_for_log = True
         assert await health() == (503, {"following": True, "waiting_for_log": True, "version": 0})
@@ -153,7 +155,6 @@ async def test_gateway_health_is_503_while_a_hole_holds_it_back() -> None:
             assert (await http.post("/placeLimitOrder", json={})).status_code == 404
             assert (await http.get("/nothing")).status_code == 404
     finally:
-        consumer._nc = consumer._sub = None
         gateway.feed = None
         await gateway.stop()
 

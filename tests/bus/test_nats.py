@@ -16,6 +16,7 @@ import pytest
 from openperps.bus import Published
 from openperps.bus.nats import (
     ID_HEADER,
+    MAX_MESSAGE_BYTES,
     NatsConsumer,
     NatsPublisher,
     encode_batches,
@@ -60,11 +61,17 @@ class Received:
 
 
 async def publish_all(
-    url: str, stream: str, subject: str, items: list[Published], *, max_message_bytes: int = 0
+    url: str,
+    stream: str,
+    subject: str,
+    items: list[Published],
+    *,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
 ) -> None:
     """Publish ``items``; with ``max_message_bytes`` set small, about one message each."""
-    extra = {"max_message_bytes": max_message_bytes} if max_message_bytes else {}
-    publisher = NatsPublisher(url, stream=stream, subject=subject, **extra)
+    publisher = NatsPublisher(
+        url, stream=stream, subject=subject, max_message_bytes=max_message_bytes
+    )
     publisher.start()
     for batch in items:
         publisher.publish(batch)

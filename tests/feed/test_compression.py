@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import tracemalloc
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from picows import WSMsgType
 
 from openperps.feed.frames import (
+    COMPRESSED_TEXT,
     DEFLATE_RESPONSE,
     MessageReader,
     ProtocolFailure,
@@ -30,8 +32,9 @@ from openperps.feed.frames import (
 )
 from openperps.feed.server import ServerLimits
 from openperps.feed.session import CLOSE_INVALID_DATA, CLOSE_PROTOCOL_ERROR
-from openperps.runtime.app import Exchange, Settings
-from tests.feed.test_server import ALICE, trade, url
+from openperps.runtime.app import Exchange
+from tests.feed.test_server import ALICE, recv, trade, url
+from tests.feed.test_server_limits import start
 
 TEXT, BINARY, MORE = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION
 
@@ -101,7 +104,7 @@ def test_inflating_stops_past_the_limit() -> None:
 def test_frames_carry_rsv1_only_when_compressed() -> None:
     payload = b'{"message":"recent_trades","data":[]}' * 100
     plain, packed = text_frame(payload), deflated_frame(payload)
-    assert plain[0] == 0x81 and packed[0] == 0xC1
+    assert plain[0] == 0x81 and packed[0] == COMPRESSED_TEXT
     assert len(packed) < len(plain) / 10
     assert packed[1] == len(deflate(payload)) < 126  # a one-byte length: no extension
     assert packed[2:] == deflate(payload)
@@ -135,8 +138,8 @@ def test_a_compressed_message_may_come_in_fragments() -> None:
 def test_a_message_over_the_limit_is_cut_at_limit_plus_one() -> None:
     reader = MessageReader(limit=10, deflate=True)
     assert reader.feed(TEXT, True, False, False, b"a" * 50) == (TEXT, b"a" * 11)
-    for _ in range(100):
-        assert reader.feed(TEXT if _ == 0 else MORE, False, False, False, b"b" * 1000) is None
+    for i in range(100):
+        assert reader.feed(TEXT if i == 0 else MORE, False, False, False, b"b" * 1000) is None
     assert reader.feed(MORE, True, False, False, b"b") == (TEXT, b"b" * 11)
     assert reader.feed(TEXT, True, True, False, deflate(b"c" * 100_000)) == (TEXT, b"c" * 11)
 
@@ -160,8 +163,16 @@ def test_a_long_compressed_message_in_fragments_is_kept_bounded() -> None:
         (False, [(TEXT, True, True, False, b"x")], CLOSE_PROTOCOL_ERROR),  # RSV1 not agreed
         (True, [(TEXT, True, False, True, b"x")], CLOSE_PROTOCOL_ERROR),  # RSV2/RSV3
         (True, [(MORE, True, False, False, b"x")], CLOSE_PROTOCOL_ERROR),  # nothing to continue
-        (True, [(TEXT, False, False, False, b"x"), (TEXT, True, False, False, b"y")], 1002),
-        (True, [(TEXT, False, True, False, b"x"), (MORE, True, True, False, b"y")], 1002),
+        (
+            True,
+            [(TEXT, False, False, False, b"x"), (TEXT, True, False, False, b"y")],
+            CLOSE_PROTOCOL_ERROR,
+        ),
+        (
+            True,
+            [(TEXT, False, True, False, b"x"), (MORE, True, True, False, b"y")],
+            CLOSE_PROTOCOL_ERROR,
+        ),
         (True, [(TEXT, True, True, False, b"\xff\xfe not deflate")], CLOSE_INVALID_DATA),
     ],
 )
@@ -188,20 +199,16 @@ def extensions(ws: Any) -> str | None:
     return None if value is None else str(value)
 
 
-async def messages(ws: Any, count: int) -> list[dict[str, Any]]:
-    return [json.loads(await asyncio.wait_for(ws.recv(), 5)) for _ in range(count)]
-
-
 def live(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [f for f in frames if f["message"].startswith("live_")]
+
+
+LIST_TOPICS = {"recent_trades", "orderbook", "trade_history"}
 
 
 def final_states(frames: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The last push of each list topic."""
     return {f["message"]: f for f in frames if f["message"] in LIST_TOPICS}
-
-
-LIST_TOPICS = {"recent_trades", "orderbook", "trade_history"}
 
 
 async def drain(ws: Any) -> list[dict[str, Any]]:
@@ -236,33 +243,25 @@ async def test_compressing_and_plain_clients_get_the_same_pushes(exchange: Excha
         sent = exchange.feed.metrics.compressed_sent
         for _ in range(8):  # trades make every list long enough to be compressed
             await trade(exchange)
-        await asyncio.sleep(0.2)
         got = [await drain(ws) for ws in (packed, plain)]
         assert len(got[0]) > 10
         # live records: every one, in order; list states: the same final state (a slow
         # connection may have had older ones coalesced away)
         assert live(got[0]) == live(got[1]) and len(live(got[0])) >= 8
         assert final_states(got[0]) == final_states(got[1])
-        assert set(final_states(got[0])) == {"recent_trades", "orderbook", "trade_history"}
+        assert set(final_states(got[0])) == LIST_TOPICS
         assert exchange.feed.metrics.compressed_sent > sent
         assert sum(exchange.feed.metrics.latency_counts) > 0  # pushes timed from durability
         assert exchange.feed.metrics.deflate_connections == 1
 
 
 async def test_compression_can_be_turned_off(tmp_path: Path) -> None:
-    ex = Exchange(
-        Settings(
-            db=str(tmp_path / "events.sqlite3"),
-            ws_port=0,
-            server_limits=ServerLimits(deflate_min_bytes=0),
-        )
-    )
-    await ex.start()
+    ex = await start(tmp_path, ServerLimits(deflate_min_bytes=0))
     try:
         async with websockets.connect(url(ex)) as ws:
             assert extensions(ws) is None
             await ws.send(json.dumps({"method": "ping", "id": 1}))
-            assert (await messages(ws, 1))[0]["message"] == "pong"
+            assert (await recv(ws))["message"] == "pong"
     finally:
         await ex.stop()
 
@@ -274,7 +273,7 @@ async def test_a_fragmented_request_is_one_request(
     request = json.dumps({"topic": "order_history", "address": ALICE, "id": 7})
     async with websockets.connect(url(exchange), compression=compression) as ws:
         await ws.send(iter([request[:5], request[5:20], request[20:]]))  # three frames
-        ack, snapshot = await messages(ws, 2)
+        ack, snapshot = [await recv(ws) for _ in range(2)]
         assert (ack["message"], ack["id"]) == ("subscribed", 7)
         assert snapshot["message"] == "order_history"
 
@@ -335,43 +334,63 @@ class RawClient:
             if first & 0x0F == 0x8:
                 return int.from_bytes(payload[:2], "big")
 
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError):  # the server may have dropped it already
+            await self.writer.wait_closed()
 
-async def test_a_compressed_frame_without_agreement_closes_1002(exchange: Exchange) -> None:
+
+@pytest.mark.parametrize(
+    ("first", "payload"),
+    [
+        (COMPRESSED_TEXT, deflate(b'{"method": "ping"}')),  # RSV1, no compression agreed
+        (0x80, b'{"method": "ping"}'),  # FIN, opcode 0: continues no message
+    ],
+    ids=["compressed_without_agreement", "continuation_of_nothing"],
+)
+async def test_a_frame_the_protocol_forbids_closes_1002(
+    exchange: Exchange, first: int, payload: bytes
+) -> None:
     client, head = await RawClient.connect(exchange.feed.port, None)
-    assert "permessage-deflate" not in head
-    client.send(0xC1, deflate(b'{"method": "ping"}'))
-    assert await client.close_code() == 1002
-    assert exchange.feed.metrics.closes["protocol_error"] == 1
+    try:
+        assert "permessage-deflate" not in head
+        client.send(first, payload)
+        assert await client.close_code() == 1002
+        assert exchange.feed.metrics.closes["protocol_error"] == 1
+    finally:
+        await client.close()
 
 
 async def test_corrupt_compressed_data_closes_1007(exchange: Exchange) -> None:
     client, head = await RawClient.connect(
         exchange.feed.port, "permessage-deflate; client_max_window_bits"
     )
-    assert DEFLATE_RESPONSE in head
-    client.send(0xC1, deflate(b'{"method": "ping", "id": 1}'))
-    first, payload = await client.receive()
-    assert first == 0x81 and json.loads(payload) == {"message": "pong", "id": 1}
-    client.send(0xC1, b"\xff\xff\xff not deflate")
-    assert await client.close_code() == 1007
+    try:
+        assert DEFLATE_RESPONSE in head
+        client.send(COMPRESSED_TEXT, deflate(b'{"method": "ping", "id": 1}'))
+        first, payload = await client.receive()
+        assert first == 0x81 and json.loads(payload) == {"message": "pong", "id": 1}
+        client.send(COMPRESSED_TEXT, b"\xff\xff\xff not deflate")
+        assert await client.close_code() == 1007
+    finally:
+        await client.close()
 
 
 async def test_a_compressed_bomb_is_refused_as_too_large(exchange: Exchange) -> None:
     client, _ = await RawClient.connect(exchange.feed.port, "permessage-deflate")
-    client.send(0xC1, squeezed(b" " * 50_000_000))  # 50 MB of spaces, about 50 KB on the wire
-    first, payload = await client.receive()
-    error = json.loads(payload)
-    assert error["message"] == "error" and error["error"]["code"] == "frame_too_large"
-    assert first == 0x81  # small answers go uncompressed
-    client.send(0xC1, deflate(b'{"method": "ping", "id": 2}'))  # still open, still served
-    first, payload = await client.receive()
-    assert (first, json.loads(payload)) == (0x81, {"message": "pong", "id": 2})
-
-
-async def test_a_continuation_of_nothing_closes_1002(exchange: Exchange) -> None:
-    client, _ = await RawClient.connect(exchange.feed.port, None)
-    client.send(0x80, b'{"method": "ping"}')  # FIN, opcode 0: continues no message
-    assert await client.close_code() == 1002
+    try:
+        # 50 MB of spaces, about 50 KB on the wire
+        client.send(COMPRESSED_TEXT, squeezed(b" " * 50_000_000))
+        first, payload = await client.receive()
+        error = json.loads(payload)
+        assert error["message"] == "error" and error["error"]["code"] == "frame_too_large"
+        assert first == 0x81  # small answers go uncompressed
+        # still open, still served
+        client.send(COMPRESSED_TEXT, deflate(b'{"method": "ping", "id": 2}'))
+        first, payload = await client.receive()
+        assert (first, json.loads(payload)) == (0x81, {"message": "pong", "id": 2})
+    finally:
+        await client.close()
 
 
 # -- the message reader, over many frame sequences ---------------------------------------------
@@ -438,10 +457,13 @@ async def test_frames_after_a_protocol_failure_are_not_read(exchange: Exchange) 
     """A forbidden frame and a request in the same write: the close comes first and alone;
     the connection is not left subscribed."""
     client, _ = await RawClient.connect(exchange.feed.port, None)
-    client.send(0xC1, b"not agreed")
-    client.send(0x81, json.dumps({"topic": "orderbook", "market_id": 1338, "id": 1}).encode())
-    first, payload = await client.receive()
-    assert first & 0x0F == 0x8 and int.from_bytes(payload[:2], "big") == 1002
-    await asyncio.sleep(0.1)
-    assert exchange.feed.subscription_count() == 0
-    assert not any(exchange.feed.hub.holders.values())
+    try:
+        client.send(COMPRESSED_TEXT, b"not agreed")
+        client.send(0x81, json.dumps({"topic": "orderbook", "market_id": 1338, "id": 1}).encode())
+        first, payload = await client.receive()
+        assert first & 0x0F == 0x8 and int.from_bytes(payload[:2], "big") == 1002
+        await asyncio.sleep(0.1)
+        assert exchange.feed.subscription_count() == 0
+        assert not any(exchange.feed.hub.holders.values())
+    finally:
+        await client.close()
