@@ -10,7 +10,9 @@ import asyncpg
 import pytest
 
 from openperps.store import (
+    SCHEMA_VERSION,
     GroupCommitWriter,
+    SchemaTooNew,
     StorageLocked,
     StorageUnavailable,
     StoreError,
@@ -141,3 +143,22 @@ async def test_a_read_only_log_reads_what_the_writer_wrote_and_writes_nothing(
             with pytest.raises(StoreError):  # the server refuses: read-only transactions
                 await reader.append(envelopes(6, 1))
         await assert_log(log, envelopes(1, 5))
+
+
+@pytest.mark.parametrize(
+    ("offset", "refusal"),
+    [(1, "newer"), (-1, f"the writer migrates it to {SCHEMA_VERSION}")],
+)
+async def test_a_read_only_log_opens_only_the_schema_this_version_reads(
+    pg: PostgresBackend, offset: int, refusal: str
+) -> None:
+    async with pg.make() as log:
+        await log.append(envelopes(1, 2))
+    await pg.set_schema_version(SCHEMA_VERSION + offset)
+    reader = PostgresEventLog(pg.dsn, schema=pg.schema, read_only=True)
+    with pytest.raises(StoreError, match=refusal) as refused:
+        await reader.open()
+    assert isinstance(refused.value, SchemaTooNew) == (offset > 0)
+    await pg.set_schema_version(SCHEMA_VERSION)  # a reader changes nothing: it opens now
+    async with reader:
+        await assert_log(reader, envelopes(1, 2))

@@ -36,7 +36,6 @@ from openperps.store.base import DEFAULT_READ_BATCH, EventLog, check_read_range,
 from openperps.store.envelope import Envelope, Snapshot
 from openperps.store.errors import (
     LogClosed,
-    SchemaTooNew,
     SnapshotAhead,
     StorageFull,
     StorageLocked,
@@ -225,9 +224,7 @@ class PostgresEventLog(EventLog):
             )
         if value is None:
             raise StoreError(f"{self}: no event log here yet (start the writer first)")
-        if int(value) > SCHEMA_VERSION:
-            raise SchemaTooNew(int(value), SCHEMA_VERSION)
-        if int(value) < SCHEMA_VERSION:
+        if pending(int(value)):  # SchemaTooNew when a newer OpenPerps wrote it
             raise StoreError(
                 f"{self}: schema version {value}; the writer migrates it to {SCHEMA_VERSION}"
             )
