@@ -96,6 +96,8 @@ async def test_serve_sim_pushes_every_topic_within_ten_seconds(tmp_path: Path) -
     err = (tmp_path / "serve.log").read_text()
     assert process.returncode == 0, err
     assert "stopped; the log is flushed" in err
-    # the simulated traders' HTTP requests are not logged one by one at the default level
+    # neither the simulated traders' HTTP requests nor feed connections are logged one by
+    # one at the default level
     assert "HTTP Request" not in err, err[-2000:]
+    assert "picows" not in err, err[-2000:]
     assert len(err.splitlines()) < 40, err[-2000:]

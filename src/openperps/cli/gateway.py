@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +15,7 @@ from openperps.cli.serve import (
     NatsSubject,
     _fail,
     _read_config,
+    configure_logging,
     err,
     until_signalled,
 )
@@ -59,11 +59,7 @@ def gateway(
     """Serve the WebSocket feed (and, with --http-port, the REST reads) of an exchange running
     elsewhere (`serve --bus nats://...`): read models from its event log, then its live
     batches from NATS. Never writes; actions go to the exchange."""
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    if not db.startswith(("postgresql://", "postgres://")):
-        _fail("--db is the exchange's PostgreSQL event log: postgresql://...")
+    configure_logging(log_level)
     settings = GatewaySettings(
         db=db,
         nats=nats,

@@ -50,6 +50,18 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(1)
 
 
+def configure_logging(level: str) -> None:
+    """Log at ``level``; below DEBUG, libraries that log every request or connection at INFO
+    (the simulated traders' HTTP client, picows for each feed connection) keep to warnings,
+    so that an exchange with thousands of feed clients keeps a readable log."""
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if logging.root.level > logging.DEBUG:
+        for chatty in ("httpx", "httpcore", "picows"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
+
+
 def serve(
     db: Annotated[
         str | None,
@@ -148,13 +160,7 @@ def serve(
         nats_subject = chosen.get("nats_subject", nats_subject)
         if "feed" in chosen:
             feed_limits, server_limits, live_retention = chosen["feed"]
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # the simulated traders' HTTP client would log every request at INFO; only at DEBUG
-    if logging.root.level > logging.DEBUG:
-        for chatty in ("httpx", "httpcore"):
-            logging.getLogger(chatty).setLevel(logging.WARNING)
+    configure_logging(log_level)
     if network not in ("testnet", "mainnet"):
         _fail("--network is testnet or mainnet")
     if bus is not None and not bus.startswith(("nats://", "tls://")):

@@ -65,7 +65,9 @@ def log_from_url(url: str | None = None, *, read_only: bool = False) -> EventLog
     ``read_only`` (PostgreSQL only) opens a log another process writes, for reading only.
     """
     if read_only and not (url or "").startswith(("postgresql://", "postgres://")):
-        raise UnsupportedURL(f"a reader needs a postgresql:// event log, not {url!r}")
+        raise UnsupportedURL(
+            f"a reader follows a PostgreSQL event log (postgresql://...), not {url!r}"
+        )
     if url is None or url in ("sqlite://", "sqlite:"):
         return SqliteEventLog()
     if url.startswith("sqlite:///"):
