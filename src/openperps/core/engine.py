@@ -370,7 +370,7 @@ class Engine:
         self._dirty_positions: dict[int, Position] = {}
         self._dirty_accounts: dict[str, Account] = {}
         self._liquidation_pot = 0
-        self._handlers: dict[type, Callable[[Any], None]] = {
+        handlers: dict[type, Callable[[Any], None]] = {
             c.Mint: self._mint,
             c.Deposit: self._deposit,
             c.Withdraw: self._withdraw,
@@ -392,6 +392,10 @@ class Engine:
             c.ListMarket: self._list_market,
             c.PauseMarket: self._pause_market,
         }
+        # each command's handler and the field types it is checked against before it runs
+        self._handlers: dict[
+            type, tuple[Callable[[Any], None], tuple[tuple[str, int, tuple[type, ...]], ...]]
+        ] = {cls: (handler, _FIELD_KINDS[cls]) for cls, handler in handlers.items()}
 
     # -- entry point ----------------------------------------------------------------------------
 
@@ -399,12 +403,15 @@ class Engine:
         """Apply one command; return the events it produced, in version order."""
         out: list[e.Event] = []
         self._out = out
-        handler = self._handlers.get(type(command))
+        entry = self._handlers.get(type(command))
         start = self.version
         try:
-            if handler is None:
+            if entry is None:
                 raise _Reject(ErrorCode.UNKNOWN_COMMAND)
-            mistyped = _mistyped(command, _FIELD_KINDS[type(command)])
+            handler, kinds = entry
+            # every field, nested orders and configurations included, holds its declared
+            # type from here on: handlers do not check types again
+            mistyped = _mistyped(command, kinds)
             if mistyped is not None:
                 raise _Reject(_type_code(mistyped), f"{mistyped} has the wrong type")
             ts = command.timestamp
@@ -527,12 +534,6 @@ class Engine:
         if account is None:
             account = self.accounts[profile] = Account()
         return account
-
-    @staticmethod
-    def _check_flag(value: object) -> bool:
-        if type(value) is not bool:
-            raise _Reject(ErrorCode.INVALID_FLAG)
-        return value
 
     @staticmethod
     def _check_amount(value: object) -> int:
@@ -1134,8 +1135,8 @@ class Engine:
         market = self._market(cmd.market_id)
         self._cancel_one(market, cmd.profile, cmd.order_id)
 
-    def _cancel_one(self, market: MarketState, profile: str, order_id: object) -> None:
-        order = market.book.orders.get(order_id) if type(order_id) is int else None
+    def _cancel_one(self, market: MarketState, profile: str, order_id: int) -> None:
+        order = market.book.orders.get(order_id)
         if order is None or order.profile != profile:
             raise _Reject(ErrorCode.ORDER_NOT_FOUND)
         self._cancel_resting(market, order, e.CancelReason.USER)
@@ -1157,19 +1158,15 @@ class Engine:
                 continue
             self._run_nested(type(sub).__name__, sub, partial(handler, sub))
 
-    def _check_batch(self, items: object) -> list[Any]:
-        if not isinstance(items, list) or not items:
+    def _check_batch(self, items: list[Any]) -> list[Any]:
+        if not items:
             raise _Reject(ErrorCode.TOO_MANY_ORDERS, "a batch needs 1..20 items")
         if len(items) > MAX_BATCH:
             raise _Reject(ErrorCode.TOO_MANY_ORDERS)
         return items
 
     def _place_multiple(self, cmd: c.PlaceMultipleOrders) -> None:
-        orders = self._check_batch(cmd.orders)
-        for sub in orders:
-            if not isinstance(sub, (c.PlaceLimitOrder, c.PlaceMarketOrder)):
-                raise _Reject(ErrorCode.UNKNOWN_COMMAND, "a batch holds orders only")
-        self._place_batch(cmd, orders)
+        self._place_batch(cmd, self._check_batch(cmd.orders))
 
     def _cancel_multiple(self, cmd: c.CancelMultipleOrders) -> None:
         market = self._market(cmd.market_id)
@@ -1184,9 +1181,6 @@ class Engine:
         market = self._market(cmd.market_id)
         cancels = self._check_batch(cmd.cancel_order_ids) if cmd.cancel_order_ids else []
         orders = self._check_batch(cmd.orders)
-        for sub in orders:
-            if not isinstance(sub, (c.PlaceLimitOrder, c.PlaceMarketOrder)):
-                raise _Reject(ErrorCode.UNKNOWN_COMMAND, "a batch holds orders only")
         for order_id in cancels:
             self._run_nested(
                 "CancelOrder",
@@ -1199,7 +1193,7 @@ class Engine:
 
     def _open_position(self, cmd: Any) -> tuple[MarketState, Position]:
         market = self._market(cmd.market_id)
-        side = self._check_flag(cmd.trade_side)
+        side = cmd.trade_side
         pos = market.slots.get((cmd.profile, side))
         if pos is None or pos.size == 0:
             raise _Reject(ErrorCode.NO_POSITION)
@@ -1497,7 +1491,7 @@ class Engine:
             raise _Reject(ErrorCode.INVALID_ADDRESS)
         # system accounts' balances have fixed meanings: none takes the liquidator's share
         self._check_owner(cmd.liquidator, "a system account cannot be the liquidator")
-        side = self._check_flag(cmd.trade_side)
+        side = cmd.trade_side
         pos = market.slots.get((cmd.profile, side))
         if pos is None or not pos.size or cmd.profile == INSURANCE_FUND:
             raise _Reject(ErrorCode.NO_POSITION)
@@ -1602,8 +1596,6 @@ class Engine:
 
     def _list_market(self, cmd: c.ListMarket) -> None:
         config = cmd.market
-        if not isinstance(config, MarketConfig):
-            raise _Reject(ErrorCode.INVALID_MARKET_CONFIG)
         try:
             config.validate()
         except InvalidInput as exc:
@@ -1615,7 +1607,7 @@ class Engine:
 
     def _pause_market(self, cmd: c.PauseMarket) -> None:
         market = self._market(cmd.market_id)
-        market.paused = self._check_flag(cmd.paused)
+        market.paused = cmd.paused
         self._out.append(
             e.MarketPaused(self._next_version(), self._ts, market.config.market_id, market.paused)
         )
