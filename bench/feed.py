@@ -13,12 +13,13 @@ another process (``--role client``), so neither side's event loop slows the othe
 2. latency: the same 1 000 subscribers while traders send commands at a fixed rate that makes
    ``--events-per-s`` (5 000) events/s, none waiting for another; the server records when
    each commit became durable (wall clock, when the log's append returns) and when each write
-   round ended, a sample of 50 connections record when each push arrived; a commit counts
-   until the first book push that includes it reaches the client. The client reports the
-   wall-clock start and end of its measuring window, and the server's figures (events,
-   pushes and write rounds per second, its own part of the latency) count only what falls
-   inside that window: the server trades for a second longer than the client measures, and
-   the clients stay connected until it has stopped;
+   round ended, a sample of 50 connections (every 20th to connect, in case a server writes in
+   the order they came) record when each push arrived; a commit counts until the first book
+   push that includes it reaches the client. The client reports the wall-clock start and end
+   of its measuring window, and the server's figures (events, pushes and write rounds per
+   second, its own part of the latency) count only what falls inside that window: the server
+   trades for a second longer than the client measures, and the clients stay connected until
+   it has stopped;
 3. the latency floor: a bare picows server broadcasting the same two pushes to the same
    1 000 connections, as many rounds per second as the exchange sent book pushes, each push
    stamped when its round starts: how fast this machine can move them with nothing else to do;
@@ -468,10 +469,12 @@ async def client(
             received += 1
 
     url = f"ws://127.0.0.1:{port}/ws/"
+    stride = max(connections // sample, 1) if sample else 1
     transports = []
     for i in range(connections):
         transport, _ = await ws_connect(
-            lambda i=i: Listener(i, i < sample),
+            # spread over the order of connecting, in case a server writes in that order
+            lambda i=i: Listener(i, bool(sample) and i % stride == 0),
             url,
             extra_headers={"Sec-WebSocket-Extensions": OFFER} if deflate else None,
         )
