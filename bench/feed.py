@@ -8,8 +8,10 @@ another process (``--role client``), so neither side's event loop slows the othe
    baseline is the same client against a bare picows server broadcasting the same bytes (a
    small book push and a 32 KB push of 100 trades) to every connection, framed once and
    written in one write per connection per round as the feed writes them, into sockets with
-   the send buffer the feed gives its own; each of the two runs ``--repeat`` (2) times,
-   interleaved, and the best of each counts (the machine is shared);
+   the send buffer the feed gives its own; the exchange is measured again under a lighter
+   load, 4 commands in flight, to show how much of the gap is the matching it shares its
+   loop with; each of the three runs ``--repeat`` (2) times, interleaved, and the best of
+   each counts (the machine is shared);
 2. latency: the same 1 000 subscribers while traders send commands at a fixed rate that makes
    ``--events-per-s`` (5 000) events/s, none waiting for another; the server records when
    each commit became durable (wall clock, when the log's append returns) and when each write
@@ -35,10 +37,12 @@ offer it.
 Prints figures, then as its last line one JSON object (``--parts`` picks measurements; the
 server's own part of the latency, durability to the end of the write round that hands a
 commit's pushes to every socket, is ``server_p99_ms``; the deliveries the clients received
-during the latency run, at a steady 5 000 events/s, are ``paced_deliveries_per_s``):
+during the latency run, at a steady 5 000 events/s, are ``paced_deliveries_per_s``; those
+under the lighter load, ``light_deliveries_per_s`` and ``light_ratio``):
 {"bench": "feed", "deliveries_per_s": N, "baseline_per_s": N, "ratio": R,
- "paced_deliveries_per_s": N, "p50_ms": X, "p99_ms": Y, "server_p99_ms": Y, "floor_p50_ms": X,
- "floor_p99_ms": Y, "kib_per_conn": Z, "deflate": true}
+ "light_deliveries_per_s": N, "light_ratio": R, "paced_deliveries_per_s": N, "p50_ms": X,
+ "p99_ms": Y, "server_p99_ms": Y, "floor_p50_ms": X, "floor_p99_ms": Y, "kib_per_conn": Z,
+ "deflate": true}
 
 Market pushes are coalesced: a subscriber gets at most one ``orderbook`` and one
 ``recent_trades`` push per write round, and a round follows new durable batches. So the
@@ -79,6 +83,7 @@ from picows import (
 ROOT = Path(__file__).resolve().parent.parent
 MARKET = 1338
 FLAT_OUT_IN_FLIGHT = 64
+LIGHT_IN_FLIGHT = 4  # the lighter load of the throughput part: the exchange mostly idle
 EVENTS_PER_COMMAND = 5  # measured: a resting order and a taker that fills it make 10 events
 ORDERBOOK_PUSH = b'{"message":"orderbook"'
 MAX_IN_FLIGHT = 20_000
@@ -125,12 +130,15 @@ def trading_pair(i: int) -> tuple[Any, Any]:
     return maker, taker
 
 
-async def drive(exchange: Any, rate: float, seconds: float) -> tuple[int, float]:
+async def drive(
+    exchange: Any, rate: float, seconds: float, in_flight_cap: int = FLAT_OUT_IN_FLIGHT
+) -> tuple[int, float]:
     """Submit trading pairs for ``seconds``; returns the events made and the time taken.
 
     Commands come as they would from many independent traders: each is its own task and
     nobody waits for an earlier command to be durable before sending the next. ``rate`` 0
-    keeps ``FLAT_OUT_IN_FLIGHT`` commands in flight (as fast as the exchange takes them);
+    keeps ``in_flight_cap`` commands in flight (the default: as fast as the exchange takes
+    them);
     otherwise commands are sent on a fixed schedule at ``rate`` per second, whatever happens
     to the earlier ones (at most ``MAX_IN_FLIGHT`` waiting, so an overload shows as a lower
     event rate, not as unbounded memory).
@@ -167,7 +175,7 @@ async def drive(exchange: Any, rate: float, seconds: float) -> tuple[int, float]
                 submit(pairs)
             await asyncio.sleep(0.001)  # the loop's timers tick in milliseconds
         else:
-            while in_flight < FLAT_OUT_IN_FLIGHT:
+            while in_flight < in_flight_cap:
                 pairs += 1
                 submit(pairs)
             wakeup.clear()
@@ -209,10 +217,15 @@ async def running_exchange(port: int, deflate: bool) -> AsyncIterator[Any]:
 
 
 async def serve_exchange(
-    port: int, rate: float, durable_log: Path | None, seconds: float, deflate: bool
+    port: int,
+    rate: float,
+    durable_log: Path | None,
+    seconds: float,
+    deflate: bool,
+    in_flight: int = FLAT_OUT_IN_FLIGHT,
 ) -> None:
     """The real thing: log, sequencer, read models, feed; traders sending ``rate`` commands
-    per second (0: as fast as the exchange takes them)."""
+    per second (0: keeping ``in_flight`` commands in flight)."""
     from openperps.core import commands as c
     from openperps.store.envelope import Envelope
     from openperps.store.sqlite import SqliteEventLog
@@ -257,7 +270,7 @@ async def serve_exchange(
         sent, sent_bytes = metrics.messages_sent, metrics.bytes_sent
         durable.clear()  # only what happens under load counts (not the set-up's deposits)
         rounds.clear()
-        made, elapsed = await drive(exchange, rate, seconds)
+        made, elapsed = await drive(exchange, rate, seconds, in_flight)
         sent, sent_bytes = metrics.messages_sent - sent, metrics.bytes_sent - sent_bytes
         print(f"events {made} {elapsed:.3f} {sent} {sent_bytes}", flush=True)
         if durable_log is not None:
@@ -688,6 +701,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rate", type=float, default=0.0, help="commands/s (server role)")
     parser.add_argument(
+        "--in-flight",
+        type=int,
+        default=FLAT_OUT_IN_FLIGHT,
+        help="commands kept in flight when --rate is 0 (server role)",
+    )
+    parser.add_argument(
         "--events-per-s", type=float, default=5000.0, help="the load of the latency run"
     )
     parser.add_argument("--sample", type=int, default=0)
@@ -712,7 +731,9 @@ def main() -> None:
 
         if args.mode == "exchange":
             uvloop.run(
-                serve_exchange(args.port, args.rate, args.durable_log, args.seconds, deflate)
+                serve_exchange(
+                    args.port, args.rate, args.durable_log, args.seconds, deflate, args.in_flight
+                )
             )
         elif args.mode == "bare-same":
             uvloop.run(serve_bare(args.port, args.seconds, deflate))
@@ -755,32 +776,54 @@ def throughput(args: argparse.Namespace, deflate: bool) -> dict[str, Any]:
     n = args.connections
     # the machine is shared: each throughput run is repeated, interleaved, and the best of
     # each kind counts (the same for the exchange and the baseline)
-    runs: dict[str, list[tuple[float, str]]] = {"exchange": [], "bare-same": []}
+    kinds = {
+        "exchange": ["--mode", "exchange"],
+        "light": ["--mode", "exchange", "--in-flight", str(LIGHT_IN_FLIGHT)],
+        "bare-same": ["--mode", "bare-same"],
+    }
+    runs: dict[str, list[tuple[float, str]]] = {kind: [] for kind in kinds}
     for repeat in range(args.repeat):
-        for offset, mode in enumerate(runs):
+        for offset, (kind, server_args) in enumerate(kinds.items()):
             port = args.port + 10 * (repeat + 1) + offset
-            result, events = measure(["--mode", mode], port, n, args.seconds)
-            runs[mode].append((result["received"] / result["seconds"], events))
-    deliveries, events = max(runs["exchange"])
+            result, events = measure(server_args, port, n, args.seconds)
+            runs[kind].append((result["received"] / result["seconds"], events))
+
+    def best(kind: str) -> tuple[float, str]:
+        tried = ", ".join(f"{rate:,.0f}" for rate, _ in runs[kind])
+        return max(runs[kind])[0], f"best of {tried}"
+
+    def trading(events: str) -> str:
+        return (
+            f"the best run's server, over its own {event_seconds(events):.1f} s of trading, "
+            f"the subscribers connected throughout: {event_rate(events):,.0f} events/s, "
+            f"{push_rate(events)[1]:,.0f} MB/s written"
+        )
+
+    deliveries, tried = best("exchange")
     print(
-        f"exchange: {deliveries:,.0f} deliveries/s to {n} subscribers; "
-        f"best of {', '.join(f'{rate:,.0f}' for rate, _ in runs['exchange'])} (the best run's "
-        f"server, over its own {event_seconds(events):.1f} s of trading, the subscribers "
-        f"connected throughout: {event_rate(events):,.0f} events/s, "
-        f"{push_rate(events)[1]:,.0f} MB/s written)"
+        f"exchange: {deliveries:,.0f} deliveries/s to {n} subscribers, "
+        f"{FLAT_OUT_IN_FLIGHT} commands in flight; {tried} "
+        f"({trading(max(runs['exchange'])[1])})"
     )
-    baseline = max(rate for rate, _ in runs["bare-same"])
+    light, light_tried = best("light")
+    baseline, base_tried = best("bare-same")
+    print(
+        f"lighter:  {light:,.0f} deliveries/s with {LIGHT_IN_FLIGHT} commands in flight "
+        f"(ratio {light / baseline:.2f}; {light_tried}; {trading(max(runs['light'])[1])}): "
+        "with less matching to share the loop with, the rounds come closer to the baseline's"
+    )
     print(
         f"baseline: {baseline:,.0f} deliveries/s (bare picows broadcast of the same bytes: "
         f"a {len(book_push())} B book push and a {len(trades_push()):,} B trades push, "
         f"{len(on_wire([trades_push()], deflate)):,} B on the wire, frame included, into "
-        f"sockets with the feed's {send_buffer_kib()} KiB send buffer); "
-        f"best of {', '.join(f'{rate:,.0f}' for rate, _ in runs['bare-same'])}"
+        f"sockets with the feed's {send_buffer_kib()} KiB send buffer); {base_tried}"
     )
     return {
         "deliveries_per_s": round(deliveries),
         "baseline_per_s": round(baseline),
         "ratio": round(deliveries / baseline, 3) if baseline else None,
+        "light_deliveries_per_s": round(light),
+        "light_ratio": round(light / baseline, 3) if baseline else None,
     }
 
 
