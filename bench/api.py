@@ -27,6 +27,7 @@ from pathlib import Path
 import httpx
 
 from openperps.signing import PrivateKey, sign_request
+from percentiles import percentile
 
 
 def free_port() -> int:
@@ -102,7 +103,7 @@ async def run(
             await asyncio.sleep(max(begin + n / paced_rate - time.perf_counter(), 0))
             tasks.append(asyncio.create_task(timed_order(n, paced)))
         await asyncio.gather(*tasks)
-        return orders, baseline, sorted(latencies), sorted(paced)
+        return orders, baseline, latencies, paced
 
 
 def main() -> None:
@@ -148,14 +149,12 @@ def main() -> None:
         finally:
             server.send_signal(signal.SIGINT)
             server.wait(timeout=30)
-    p50 = latencies[len(latencies) // 2]
-    p99 = latencies[int(len(latencies) * 0.99) - 1]
+    p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
     print(
         f"orders:   {orders:,.0f} signed orders/s ({args.concurrency} in flight), "
         f"p50 {p50:.2f} ms, p99 {p99:.2f} ms (request -> durable answer)"
     )
-    paced_p50 = paced[len(paced) // 2]
-    paced_p99 = paced[int(len(paced) * 0.99) - 1]
+    paced_p50, paced_p99 = percentile(paced, 0.5), percentile(paced, 0.99)
     print(
         f"paced:    {args.paced_rate:,.0f} orders/s, one task each: p50 {paced_p50:.2f} ms, "
         f"p99 {paced_p99:.2f} ms (the client has time to spare: the server's latency)"

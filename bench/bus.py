@@ -31,6 +31,7 @@ from openperps.core import commands as c
 from openperps.core.engine import Engine
 from openperps.core.markets import default_markets
 from openperps.runtime.sequencer import to_envelopes
+from percentiles import percentile
 
 
 def batches(count: int) -> list[Published]:
@@ -86,8 +87,7 @@ async def run(url: str, count: int, paced: int) -> dict[str, object]:
         assert await publisher.flush(10)
         waits.append((time.perf_counter() - started) * 1000)
     await publisher.close()
-    waits.sort()
-    p50, p99 = waits[len(waits) // 2], waits[int(len(waits) * 0.99)]
+    p50, p99 = percentile(waits, 0.5), percentile(waits, 0.99)
 
     nc = await nats.connect(url)
     await nc.jetstream().delete_stream(stream)

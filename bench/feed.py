@@ -80,6 +80,8 @@ from picows import (
     ws_create_server,
 )
 
+from percentiles import percentile
+
 ROOT = Path(__file__).resolve().parent.parent
 MARKET = 1338
 FLAT_OUT_IN_FLIGHT = 64
@@ -631,13 +633,6 @@ def send_buffer_kib() -> int:
     from openperps.feed.server import ServerLimits
 
     return ServerLimits.socket_send_buffer // 1024
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[max(int(len(ordered) * fraction + 0.5) - 1, 0)]
 
 
 def latencies(
