@@ -67,7 +67,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from picows import (
     WSFrame,
@@ -573,11 +573,11 @@ def tell(process: subprocess.Popen[str]) -> None:
 
 def measure(
     server_args: list[str], port: int, connections: int, seconds: float, sample: int = 0
-) -> tuple[dict[str, Any], str]:
+) -> tuple[dict[str, Any], ServerRun]:
     """One run: the server works for a second longer than the client measures, so that the
     client's window lies inside the server's; the client stays connected until the server
     has stopped counting. Returns what the client saw (with its window in wall-clock ns,
-    ``started_ns`` and ``ended_ns``) and the server's ``events`` line."""
+    ``started_ns`` and ``ended_ns``) and what the server says when it stops counting."""
     server = spawn(
         "--role", "server", "--port", str(port), "--seconds", str(seconds + 1), *server_args
     )
@@ -603,7 +603,7 @@ def measure(
     expect(load, "{")
     result = json.loads(result_file.read_text())
     shutil.rmtree(result_file.parent)
-    events = expect(server, "events")
+    events = ServerRun.parse(expect(server, "events"))
     tell(load)  # the server has stopped counting: the clients may leave
     load.wait(timeout=60)
     tell(server)
@@ -611,21 +611,26 @@ def measure(
     return result, events
 
 
-def event_rate(events_line: str) -> float:
-    """Events per second from the server's ``events MADE SECONDS PUSHES BYTES`` line."""
-    _word, made, seconds, _pushes, _bytes = events_line.split()
-    return int(made) / float(seconds)
+class ServerRun(NamedTuple):
+    """What a server says when it stops counting: ``events MADE SECONDS PUSHES BYTES``."""
 
+    events: int  # made by the exchange (0 for the bare broadcasts)
+    seconds: float  # how long its traders ran
+    pushes: int  # written
+    sent_bytes: int  # written
 
-def event_seconds(events_line: str) -> float:
-    """How long the traders ran, from the same line."""
-    return float(events_line.split()[2])
+    @classmethod
+    def parse(cls, line: str) -> ServerRun:
+        _word, made, seconds, pushes, sent = line.split()
+        return cls(int(made), float(seconds), int(pushes), int(sent))
 
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds
 
-def push_rate(events_line: str) -> tuple[float, float]:
-    """Pushes and megabytes per second the server wrote, from the same line."""
-    _word, _made, seconds, pushes, sent = events_line.split()
-    return int(pushes) / float(seconds), int(sent) / float(seconds) / 1e6
+    @property
+    def mb_per_s(self) -> float:
+        return self.sent_bytes / self.seconds / 1e6
 
 
 def send_buffer_kib() -> int:
@@ -776,7 +781,7 @@ def throughput(args: argparse.Namespace, deflate: bool) -> dict[str, Any]:
         "light": ["--mode", "exchange", "--in-flight", str(LIGHT_IN_FLIGHT)],
         "bare-same": ["--mode", "bare-same"],
     }
-    runs: dict[str, list[tuple[float, str]]] = {kind: [] for kind in kinds}
+    runs: dict[str, list[tuple[float, ServerRun]]] = {kind: [] for kind in kinds}
     for repeat in range(args.repeat):
         for offset, (kind, server_args) in enumerate(kinds.items()):
             port = args.port + 10 * (repeat + 1) + offset
@@ -787,11 +792,11 @@ def throughput(args: argparse.Namespace, deflate: bool) -> dict[str, Any]:
         tried = ", ".join(f"{rate:,.0f}" for rate, _ in runs[kind])
         return max(runs[kind])[0], f"best of {tried}"
 
-    def trading(events: str) -> str:
+    def trading(server: ServerRun) -> str:
         return (
-            f"the best run's server, over its own {event_seconds(events):.1f} s of trading, "
-            f"the subscribers connected throughout: {event_rate(events):,.0f} events/s, "
-            f"{push_rate(events)[1]:,.0f} MB/s written"
+            f"the best run's server, over its own {server.seconds:.1f} s of trading, "
+            f"the subscribers connected throughout: {server.events_per_s:,.0f} events/s, "
+            f"{server.mb_per_s:,.0f} MB/s written"
         )
 
     deliveries, tried = best("exchange")
