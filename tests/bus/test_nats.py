@@ -14,14 +14,16 @@ import nats
 import pytest
 
 from openperps.bus import Published
+from openperps.bus import nats as nats_bus
 from openperps.bus.nats import (
     ID_HEADER,
+    LAST_HEADER,
     MAX_MESSAGE_BYTES,
     NatsConsumer,
     NatsPublisher,
     encode_batches,
 )
-from openperps.store import SqliteEventLog
+from openperps.store import Envelope, SqliteEventLog
 from tests.runtime.test_demo import free_port
 from tests.services import unavailable
 
@@ -206,6 +208,49 @@ async def test_a_version_published_again_is_stored_once(names: tuple[str, str, s
         await nc.close()
 
     received = await consume(url, stream, subject, after=0, until=items[-1].last_version)
+    assert received.versions == list(range(1, items[-1].last_version + 1))
+
+
+async def test_a_message_with_nothing_new_is_skipped_unread(
+    names: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Old batches in the stream again, under an id the server does not know (published once
+    more after its duplicate window, say): a consumer past them reads their last version in
+    the header and does not decode them."""
+    url, stream, subject = names
+    items = batches(6)
+    await publish_all(url, stream, subject, items[:4], max_message_bytes=1)  # one each
+    decoded: list[bytes] = []
+    decode = nats_bus.decode_batches
+
+    def counted(data: bytes) -> list[list[Envelope]]:
+        decoded.append(data)
+        return decode(data)
+
+    monkeypatch.setattr(nats_bus, "decode_batches", counted)
+    received = Received()
+    consumer = NatsConsumer(url, after=0, stream=stream, subject=subject)
+    consumer.subscribe(received)
+    await consumer.start()
+    try:
+        await received.until(items[3].last_version)
+        reading = len(decoded)
+        nc = await nats.connect(url)
+        try:
+            again = encode_batches([b.envelopes for b in items[1:3]])
+            headers = {ID_HEADER: f"{items[1].first_version}-again"}
+            await nc.jetstream().publish(
+                subject, again, headers={**headers, LAST_HEADER: str(items[2].last_version)}
+            )
+        finally:
+            await nc.close()
+        await publish_all(url, stream, subject, items[4:], max_message_bytes=1)
+        await received.until(items[-1].last_version)
+    finally:
+        await consumer.stop()
+    assert consumer.messages == 7
+    assert again not in decoded[reading:], "the old batches were not decoded"
+    assert len(decoded) == 6
     assert received.versions == list(range(1, items[-1].last_version + 1))
 
 

@@ -6,7 +6,8 @@ them: a gateway's feed then pushes what the engine's own feed pushes), encoded o
 msgpack array of arrays of the envelopes the log stores (the events' own bytes travel as
 they are; nobody re-encodes an event). Its ``Nats-Msg-Id`` header is the first version it
 carries, so a message published again (a retry whose acknowledgement was lost) is dropped by
-the server inside the stream's duplicate window; ``Openperps-Last-Version`` names the last.
+the server inside the stream's duplicate window; ``Openperps-Last-Version`` names the last,
+so that a reader (or an operator's tool) knows a message's range without decoding it.
 
 The writer's side, ``NatsPublisher``, is handed batches by the in-process bus and never makes
 the writer wait (architecture.md, "Back-pressure"): ``publish`` only appends to a bounded
@@ -22,7 +23,8 @@ The reader's side, ``NatsConsumer``, delivers ``Published`` batches to its subsc
 version order, starting after any version: it looks up the message that holds the next
 version (a binary search over the stream by the id header) and consumes from there with an
 ordered consumer. Envelopes at or below the version already delivered are skipped (a
-duplicate, an overlap), and a hole (a dropped batch, a stream trimmed by its limits, a writer
+duplicate, an overlap; a message whose last version says it holds nothing new is not even
+decoded), and a hole (a dropped batch, a stream trimmed by its limits, a writer
 that crashed between its commit and its publish) is read from the event log before the
 message that follows it; a log that does not have it yet (a read replica behind) is asked
 again until it does, and nothing after the hole is delivered meanwhile. So a gateway that
@@ -465,7 +467,7 @@ class NatsConsumer:
                 message = await js.get_msg(self.stream, middle)
             except NotFoundError:
                 return found  # a message deleted under us: start lower, skipping is cheap
-            first = int((message.headers or {}).get(ID_HEADER, 0))
+            first = _header_number(message.headers, ID_HEADER)
             if first <= wanted:
                 found, low = middle, middle + 1
             else:
@@ -473,6 +475,10 @@ class NatsConsumer:
         return found
 
     async def _on_message(self, msg: Any) -> None:
+        self.messages += 1
+        last = _header_number(msg.headers, LAST_HEADER)
+        if last and last <= self.version:  # nothing new in it (published again, say)
+            return
         try:
             durable_at = _durable_at(msg.headers)
             async with self._delivering:
@@ -482,7 +488,6 @@ class NatsConsumer:
             # a broken message or a log that cannot be read: reported, and the next
             # message's hole check reads what this one missed from the log
             logger.exception("NATS consumer: a message could not be delivered")
-        self.messages += 1
 
     async def deliver(self, envelopes: Sequence[Envelope], durable_at: float = 0.0) -> None:
         """Deliver what one batch adds after ``version``, filling a hole from the log (in
@@ -550,3 +555,9 @@ def _durable_at(headers: dict[str, str] | None) -> float:
     except ValueError:
         return 0.0
     return value if math.isfinite(value) and value > 0 else 0.0
+
+
+def _header_number(headers: dict[str, str] | None, name: str) -> int:
+    """A version in a header; 0 when absent or unreadable."""
+    value = (headers or {}).get(name, "")
+    return int(value) if value.isascii() and value.isdigit() else 0
