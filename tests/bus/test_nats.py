@@ -252,6 +252,10 @@ async def test_a_message_with_nothing_new_is_skipped_unread(
     assert again not in decoded[reading:], "the old batches were not decoded"
     assert len(decoded) == 6
     assert received.versions == list(range(1, items[-1].last_version + 1))
+    # a consumer starting where its search for the next version meets that message's id
+    after = items[3].first_version
+    later = await consume(url, stream, subject, after=after, until=items[-1].last_version)
+    assert later.versions == list(range(after + 1, items[-1].last_version + 1))
 
 
 async def test_a_restarted_consumer_carries_on_from_where_it_stopped(

@@ -468,9 +468,9 @@ class NatsConsumer:
             except NotFoundError:
                 return found  # a message deleted under us: start lower, skipping is cheap
             first = _header_number(message.headers, ID_HEADER)
-            if first <= wanted:
+            if 0 < first <= wanted:
                 found, low = middle, middle + 1
-            else:
+            else:  # later, or an id that is no version (not ours): look lower, it is safe
                 high = middle - 1
         return found
 
