@@ -19,6 +19,7 @@ from openperps.feed.frames import inflate
 from openperps.feed.server import Connection, FeedServer
 from openperps.feed.session import Subscribe
 from openperps.indexer import ReadModels
+from openperps.indexer.models import FillRow, OrderRow
 from tests.feed.test_resume import BATCHES
 from tests.indexer.test_models import APT, PROFILES
 
@@ -146,8 +147,12 @@ async def test_a_resume_between_collect_and_flush_loses_and_repeats_nothing(
     resumed = live_versions(late_ws.sink, topic)
     assert len(everything) > 20, "the address had live changes"
     # exactly the steady client's records after the resume point, in its order: none lost,
-    # none twice
+    # none twice; and that order is the ledger's
     assert [v for v in everything if v > resume_from] == resumed
+    # and the steady client had every live change of the address, once, in ledger order
+    rows, covered = models.live_changes_since(address, 0)
+    kind = OrderRow if topic == "live_order_history" else FillRow
+    assert covered and everything == [row.version for row in rows if isinstance(row, kind)]
 
 
 class RawSocket(Socket):
