@@ -175,6 +175,47 @@ async def test_a_storage_fault_acknowledges_nothing_and_the_engine_recovers(rig:
     assert restart.state_hash() == seq.engine.state_hash() != before
 
 
+async def test_a_caller_that_stops_waiting_withdraws_nothing(rig: Rig) -> None:
+    """The engine has applied the command: its events are stored and published all the same,
+    in order with the ones after it."""
+    seq = rig.sequencer
+    await fund(seq, ALICE, 10**9)
+    published = len(rig.published)
+    impatient = asyncio.create_task(seq.execute(mint(ALICE, 5)))
+    await asyncio.sleep(0)  # handled and queued for the commit, not yet durable
+    impatient.cancel()
+    events = await seq.execute(mint(BOB, 7))
+    with pytest.raises(asyncio.CancelledError):
+        await impatient
+    assert [b.first_version for b in rig.published[published:]] == [
+        events[0].version - 2,  # the cancelled mint: a command and its one event
+        events[0].version,
+    ]
+    assert await rig.log.last_version() == seq.engine.version == events[-1].version
+    assert seq.engine.wallet(ALICE) == 5
+
+
+async def test_a_failed_commit_rebuilds_the_engine_even_if_no_caller_waits(rig: Rig) -> None:
+    seq = rig.sequencer
+    await fund(seq, ALICE, 10**9)
+    durable = await rig.log.last_version()
+    rig.log.failing = True
+    impatient = asyncio.create_task(seq.execute(mint(ALICE, 5)))
+    await asyncio.sleep(0)
+    impatient.cancel()  # gone before the commit fails
+    with pytest.raises(asyncio.CancelledError):
+        await impatient
+    for _ in range(100):  # the commit fails on the writer's task
+        if not seq.ready or seq.generation:
+            break
+        await asyncio.sleep(0.01)
+    rig.log.failing = False
+    events = await seq.execute(mint(BOB, 7))
+    assert seq.generation == 1, "rebuilt from the log"
+    assert events[0].version == durable + 1
+    assert seq.engine.wallet(ALICE) == 0
+
+
 async def test_a_snapshot_of_an_engine_that_was_rebuilt_is_discarded(rig: Rig) -> None:
     seq = rig.sequencer
     await fund(seq, ALICE, 10**9)

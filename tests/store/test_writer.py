@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 
 import pytest
 
@@ -228,3 +228,36 @@ async def test_an_empty_submission_is_acknowledged_at_once(
 ) -> None:
     await writer.submit([])
     assert faulty.appends == []
+
+
+async def test_each_batch_hears_its_outcome_in_version_order_waited_for_or_not(
+    faulty: FaultyLog, writer: GroupCommitWriter
+) -> None:
+    """The hook runs before the future resolves, for a submitter that stopped waiting too,
+    with None once durable and the exception otherwise; a hook that raises stops nothing."""
+    heard: list[tuple[int, str]] = []
+
+    def hook(first: int) -> Callable[[BaseException | None], None]:
+        def outcome(exc: BaseException | None) -> None:
+            heard.append((first, type(exc).__name__))
+            if first == 3:
+                raise RuntimeError("a broken hook")
+
+        return outcome
+
+    faulty.release.clear()
+    futures = [writer.enqueue(envelopes(v, 2), hook(v)) for v in (1, 3, 5)]
+    await faulty.in_append.wait()
+    futures[1].cancel()  # its submitter stopped waiting
+    faulty.release.set()
+    await futures[2]
+    assert heard == [(1, "NoneType"), (3, "NoneType"), (5, "NoneType")]
+    await assert_log(faulty, envelopes(1, 6))
+
+    faulty.fault = StorageFull("disk full (injected)")
+    with pytest.raises(StorageFull):
+        await writer.enqueue(envelopes(7, 1), hook(7))
+    assert heard[-1] == (7, "StorageFull")
+    faulty.fault = None
+    await writer.enqueue([], hook(0))
+    assert heard[-1] == (0, "NoneType"), "an empty batch hears at once"

@@ -91,19 +91,20 @@ class Sequencer:
         events = engine.handle(stamped)
         self.commands += 1
         envelopes = to_envelopes(events)
-        durable = self.writer.enqueue(envelopes)
         bus = self.bus
 
-        def published(future: asyncio.Future[None]) -> None:
-            if future.exception() is None:
+        def outcome(exc: BaseException | None) -> None:
+            # the writer calls this in version order, whether or not the caller still waits:
+            # a durable batch is published, a failed one has the engine rebuilt
+            if exc is None:
                 bus.publish(Published(envelopes, events, time.time()))
+            else:
+                self._start_recovery(exc)
 
-        # done-callbacks run in the order the writer resolves them: version order
-        durable.add_done_callback(published)
         try:
-            await asyncio.shield(durable)
+            # cancelling the caller withdraws nothing: the batch is stored and published
+            await self.writer.enqueue(envelopes, outcome)
         except Exception as exc:
-            self._start_recovery(exc)
             raise NotDurable(f"events {events[0].version}..{events[-1].version}: {exc}") from exc
         return events
 

@@ -17,7 +17,10 @@ commit, so once the fault clears the sequencer can resubmit the failed batches (
 the log) and later submissions are committed as usual.
 
 Cancelling the await of ``submit`` does not withdraw the batch: the sequencer has already
-applied those events, so the writer still stores them.
+applied those events, so the writer still stores them. A batch may come with a hook, called
+with the outcome (None once durable, else the exception) right before its future resolves,
+whether anyone still awaits it or not: what must happen once a batch is durable (publishing
+it) or has failed (rebuilding the engine) does not depend on the submitter still waiting.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import NamedTuple, Self
 
@@ -38,13 +41,27 @@ logger = logging.getLogger("openperps.store")
 
 DEFAULT_MAX_GROUP_EVENTS = 100_000
 
+# called with a batch's outcome: None once it is durable, else why it is not
+Outcome = Callable[[BaseException | None], None]
+
 
 class _Pending(NamedTuple):
     envelopes: Sequence[Envelope]
     future: asyncio.Future[None]
+    on_done: Outcome | None
 
 
-def _resolve(future: asyncio.Future[None], exc: BaseException | None = None) -> None:
+def _resolve(pending: _Pending, exc: BaseException | None = None) -> None:
+    """Tell a batch's submitter its outcome: the hook first, then the future (unless the
+    submitter stopped waiting)."""
+    if pending.on_done is not None:
+        try:
+            pending.on_done(exc)
+        except Exception:  # a broken hook must not stop the writer
+            logger.exception(
+                "the outcome hook of versions %d.. failed", pending.envelopes[0].version
+            )
+    future = pending.future
     if future.done():  # the submitter stopped waiting
         return
     if exc is None:
@@ -105,8 +122,11 @@ class GroupCommitWriter:
     ) -> None:
         await self.close()
 
-    def enqueue(self, envelopes: Sequence[Envelope]) -> asyncio.Future[None]:
+    def enqueue(
+        self, envelopes: Sequence[Envelope], on_done: Outcome | None = None
+    ) -> asyncio.Future[None]:
         """Queue a batch; the future resolves once it is durable, or fails with the reason.
+        ``on_done`` is called with the same outcome just before, in version order.
 
         Batches must be queued in version order. A batch that is not itself gap-free raises
         ``VersionGap`` here; one that does not continue the previous batch fails its future.
@@ -116,9 +136,11 @@ class GroupCommitWriter:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if not envelopes:
             future.set_result(None)
+            if on_done is not None:
+                on_done(None)
             return future
         check_batch(envelopes, envelopes[0].version)
-        self._queue.append(_Pending(envelopes, future))
+        self._queue.append(_Pending(envelopes, future, on_done))
         self._wakeup.set()
         return future
 
@@ -156,7 +178,7 @@ class GroupCommitWriter:
             pending = self._queue.popleft()
             first = pending.envelopes[0].version
             if first != self._next:
-                _resolve(pending.future, VersionGap(self._next, first))
+                _resolve(pending, VersionGap(self._next, first))
                 continue
             events.extend(pending.envelopes)
             self._next = pending.envelopes[-1].version + 1
@@ -176,18 +198,18 @@ class GroupCommitWriter:
             )
             self._next = None
             for pending in group:
-                _resolve(pending.future, exc)
+                _resolve(pending, exc)
             self._fail_queued(exc)
             return
         except BaseException:
             for pending in group:
-                _resolve(pending.future, LogClosed("the group-commit writer was cancelled"))
+                _resolve(pending, LogClosed("the group-commit writer was cancelled"))
             raise
         self._durable = events[-1].version
         self.groups_committed += 1
         for pending in group:
-            _resolve(pending.future)
+            _resolve(pending)
 
     def _fail_queued(self, exc: BaseException) -> None:
         while self._queue:
-            _resolve(self._queue.popleft().future, exc)
+            _resolve(self._queue.popleft(), exc)
