@@ -21,12 +21,21 @@ def _metrics(*rows: tuple[str, str, object]) -> list[str]:
     return lines
 
 
-def build_lines() -> list[str]:
+def exposition(*sections: list[str]) -> str:
+    """A process's ``/metrics`` text: the build, then each section."""
     build = "compiled" if is_compiled() else "pure"
-    return [
+    lines = [
         "# TYPE openperps_build_info gauge",
         f'openperps_build_info{{version="{__version__}",engine="{build}"}} 1',
     ]
+    for section in sections:
+        lines += section
+    return "\n".join(lines) + "\n"
+
+
+def version_lines(version: int) -> list[str]:
+    """The version the exchange's engine is at."""
+    return _metrics(("openperps_transaction_version", "gauge", version))
 
 
 def feed_lines(feed: FeedServer) -> list[str]:

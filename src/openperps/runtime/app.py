@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from openperps.bus import DEFAULT_STREAM, DEFAULT_SUBJECT, InProcessBus, Published
 from openperps.core import commands as c
 from openperps.core.markets import MarketConfig, default_markets
-from openperps.feed.prometheus import build_lines, feed_lines, publisher_lines
+from openperps.feed.prometheus import exposition, feed_lines, publisher_lines, version_lines
 from openperps.feed.server import FeedServer, ServerLimits
 from openperps.feed.session import FeedLimits
 from openperps.indexer import ReadModels
@@ -167,16 +167,11 @@ class Exchange:
 
     def metrics_text(self) -> str:
         """The Prometheus text of ``/metrics``: build, version, feed, and the bus if any."""
-        lines = build_lines()
-        if self.ready:
-            lines += [
-                "# TYPE openperps_transaction_version gauge",
-                f"openperps_transaction_version {self.sequencer.engine.version}",
-            ]
-        lines += feed_lines(self.feed)
-        if self.publisher is not None:
-            lines += publisher_lines(self.publisher)
-        return "\n".join(lines) + "\n"
+        return exposition(
+            version_lines(self.sequencer.engine.version) if self.ready else [],
+            feed_lines(self.feed),
+            publisher_lines(self.publisher) if self.publisher is not None else [],
+        )
 
     def _on_published(self, batch: Published) -> None:
         applied = self.models.apply_all(batch.events)

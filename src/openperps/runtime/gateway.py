@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from openperps.bus import DEFAULT_NATS_URL, DEFAULT_STREAM, DEFAULT_SUBJECT, Published
 from openperps.bus.nats import NatsConsumer
-from openperps.feed.prometheus import build_lines, consumer_lines, feed_lines
+from openperps.feed.prometheus import consumer_lines, exposition, feed_lines
 from openperps.feed.server import FeedServer, ServerLimits
 from openperps.feed.session import FeedLimits
 from openperps.runtime.startup import load_read_models
@@ -100,12 +100,10 @@ class Gateway:
         return self.http.port if self.http is not None else None
 
     def metrics_text(self) -> str:
-        lines = build_lines()
-        if self.feed is not None:
-            lines += feed_lines(self.feed)
-        if self.consumer is not None:
-            lines += consumer_lines(self.consumer)
-        return "\n".join(lines) + "\n"
+        return exposition(
+            feed_lines(self.feed) if self.feed is not None else [],
+            consumer_lines(self.consumer) if self.consumer is not None else [],
+        )
 
     @property
     def feed_port(self) -> int:
