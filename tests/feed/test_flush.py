@@ -347,3 +347,110 @@ async def test_frames_read_after_the_close_are_ignored() -> None:
     assert not server.hub.holders, "no subscription after the close"
     assert not conn.session.subscriptions
     assert not conn.queue and not ws.sink, "nothing answered"
+
+
+class PassSocket(RawSocket):
+    """Keeps every write as the object it was handed, so a test can tell one write per
+    pass and bytes shared between connections."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        super().write(data)
+
+    def writelines(self, chunks: list[bytes]) -> None:  # one write, as the event loop does
+        self.write(b"".join(chunks))
+
+
+def unsubscribe(conn: Connection, ws: WebSocket, request: dict[str, Any]) -> None:
+    conn.on_ws_frame(ws, Frame(json.dumps({"method": "unsubscribe", **request}).encode()))  # type: ignore[arg-type]
+
+
+def decoded(sock: PassSocket) -> list[dict[str, Any]]:
+    """Every frame a socket took, inflated where it went compressed, as JSON."""
+    out = []
+    for first, payload in frames(bytes(sock.wire)):
+        if first == 0xC1:
+            payload = inflate(payload, 1 << 20)
+        out.append(json.loads(payload))
+    return out
+
+
+async def test_connections_holding_the_same_subscriptions_get_one_shared_write_per_pass() -> None:
+    """Groups: the same subscriptions, the same bytes, one write per pass (compressed for
+    those that asked); other sets get exactly their own pushes; a connection that changes
+    what it holds moves group between two passes and loses nothing."""
+    models = ReadModels()
+    server = FeedServer(models)
+    models.apply_all(BATCHES[0])
+    market = {"market_id": APT}
+    who = {"address": PROFILES[0]}
+    kinds: dict[str, tuple[bool, list[tuple[str, dict[str, Any]]]]] = {
+        "plain": (False, [("orderbook", market), ("recent_trades", market)]),
+        "twin": (False, [("orderbook", market), ("recent_trades", market)]),
+        "packed": (True, [("orderbook", market), ("recent_trades", market)]),
+        "book": (False, [("orderbook", market)]),
+        "mixed": (
+            False,
+            [("orderbook", market), ("recent_trades", market), ("live_trade_history", who)],
+        ),
+        "mover": (False, [("orderbook", market), ("recent_trades", market)]),
+    }
+    conns: dict[str, tuple[Connection, WebSocket, PassSocket]] = {}
+    for name, (deflate, topics) in kinds.items():
+        sock = PassSocket()
+        conn, ws = connect(server, deflate=deflate, sock=sock)
+        for topic, key in topics:
+            subscribe(conn, {"topic": topic, **key})
+        conns[name] = (conn, ws, sock)
+    await asyncio.sleep(0)  # acks and snapshots, through the outboxes
+    for _conn, _ws, sock in conns.values():
+        sock.wire.clear()
+        sock.writes.clear()
+    mover, mover_ws, mover_sock = conns["mover"]
+    start = models.version  # every live change after it is pushed
+    passes = 0
+    moved_at = 0
+    for index, batch in enumerate(BATCHES[1:], 1):
+        server.on_applied(models.apply_all(batch))
+        if index % 4:
+            continue
+        counts = {name: len(sock.writes) for name, (_c, _w, sock) in conns.items()}
+        await asyncio.sleep(0)
+        passes += 1
+        for name, (_conn, _ws, sock) in conns.items():
+            assert len(sock.writes) - counts[name] <= 1, f"{name}: one write per pass"
+        if passes == 30:  # leaves recent_trades: from now on, the book's group
+            unsubscribe(mover, mover_ws, {"topic": "recent_trades", "id": 7, **market})
+            moved_at = len(mover_sock.writes)
+    assert moved_at, "the mover moved"
+
+    plain, twin, packed = (conns[name][2] for name in ("plain", "twin", "packed"))
+    assert len(plain.writes) > 20
+    assert len(twin.writes) == len(plain.writes)
+    assert all(a is b for a, b in zip(plain.writes, twin.writes, strict=True)), "shared bytes"
+    assert any(first == 0xC1 for first, _ in frames(bytes(packed.wire)))
+    assert decoded(packed) == decoded(plain), "the same pushes, compressed where large"
+    assert not any(first == 0xC1 for first, _ in frames(bytes(plain.wire)))
+
+    group_pushes = decoded(plain)
+    books = [push for push in group_pushes if push["message"] == "orderbook"]
+    assert decoded(conns["book"][2]) == books
+    mixed = decoded(conns["mixed"][2])
+    assert [push for push in mixed if push["message"] != "live_trade_history"] == group_pushes
+    live = [
+        push["transaction_version"] for push in mixed if push["message"] == "live_trade_history"
+    ]
+    rows, covered = models.live_changes_since(PROFILES[0], start)
+    assert covered and live and live == [row.version for row in rows if isinstance(row, FillRow)]
+
+    # the mover: the group's pushes until it left, the book's after (an ack between)
+    mover_pushes = decoded(mover_sock)
+    (ack_index,) = [i for i, push in enumerate(mover_pushes) if push["message"] == "unsubscribed"]
+    before, after = mover_pushes[:ack_index], mover_pushes[ack_index + 1 :]
+    assert before == group_pushes[: len(before)]
+    assert after and all(push["message"] == "orderbook" for push in after)
+    assert after == books[-len(after) :]
