@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 import websockets
 
 from openperps.core import commands as c
-from openperps.runtime.app import Exchange
+from openperps.runtime.app import Exchange, Settings
 
 ALICE = "0x" + "a1" * 32
 BOB = "0x" + "b2" * 32
@@ -154,3 +155,47 @@ async def test_resume_with_since_version_loses_and_repeats_nothing(exchange: Exc
         assert frame["data"]["price"] == "7.1" and frame["transaction_version"] > version
         with pytest.raises(TimeoutError):
             await recv(ws, timeout=0.3)
+
+
+async def test_a_resume_older_than_retention_is_told_then_given_the_current_state(
+    tmp_path: Path,
+) -> None:
+    """``since_version`` past what the feed keeps: a coded error naming the subscription, the
+    newest record as a fresh start, then live pushes as usual; the connection stays open."""
+    ex = Exchange(Settings(db=str(tmp_path / "events.sqlite3"), ws_port=0, live_retention=2))
+    await ex.start()
+    try:
+        await trade(ex)
+        for price in (7100, 7200, 7300):
+            await ex.sequencer.execute(
+                c.PlaceLimitOrder(
+                    timestamp=0,
+                    profile=BOB,
+                    market_id=APT,
+                    trade_side=False,
+                    direction=False,
+                    size=100,
+                    price=price,
+                    leverage=10,
+                )
+            )
+        async with websockets.connect(url(ex)) as ws:
+            request = {"topic": "live_order_history", "address": BOB, "since_version": 1, "id": 4}
+            await ws.send(json.dumps(request))
+            assert (await recv(ws))["message"] == "subscribed"
+            error = await recv(ws)
+            assert error["message"] == "error" and error["id"] == 4
+            assert error["error"]["code"] == "version_too_old"
+            assert error["error"]["request"] == {"topic": "live_order_history", "address": BOB}
+            latest = await recv(ws)
+            assert latest["message"] == "live_order_history"
+            assert latest["data"]["price"] == "7.3", "the newest record, as a fresh start"
+            order_id = int(latest["data"]["order_id"])
+            await ex.sequencer.execute(
+                c.CancelOrder(timestamp=0, profile=BOB, market_id=APT, order_id=order_id)
+            )
+            cancelled = await recv(ws)
+            assert cancelled["data"]["status"] == "Cancelled"
+            assert cancelled["transaction_version"] > latest["transaction_version"]
+    finally:
+        await ex.stop()
