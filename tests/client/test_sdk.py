@@ -14,6 +14,7 @@ import uvicorn
 
 from openperps.api.app import create_app
 from openperps.client import ApiError, Client, Feed
+from openperps.core import commands as c
 from openperps.feed.session import CLOSE_SLOW_CONSUMER
 from openperps.runtime.app import Exchange, Settings
 from openperps.signing import PrivateKey
@@ -139,3 +140,57 @@ async def test_the_feed_resumes_across_forced_disconnects(server: Server) -> Non
         versions = [r["transaction_version"] for r in received]
         assert versions == [r.version for r in expected]  # every change once, in order
         assert feed.reconnects >= 5
+
+
+async def test_the_feed_says_so_when_it_was_away_longer_than_the_server_keeps(
+    tmp_path: Path,
+) -> None:
+    """Past ``live_retention`` a resume cannot be exact: the bot gets a ``version_too_old``
+    error push, then the newest record, then live pushes again."""
+    exchange = Exchange(Settings(db=str(tmp_path / "events.sqlite3"), ws_port=0, live_retention=2))
+    await exchange.start()
+    try:
+        profile = "0x" + "c3" * 32
+        async with Feed(f"ws://127.0.0.1:{exchange.feed.port}/ws/", max_backoff=0.2) as feed:
+            await feed.subscribe("live_order_history", address=profile)
+            seq = exchange.sequencer
+            await seq.execute(c.Mint(timestamp=0, profile=profile, amount=10**9))
+            await seq.execute(c.Deposit(timestamp=0, profile=profile, amount=10**9))
+
+            async def order(price: int) -> None:
+                await seq.execute(
+                    c.PlaceLimitOrder(
+                        timestamp=0,
+                        profile=profile,
+                        market_id=int(APT),
+                        trade_side=True,
+                        direction=False,
+                        size=100,
+                        price=price,
+                        leverage=5,
+                    )
+                )
+
+            await order(6000)
+            first = await feed.next(timeout=5)
+            assert first.topic == "live_order_history" and first.data["price"] == "6"
+            for conn in list(exchange.feed.connections):
+                conn.close(CLOSE_SLOW_CONSUMER, "forced by the test")
+            while exchange.feed.connections:
+                await asyncio.sleep(0.01)
+            for price in (6100, 6200, 6300, 6400):  # more than the server keeps
+                await order(price)
+            error = await feed.next(timeout=5)
+            assert error.topic == "error"
+            assert error.raw["error"]["code"] == "version_too_old"
+            newest = await feed.next(timeout=5)
+            assert newest.topic == "live_order_history" and newest.data["price"] == "6.4"
+            await order(6500)
+            live = await feed.next(timeout=5)
+            assert (
+                live.data["price"] == "6.5"
+                and live.raw["transaction_version"] > newest.raw["transaction_version"]
+            )
+            assert feed.reconnects == 1
+    finally:
+        await exchange.stop()
