@@ -350,8 +350,7 @@ async def test_frames_read_after_the_close_are_ignored() -> None:
 
 
 class PassSocket(RawSocket):
-    """Keeps every write as the object it was handed, so a test can tell one write per
-    pass and bytes shared between connections."""
+    """Keeps every write, so a test can tell one write per pass."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -379,10 +378,10 @@ def decoded(sock: PassSocket) -> list[dict[str, Any]]:
     return out
 
 
-async def test_connections_holding_the_same_subscriptions_get_one_shared_write_per_pass() -> None:
-    """Groups: the same subscriptions, the same bytes, one write per pass (compressed for
-    those that asked); other sets get exactly their own pushes; a connection that changes
-    what it holds moves group between two passes and loses nothing."""
+async def test_each_connection_gets_exactly_its_own_pushes_in_one_write_per_pass() -> None:
+    """Connections holding the same subscriptions get the same bytes, one write per pass
+    (compressed for those that asked); other sets of subscriptions get exactly their own
+    pushes; a connection that drops a subscription between two passes loses nothing else."""
     models = ReadModels()
     server = FeedServer(models)
     models.apply_all(BATCHES[0])
@@ -423,7 +422,7 @@ async def test_connections_holding_the_same_subscriptions_get_one_shared_write_p
         passes += 1
         for name, (_conn, _ws, sock) in conns.items():
             assert len(sock.writes) - counts[name] <= 1, f"{name}: one write per pass"
-        if passes == 30:  # leaves recent_trades: from now on, the book's group
+        if passes == 30:  # leaves recent_trades: from now on, what "book" gets
             unsubscribe(mover, mover_ws, {"topic": "recent_trades", "id": 7, **market})
             moved_at = len(mover_sock.writes)
     assert moved_at, "the mover moved"
@@ -431,26 +430,27 @@ async def test_connections_holding_the_same_subscriptions_get_one_shared_write_p
     plain, twin, packed = (conns[name][2] for name in ("plain", "twin", "packed"))
     assert len(plain.writes) > 20
     assert len(twin.writes) == len(plain.writes)
-    assert all(a is b for a, b in zip(plain.writes, twin.writes, strict=True)), "shared bytes"
+    assert plain.writes == twin.writes
     assert any(first == 0xC1 for first, _ in frames(bytes(packed.wire)))
     assert decoded(packed) == decoded(plain), "the same pushes, compressed where large"
     assert not any(first == 0xC1 for first, _ in frames(bytes(plain.wire)))
 
-    group_pushes = decoded(plain)
-    books = [push for push in group_pushes if push["message"] == "orderbook"]
+    shared_pushes = decoded(plain)
+    books = [push for push in shared_pushes if push["message"] == "orderbook"]
     assert decoded(conns["book"][2]) == books
     mixed = decoded(conns["mixed"][2])
-    assert [push for push in mixed if push["message"] != "live_trade_history"] == group_pushes
+    assert [push for push in mixed if push["message"] != "live_trade_history"] == shared_pushes
     live = [
         push["transaction_version"] for push in mixed if push["message"] == "live_trade_history"
     ]
     rows, covered = models.live_changes_since(PROFILES[0], start)
     assert covered and live and live == [row.version for row in rows if isinstance(row, FillRow)]
 
-    # the mover: the group's pushes until it left, the book's after (an ack between)
+    # the mover: the book and trades until it left the trades, the book's after (an ack
+    # between)
     mover_pushes = decoded(mover_sock)
     (ack_index,) = [i for i, push in enumerate(mover_pushes) if push["message"] == "unsubscribed"]
     before, after = mover_pushes[:ack_index], mover_pushes[ack_index + 1 :]
-    assert before == group_pushes[: len(before)]
+    assert before == shared_pushes[: len(before)]
     assert after and all(push["message"] == "orderbook" for push in after)
     assert after == books[-len(after) :]

@@ -19,18 +19,12 @@ Pushes (ws-protocol.md):
 The snapshot join: a snapshot is taken between two applied batches, at the read models'
 version V, so the pushes of the next batch (all above V) follow it with nothing missing or
 repeated.
-
-Groups: connections that hold exactly the same subscriptions get exactly the same pushes, so
-the hub keeps them together (``Group``) and the server builds what a round has for a group
-once, in one piece, and writes that to each member. A market-data feed's thousands of
-subscribers to one market's book and trades are one group, and a round costs them one write
-each and nothing more.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -39,18 +33,19 @@ from openperps.indexer.models import Applied, FillRow, OrderRow
 from openperps.indexer.topics import LIVE_TOPICS, TopicData
 from openperps.wire.shapes import ENCODER
 
-C = TypeVar("C", bound=Hashable)  # what the server calls a connection
+Conn = Hashable
 
 STATE_CACHE_BYTES = 8 * 1024 * 1024  # list states kept at one version; cleared when over
 
 
 class Push(NamedTuple):
-    """A frame that is never coalesced, for every connection that holds ``subscription``
-    when it is written (one that left in between does not get it)."""
+    """A frame that is never coalesced, for every holder of ``subscription`` (the set itself,
+    so a connection that leaves before it is written does not get it)."""
 
     frame: bytes
     version: int  # the version it brings its subscription to
     subscription: Subscription
+    holders: set[Conn]
 
 
 def push_frame(topic: str, data: Any, version: int, **extra: Any) -> bytes:
@@ -59,26 +54,11 @@ def push_frame(topic: str, data: Any, version: int, **extra: Any) -> bytes:
     return ENCODER.encode(frame)
 
 
-class Group(Generic[C]):
-    """The connections holding exactly ``subscriptions``: each push of one of them goes to
-    every member, so a round's pushes for the group are the same bytes for all of them."""
-
-    __slots__ = ("members", "subscriptions")
-
-    def __init__(self, subscriptions: frozenset[Subscription]) -> None:
-        self.subscriptions = subscriptions
-        self.members: set[C] = set()
-
-
-class Hub(Generic[C]):
+class Hub:
     def __init__(self, data: TopicData) -> None:
         self.data = data
-        self.holders: dict[Subscription, set[C]] = {}
+        self.holders: dict[Subscription, set[Conn]] = {}
         self.by_key: dict[tuple[str, str | int | None], set[Subscription]] = {}
-        self.groups: dict[frozenset[Subscription], Group[C]] = {}
-        self.group_of: dict[C, Group[C]] = {}
-        # subscription -> the groups holding it (every one with members)
-        self.groups_holding: dict[Subscription, dict[Group[C], None]] = {}
         self.book_versions: dict[int, int] = {}  # market -> version of the last delta sent
         # list states rendered at ``_states_version``, and the bytes they hold
         self._states: dict[Subscription, bytes] = {}
@@ -91,22 +71,17 @@ class Hub(Generic[C]):
 
     # -- membership -----------------------------------------------------------------------------
 
-    def add(self, conn: C, subscription: Subscription) -> None:
+    def add(self, conn: Conn, subscription: Subscription) -> None:
         holders = self.holders.get(subscription)
         if holders is None:
             holders = self.holders[subscription] = set()
             key = (subscription.topic, subscription.key)
             self.by_key.setdefault(key, set()).add(subscription)
-        if conn in holders:
-            return
         holders.add(conn)
-        group = self.group_of.get(conn)
-        held = group.subscriptions if group is not None else frozenset()
-        self._regroup(conn, group, held | {subscription})
 
-    def remove(self, conn: C, subscription: Subscription) -> None:
+    def remove(self, conn: Conn, subscription: Subscription) -> None:
         holders = self.holders.get(subscription)
-        if holders is None or conn not in holders:
+        if holders is None:
             return
         holders.discard(conn)
         if not holders:
@@ -117,39 +92,10 @@ class Hub(Generic[C]):
                 subs.discard(subscription)
                 if not subs:
                     del self.by_key[key]
-        group = self.group_of.get(conn)
-        if group is not None:
-            self._regroup(conn, group, group.subscriptions - {subscription})
 
-    def drop(self, conn: C, subscriptions: Sequence[Subscription]) -> None:
-        """``conn`` leaves: every subscription in ``subscriptions`` and its group."""
-        group = self.group_of.get(conn)
-        if group is not None:
-            self._regroup(conn, group, frozenset())
+    def drop(self, conn: Conn, subscriptions: Sequence[Subscription]) -> None:
         for subscription in subscriptions:
             self.remove(conn, subscription)
-
-    def _regroup(self, conn: C, group: Group[C] | None, held: frozenset[Subscription]) -> None:
-        """Move ``conn`` from ``group`` to the group of those holding ``held`` (none if empty)."""
-        if group is not None:
-            group.members.discard(conn)
-            if not group.members:
-                del self.groups[group.subscriptions]
-                for subscription in group.subscriptions:
-                    holding = self.groups_holding[subscription]
-                    del holding[group]
-                    if not holding:
-                        del self.groups_holding[subscription]
-        if not held:
-            self.group_of.pop(conn, None)
-            return
-        new = self.groups.get(held)
-        if new is None:
-            new = self.groups[held] = Group(held)
-            for subscription in held:
-                self.groups_holding.setdefault(subscription, {})[new] = None
-        new.members.add(conn)
-        self.group_of[conn] = new
 
     # -- frames ---------------------------------------------------------------------------------
 
@@ -211,8 +157,9 @@ class Hub(Generic[C]):
                 rows.sort(key=lambda r: r.version)
                 frames = self._live_frames(topic, rows)
                 for subscription in sorted(subs):
+                    holders = self.holders[subscription]
                     for row_version, frame in frames:
-                        pushes.append(Push(frame, row_version, subscription))
+                        pushes.append(Push(frame, row_version, subscription, holders))
                 continue
             for subscription in sorted(subs):
                 if subscription.delta:
@@ -221,7 +168,9 @@ class Hub(Generic[C]):
                         deltas[market_id] = self._delta(market_id, applied, version)
                     delta = deltas[market_id]
                     if delta is not None:
-                        pushes.append(Push(delta, version, subscription))
+                        pushes.append(
+                            Push(delta, version, subscription, self.holders[subscription])
+                        )
                     continue
                 changed.append(subscription)
         return pushes, changed

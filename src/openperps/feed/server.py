@@ -26,7 +26,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import KeysView
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -51,7 +51,7 @@ from openperps.feed.frames import (
     text_frame,
     with_deflate,
 )
-from openperps.feed.hub import Group, Hub, Push
+from openperps.feed.hub import Hub, Push
 from openperps.feed.session import (
     CLOSE_POLICY,
     CLOSE_SERVER_RESTART,
@@ -320,7 +320,7 @@ class FeedServer:
         server_limits: ServerLimits | None = None,
     ) -> None:
         self.models = models
-        self.hub: Hub[Connection] = Hub(TopicData(models))
+        self.hub = Hub(TopicData(models))
         self.limits = limits or FeedLimits()
         self.server_limits = server_limits or ServerLimits()
         self.connections: set[Connection] = set()
@@ -454,9 +454,8 @@ class FeedServer:
 
     def _flush(self) -> None:
         """Write everything since the last pass: each connection's own frames, then the
-        pushes, each built (and framed, and compressed if anyone takes it so) once. What a
-        round has for a group of connections holding the same subscriptions is joined once
-        and written to each member as the same bytes, in one write."""
+        pushes, each built (and framed, and compressed if anyone takes it so) once and written
+        to every holder as the same bytes, in one write per connection."""
         self._flush_scheduled = False
         hub = self.hub
         version = hub.version
@@ -464,51 +463,74 @@ class FeedServer:
         changed, self._changed = self._changed, {}
         dirty, self._dirty = self._dirty, set()
         durable, self._durable = self._durable, []
+        limit = self.server_limits.deflate_min_bytes
         # every push, in the order a connection must get them
-        out = [_Outgoing(push.frame, push.version, push.subscription, False) for push in pushes]
+        out: list[_Outgoing] = [
+            _Outgoing(push.frame, push.version, push.subscription, False, push.holders)
+            for push in pushes
+            if push.holders
+        ]
         for subscription in changed:
-            if hub.holders.get(subscription):  # list state: built now, once, at this version
-                out.append(_Outgoing(hub.render(subscription), version, subscription, True))
-        # what each group gets this round, in that order
-        rounds: dict[Group[Connection], list[_Outgoing]] = {}
-        holding = hub.groups_holding
-        for item in out:
-            for group in holding.get(item.subscription, ()):
-                items = rounds.get(group)
-                if items is None:
-                    rounds[group] = [item]
-                else:
-                    items.append(item)
+            holders = hub.holders.get(subscription)
+            if holders:  # list state: built now, once, at the version it is written at
+                out.append(
+                    _Outgoing(hub.render(subscription), version, subscription, True, holders)
+                )
 
         # connections with frames of their own, or that cannot take more, go through their
-        # outbox; everyone else gets the group's bytes straight to the socket, in one write
+        # outbox; everyone else gets the shared bytes straight to the socket, in one write
         careful = dirty | self.paused if self.paused else dirty
-        wires = _Wires(self)
+        writes: defaultdict[Connection, list[bytes]] = defaultdict(list)
+        # each payload framed once, and compressed only when a holder takes it so; book
+        # deltas are the same bytes for every depth subscribed to
+        framed: dict[int, tuple[bytes, bytes | None]] = {}
         messages = sent_bytes = compressed = 0  # what the shared path writes
-        for group, items in rounds.items():
-            joined: dict[bool, tuple[bytes, int]] = {}  # deflate -> bytes, compressed frames
-            for conn in group.members:
-                deflate = conn.deflate
+        for item in out:
+            payload = item.payload
+            plain, packed = framed.get(id(payload)) or (text_frame(payload), None)
+            compressible = limit and len(payload) >= limit
+            written = taking = 0  # connections given it straight, of which compressed
+            if not careful and not compressible:  # the common case, kept tight
+                for conn in item.holders:
+                    writes[conn].append(plain)
+                messages += len(item.holders)
+                sent_bytes += len(item.holders) * len(plain)
+                framed[id(payload)] = (plain, packed)
+                continue
+            for conn in item.holders:
+                if compressible and conn.deflate:
+                    if packed is None:  # a list state: the one its new subscribers get too
+                        packed = (
+                            self.wire(payload, True) if item.coalesced else deflated_frame(payload)
+                        )
+                    wire = packed
+                else:
+                    wire = plain
                 if careful and conn in careful:
-                    for item in items:
-                        if conn.joined.get(item.subscription, -1) < item.version:
-                            wire = wires.frame(item, deflate)
-                            conn.enqueue(item.subscription if item.coalesced else None, wire)
+                    if conn.joined.get(item.subscription, -1) < item.version:
+                        conn.enqueue(item.subscription if item.coalesced else None, wire)
                     continue
-                raw = conn.raw
-                if raw.is_closing():  # picows closed it (a dead peer); about to be forgotten
-                    continue
-                variant = joined.get(deflate)
-                if variant is None:
-                    variant = joined[deflate] = wires.joined(items, deflate)
-                data, packed = variant
-                raw.write(data)
-                messages += len(items)
-                sent_bytes += len(data)
-                compressed += packed
+                writes[conn].append(wire)
+                written += 1
+                taking += wire is packed
+            framed[id(payload)] = (plain, packed)
+            messages += written
+            compressed += taking
+            sent_bytes += (written - taking) * len(plain) + (taking * len(packed) if packed else 0)
         for conn in careful:
             conn.joined.clear()
             conn.flush()
+        for conn, wires in writes.items():
+            raw = conn.raw
+            if raw.is_closing():  # picows closed it (a dead peer); it is about to be forgotten
+                messages -= len(wires)  # counted as written above: not written after all
+                sent_bytes -= sum(map(len, wires))
+                compressed -= sum(wire[0] == COMPRESSED_TEXT for wire in wires)
+                continue
+            if len(wires) == 1:
+                raw.write(wires[0])
+            else:
+                raw.writelines(wires)
         metrics = self.metrics
         metrics.messages_sent += messages
         metrics.bytes_sent += sent_bytes
@@ -524,36 +546,4 @@ class _Outgoing(NamedTuple):
     version: int
     subscription: Subscription
     coalesced: bool  # list state: a newer one may replace it in an outbox
-
-
-class _Wires:
-    """One round's frames: each payload framed once, and compressed once, only when a
-    connection that takes it so gets it (book deltas are the same bytes for every depth
-    subscribed to, so they are keyed by the payload object)."""
-
-    def __init__(self, server: FeedServer) -> None:
-        self.server = server
-        self.limit = server.server_limits.deflate_min_bytes
-        self.plain: dict[int, bytes] = {}
-        self.packed: dict[int, bytes] = {}
-
-    def frame(self, item: _Outgoing, deflate: bool) -> bytes:
-        payload = item.payload
-        if deflate and self.limit and len(payload) >= self.limit:
-            packed = self.packed.get(id(payload))
-            if packed is None:
-                # a list state: the one its new subscribers get too
-                packed = self.packed[id(payload)] = (
-                    self.server.wire(payload, True) if item.coalesced else deflated_frame(payload)
-                )
-            return packed
-        plain = self.plain.get(id(payload))
-        if plain is None:
-            plain = self.plain[id(payload)] = text_frame(payload)
-        return plain
-
-    def joined(self, items: list[_Outgoing], deflate: bool) -> tuple[bytes, int]:
-        """``items`` as one write for a connection, and how many of them go compressed."""
-        frames = [self.frame(item, deflate) for item in items]
-        packed = sum(frame[0] == COMPRESSED_TEXT for frame in frames) if deflate else 0
-        return (frames[0] if len(frames) == 1 else b"".join(frames)), packed
+    holders: set[Any]
