@@ -91,3 +91,39 @@ async def test_the_sync_client_works_without_an_event_loop(server: Server) -> No
     assert balance["freeBalance"] == Decimal("60")  # type: ignore[index]
     assert wallet == Decimal("40")
     assert positions == [] and str(profile).startswith("0x")
+
+
+async def test_a_shallow_local_book_stays_the_servers_top_levels_as_better_ones_go(
+    server: Server,
+) -> None:
+    """A book kept at depth 3: cancelling the best bids one by one brings deeper levels into
+    view, and the local book shows them, level for level, as the server holds them."""
+    maker = Client(server.http, PrivateKey.generate())
+    models = server.exchange.models
+    async with maker, Feed(server.ws) as feed:
+        local = await feed.book(APT, depth=3)
+        await maker.mint_test_tokens("100000")
+        await maker.deposit("100000")
+        for i in range(8):
+            await maker.place_limit_order(
+                APT, long=True, size=str(i + 1), price=f"{6.9 - i / 100:.2f}", leverage=5
+            )
+
+        def servers_top() -> list[tuple[Decimal, Decimal]]:
+            bids, _asks = models.book_of(1338)
+            return [(Decimal(p) / 1000, Decimal(s) / 100) for p, s in bids[:3]]
+
+        async def caught_up() -> None:
+            # a change deeper than the window sends nothing: read until the book matches
+            async with asyncio.timeout(5):
+                while local.version is None or local.levels(3)[0] != servers_top():
+                    await feed.next()  # the book fills as the feed is read
+
+        await caught_up()
+        assert len(local.bids) == 3
+        orders = sorted(await maker.open_orders(APT), key=lambda o: -Decimal(o.price))
+        for order in orders[:5]:  # the best bid goes, a deeper one comes into view
+            await maker.cancel_orders(APT, [order.order_id])
+            await caught_up()
+            assert len(local.bids) == 3, "exactly the depth asked for, nothing deeper"
+        assert servers_top()[0][0] == Decimal("6.85")

@@ -150,3 +150,41 @@ def test_states_over_the_cache_budget_are_dropped_not_kept(monkeypatch: pytest.M
     assert data.taken == 2
     assert hub.render(BOOK) == fresh(data, BOOK) and data.taken == 2
     assert hub.render(TRADES) == trades and data.taken == 3  # built again, the same
+
+
+def fold(book: dict[tuple[bool, float], str], frame: dict[str, object]) -> None:
+    """Apply a book push as a client does: a snapshot replaces, a delta updates (size "0"
+    removes)."""
+    if frame.get("mode") == "snapshot":
+        book.clear()
+    data = frame["data"]
+    assert isinstance(data, list)
+    for level in data:
+        key = (level["is_ask"], level["price"])
+        if level["size"] == "0":
+            book.pop(key, None)
+        else:
+            book[key] = level["size"]
+
+
+@pytest.mark.parametrize("depth", [1, 2, 5, 1000])
+def test_book_deltas_keep_a_client_at_exactly_the_top_levels_it_asked_for(depth: int) -> None:
+    """Snapshot, then deltas: after every batch the client's book is the server's own top
+    ``depth`` levels a side, however levels leave and enter that window."""
+    models = ReadModels()
+    subscription = Subscription("orderbook", APT, depth, delta=True)
+    hub = Hub(TopicData(models))
+    models.apply_all(BATCHES[0])
+    hub.add("client", subscription)
+    book: dict[tuple[bool, float], str] = {}
+    fold(book, decode_frame(hub.snapshot(subscription)[0][0]))
+    checked = 0
+    for batch in BATCHES[1:]:
+        pushes, _changed = hub.collect(models.apply_all(batch))
+        for push in pushes:
+            fold(book, decode_frame(push.frame))
+        truth: dict[tuple[bool, float], str] = {}
+        fold(truth, decode_frame(fresh(hub.data, subscription)))
+        assert book == truth, f"after version {models.version}"
+        checked += bool(pushes)
+    assert checked > 30

@@ -114,7 +114,8 @@ class Feed:
             await self._ws.send(json.dumps(self._request(request)))
 
     async def book(self, market_id: str, depth: int = 100) -> LocalBook:
-        """Keep a local copy of a market's book from delta pushes (re-snapshots on a gap)."""
+        """Keep a local copy of a market's book from delta pushes: exactly the best ``depth``
+        levels a side, as the server holds them (re-snapshots on a gap)."""
         local = self.books.get(str(market_id))
         if local is None:
             local = self.books[str(market_id)] = LocalBook(str(market_id))

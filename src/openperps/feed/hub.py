@@ -14,7 +14,11 @@ Pushes (ws-protocol.md):
 - live topics: one frame per change, ``"data"`` a single record, in version order;
 - orderbook in delta mode: ``{"message": "orderbook", "mode": "delta", "data": [changed
   levels, size "0" = removed], "transaction_version": V, "prev_version": P}``; a client whose
-  book is at version B applies it when P <= B < V and re-subscribes when P > B (a gap).
+  book is at version B applies it when P <= B < V and re-subscribes when P > B (a gap). Each
+  depth (``limit``) is a stream of its own that keeps its clients at exactly the top N levels
+  a side: besides the changed levels inside the window, a delta names every level that
+  entered it (a better level went away) with its size and every level that left it (a
+  better one came in) with size "0".
 
 The snapshot join: a snapshot is taken between two applied batches, at the read models'
 version V, so the pushes of the next batch (all above V) follow it with nothing missing or
@@ -23,6 +27,7 @@ repeated.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Hashable, Sequence
 from typing import Any, NamedTuple
 
@@ -59,7 +64,10 @@ class Hub:
         self.data = data
         self.holders: dict[Subscription, set[Conn]] = {}
         self.by_key: dict[tuple[str, str | int | None], set[Subscription]] = {}
-        self.book_versions: dict[int, int] = {}  # market -> version of the last delta sent
+        # delta streams, one per (market, depth): the version of the last delta sent, and
+        # the prices (bids, asks) their clients hold
+        self.book_versions: dict[tuple[int, int], int] = {}
+        self.windows: dict[tuple[int, int], tuple[frozenset[int], frozenset[int]]] = {}
         # list states rendered at ``_states_version``, and the bytes they hold
         self._states: dict[Subscription, bytes] = {}
         self._states_version = -1
@@ -72,11 +80,15 @@ class Hub:
     # -- membership -----------------------------------------------------------------------------
 
     def add(self, conn: Conn, subscription: Subscription) -> None:
+        """``conn`` holds ``subscription`` from the current version on (its snapshot's)."""
         holders = self.holders.get(subscription)
         if holders is None:
             holders = self.holders[subscription] = set()
             key = (subscription.topic, subscription.key)
             self.by_key.setdefault(key, set()).add(subscription)
+            if subscription.delta:  # a new stream: its window is the snapshot's
+                stream = (int(subscription.key or 0), subscription.limit)
+                self.windows[stream] = self._window(*stream)
         holders.add(conn)
 
     def remove(self, conn: Conn, subscription: Subscription) -> None:
@@ -86,6 +98,10 @@ class Hub:
         holders.discard(conn)
         if not holders:
             del self.holders[subscription]
+            if subscription.delta:
+                stream = (int(subscription.key or 0), subscription.limit)
+                self.windows.pop(stream, None)
+                self.book_versions.pop(stream, None)
             key = (subscription.topic, subscription.key)
             subs = self.by_key.get(key)
             if subs is not None:
@@ -142,7 +158,7 @@ class Hub:
         written, however many batches changed them in between."""
         pushes: list[Push] = []
         changed: list[Subscription] = []
-        deltas: dict[int, bytes | None] = {}
+        deltas: dict[tuple[int, int], bytes | None] = {}
         version = self.version
         for change in sorted(applied.changes):
             subs = self.by_key.get((change.topic, change.key))
@@ -163,10 +179,10 @@ class Hub:
                 continue
             for subscription in sorted(subs):
                 if subscription.delta:
-                    market_id = int(key or 0)
-                    if market_id not in deltas:  # one delta per market, whatever the limit
-                        deltas[market_id] = self._delta(market_id, applied, version)
-                    delta = deltas[market_id]
+                    stream = (int(key or 0), subscription.limit)
+                    if stream not in deltas:
+                        deltas[stream] = self._delta(stream, applied, version)
+                    delta = deltas[stream]
                     if delta is not None:
                         pushes.append(
                             Push(delta, version, subscription, self.holders[subscription])
@@ -198,18 +214,42 @@ class Hub:
             self._states[subscription] = frame
         return frame
 
-    def _delta(self, market_id: int, applied: Applied, version: int) -> bytes | None:
-        levels = applied.book_levels.get(market_id)
+    def _window(self, market_id: int, depth: int) -> tuple[frozenset[int], frozenset[int]]:
+        """The prices of the best ``depth`` levels a side: what a delta stream's clients hold."""
+        book = self.data.models.books.get(market_id, {})
+        bids = [price for (is_ask, price) in book if not is_ask]
+        asks = [price for (is_ask, price) in book if is_ask]
+        return frozenset(heapq.nlargest(depth, bids)), frozenset(heapq.nsmallest(depth, asks))
+
+    def _delta(self, stream: tuple[int, int], applied: Applied, version: int) -> bytes | None:
+        """What moves a stream's clients from its last window to the current one: the changed
+        levels inside either, and the levels that entered or left it; None when nothing did."""
+        market_id, depth = stream
+        changed = applied.book_levels.get(market_id)
+        if not changed:
+            return None
+        old = self.windows.get(stream) or (frozenset(), frozenset())
+        new = self.windows[stream] = self._window(market_id, depth)
+        book = self.data.models.books.get(market_id, {})
+        levels: dict[tuple[bool, int], int] = {}
+        for is_ask, before, now in ((False, old[0], new[0]), (True, old[1], new[1])):
+            for price in now:
+                if price not in before or (is_ask, price) in changed:  # entered, or changed
+                    levels[(is_ask, price)] = book[(is_ask, price)]
+            for price in before - now:  # gone, or pushed out by better levels
+                levels[(is_ask, price)] = 0
         if not levels:
             return None
         render = self.data.render
         versions = self.data.models.level_versions.get(market_id, {})
         data = []
         for (is_ask, price), size in sorted(levels.items()):
-            level_version, ts = versions.get((is_ask, price), (version, 0))
+            level_version, ts = (
+                versions.get((is_ask, price), (version, 0)) if size else (version, 0)
+            )
             data.append(render.level(market_id, is_ask, price, size, level_version, ts))
-        previous = self.book_versions.get(market_id, 0)
-        self.book_versions[market_id] = version
+        previous = self.book_versions.get(stream, 0)
+        self.book_versions[stream] = version
         return push_frame("orderbook", data, version, mode="delta", prev_version=previous)
 
 
