@@ -188,3 +188,49 @@ def test_book_deltas_keep_a_client_at_exactly_the_top_levels_it_asked_for(depth:
         assert book == truth, f"after version {models.version}"
         checked += bool(pushes)
     assert checked > 30
+
+
+def test_each_depth_is_a_stream_of_its_own_with_no_gap_in_its_versions() -> None:
+    """Several depths on one market at once: each client exact, each stream's prev_version
+    the version of its own previous delta; a stream whose last client left starts afresh."""
+    models = ReadModels()
+    hub = Hub(TopicData(models))
+    models.apply_all(BATCHES[0])
+    depths = (1, 3, 1000)
+    subscriptions = [Subscription("orderbook", APT, depth, delta=True) for depth in depths]
+    books: dict[Subscription, dict[tuple[bool, float], str]] = {}
+    last: dict[Subscription, int] = {}
+    for depth, subscription in zip(depths, subscriptions, strict=True):
+        hub.add(depth, subscription)  # one client per depth, named by it
+        books[subscription] = {}
+        snapshot = decode_frame(hub.snapshot(subscription)[0][0])
+        fold(books[subscription], snapshot)
+        last[subscription] = snapshot["transaction_version"]
+    half = len(BATCHES) // 2
+    sent = dict.fromkeys(subscriptions, 0)
+    for index, batch in enumerate(BATCHES[1:], 1):
+        if index == half:  # the shallowest stream's only client leaves, then one comes back
+            shallow = subscriptions[0]
+            hub.remove(1, shallow)
+            assert (APT, 1) not in hub.windows and (APT, 1) not in hub.book_versions
+            models.apply_all(batch)  # a batch it is not there for
+            hub.add(1, shallow)
+            books[shallow] = {}
+            snapshot = decode_frame(hub.snapshot(shallow)[0][0])
+            fold(books[shallow], snapshot)
+            last[shallow] = snapshot["transaction_version"]
+            continue
+        pushes, _changed = hub.collect(models.apply_all(batch))
+        for push in pushes:
+            frame = decode_frame(push.frame)
+            previous = frame["prev_version"]
+            assert isinstance(previous, int)
+            assert previous <= last[push.subscription] < push.version, "applies, no gap"
+            fold(books[push.subscription], frame)
+            last[push.subscription] = push.version
+            sent[push.subscription] += 1
+        for subscription in subscriptions:
+            truth: dict[tuple[bool, float], str] = {}
+            fold(truth, decode_frame(fresh(hub.data, subscription)))
+            assert books[subscription] == truth
+    assert sent[subscriptions[0]] < sent[subscriptions[-1]], "deep changes skip the shallow"
