@@ -38,6 +38,7 @@ coverage: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/store.py
+	$(BIN)/python bench/book.py
 	$(BIN)/python bench/feed.py
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/bus.py

@@ -209,6 +209,8 @@ def state(models: ReadModels) -> bytes:
             sorted(models.accounts.items()),
             sorted(models.wallets.items()),
             sorted((m, sorted(b.items())) for m, b in models.books.items()),
+            # the books as read, best first, as the feed and REST serve them
+            sorted((m, models.book_of(m), models.book_of(m, 3)) for m in models.books),
         ]
     )
 

@@ -311,7 +311,7 @@ async def all_markets(state: State) -> Response[bytes]:
 async def get_market_price(state: State, marketId: str) -> Response[bytes]:
     exchange = _source(state)
     config = _market(exchange, marketId)
-    bids, asks = exchange.models.book_of(config.market_id)
+    bids, asks = exchange.models.book_of(config.market_id, 1)
     render = Renderer(exchange.models.markets)
     row = exchange.models.markets[config.market_id]
     return _read(

@@ -27,7 +27,6 @@ repeated.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Hashable, Sequence
 from typing import Any, NamedTuple
 
@@ -216,10 +215,11 @@ class Hub:
 
     def _window(self, market_id: int, depth: int) -> tuple[frozenset[int], frozenset[int]]:
         """The prices of the best ``depth`` levels a side: what a delta stream's clients hold."""
-        book = self.data.models.books.get(market_id, {})
-        bids = [price for (is_ask, price) in book if not is_ask]
-        asks = [price for (is_ask, price) in book if is_ask]
-        return frozenset(heapq.nlargest(depth, bids)), frozenset(heapq.nsmallest(depth, asks))
+        models = self.data.models
+        return (
+            frozenset(models.best_prices(market_id, False, depth)),
+            frozenset(models.best_prices(market_id, True, depth)),
+        )
 
     def _delta(self, stream: tuple[int, int], applied: Applied, version: int) -> bytes | None:
         """What moves a stream's clients from its last window to the current one: the changed

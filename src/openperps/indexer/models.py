@@ -12,6 +12,7 @@ changes) in order, for the two live topics.
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -175,6 +176,9 @@ class ReadModels:
         self.books: dict[int, dict[tuple[bool, int], int]] = {}  # (is_ask, price) -> size
         # (is_ask, price) -> (version, timestamp) of the level's last change
         self.level_versions: dict[int, dict[tuple[bool, int], tuple[int, int]]] = {}
+        # market -> the prices of its levels, (bids, asks), each ascending: the best N of a
+        # deep book without sorting it on every read
+        self.level_prices: dict[int, tuple[list[int], list[int]]] = {}
         self.recent_trades: dict[int, deque[FillRow]] = {}
         self._pending: Applied = _empty()
         for config in markets:  # markets an engine was built with rather than listed on the log
@@ -211,13 +215,18 @@ class ReadModels:
     def _level(self, market_id: int, is_ask: bool, price: int, delta: int, event: e.Event) -> None:
         book = self.books.setdefault(market_id, {})
         key = (is_ask, price)
-        size = book.get(key, 0) + delta
+        before = book.get(key, 0)
+        size = before + delta
         if size:
             book[key] = size
             self.level_versions.setdefault(market_id, {})[key] = (event.version, event.timestamp)
-        else:
-            book.pop(key, None)
+            if not before:
+                bisect.insort(self._prices(market_id)[is_ask], price)
+        elif before:
+            del book[key]
             self.level_versions.get(market_id, {}).pop(key, None)
+            prices = self._prices(market_id)[is_ask]
+            del prices[bisect.bisect_left(prices, price)]
         self._pending.book_levels.setdefault(market_id, {})[key] = size
         market = self.markets.get(market_id)
         if market is not None:
@@ -521,11 +530,28 @@ class ReadModels:
             if owner == address and (market_id is None or market == market_id)
         ]
 
-    def book_of(self, market_id: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-        """(bids best first, asks best first) as (price, size) levels."""
+    def _prices(self, market_id: int) -> tuple[list[int], list[int]]:
+        prices = self.level_prices.get(market_id)
+        if prices is None:
+            prices = self.level_prices[market_id] = ([], [])
+        return prices
+
+    def best_prices(self, market_id: int, is_ask: bool, depth: int | None = None) -> list[int]:
+        """The prices of a side's best ``depth`` levels (all if None), best first."""
+        bids, asks = self.level_prices.get(market_id, ([], []))
+        if is_ask:
+            return asks[:depth] if depth is not None else asks[:]
+        start = max(len(bids) - depth, 0) if depth is not None else 0
+        return bids[start:][::-1]
+
+    def book_of(
+        self, market_id: int, depth: int | None = None
+    ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """(bids best first, asks best first) as (price, size) levels, at most ``depth`` a
+        side (all if None)."""
         book = self.books.get(market_id, {})
-        bids = sorted(((p, s) for (ask, p), s in book.items() if not ask), reverse=True)
-        asks = sorted((p, s) for (ask, p), s in book.items() if ask)
+        bids = [(p, book[(False, p)]) for p in self.best_prices(market_id, False, depth)]
+        asks = [(p, book[(True, p)]) for p in self.best_prices(market_id, True, depth)]
         return bids, asks
 
     def book_version_of(self, market_id: int) -> int:
@@ -639,6 +665,11 @@ def load_state(state: ModelsState) -> ReadModels:
     for market_id, is_ask, price, size, version, ts in state.levels:
         models.books.setdefault(market_id, {})[(is_ask, price)] = size
         models.level_versions.setdefault(market_id, {})[(is_ask, price)] = (version, ts)
+    for market_id, book in models.books.items():
+        models.level_prices[market_id] = (
+            sorted(price for is_ask, price in book if not is_ask),
+            sorted(price for is_ask, price in book if is_ask),
+        )
     models.recent_trades = {
         m: deque(rows, maxlen=RECENT_TRADES_LIMIT) for m, rows in state.recent_trades
     }

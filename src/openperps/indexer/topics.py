@@ -81,10 +81,10 @@ class TopicData:
 
     def orderbook(self, market_id: int, depth: int = 100) -> list[msgspec.Struct]:
         """Both sides, best first: bids then asks, at most ``depth`` levels a side."""
-        bids, asks = self.models.book_of(market_id)
+        bids, asks = self.models.book_of(market_id, depth)
         versions = self.models.level_versions.get(market_id, {})
         out: list[msgspec.Struct] = []
-        for is_ask, levels in ((False, bids[:depth]), (True, asks[:depth])):
+        for is_ask, levels in ((False, bids), (True, asks)):
             for price, size in levels:
                 version, ts = versions.get((is_ask, price), (0, 0))
                 out.append(self.render.level(market_id, is_ask, price, size, version, ts))
