@@ -7,8 +7,14 @@ keeps ``--concurrency`` requests in flight over keep-alive connections.
 Then a paced run: orders at a fixed rate (``--paced-rate``, 200/s) on their own tasks, so the
 client is not the bottleneck and the latency is the server's.
 
+``--subscribers N`` first connects N feed clients from another process (``bench/feed.py``'s
+load client), each subscribed to the market's ``orderbook`` and ``recent_trades``, so every
+order the bench places is also fanned out to N sockets while its answer is on its way: the
+order entry of a venue with a busy feed.
+
 Last line: {"bench": "api", "orders_per_s": N, "baseline_per_s": N, "ratio": R,
-            "p50_ms": X, "p99_ms": Y, "paced_rate": N, "paced_p50_ms": X, "paced_p99_ms": Y}
+            "p50_ms": X, "p99_ms": Y, "paced_rate": N, "paced_p50_ms": X, "paced_p99_ms": Y,
+            "subscribers": N}
 """
 
 from __future__ import annotations
@@ -40,7 +46,11 @@ async def run(
     url: str, seconds: float, concurrency: int, paced_rate: float
 ) -> tuple[float, float, list[float], list[float]]:
     key = PrivateKey.generate()
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    # idle connections are dropped before uvicorn's own keep-alive timeout (5 s) closes them
+    # under a request that reuses one (the paced run leaves some idle for seconds)
+    limits = httpx.Limits(
+        max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=2.0
+    )
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as http:
 
         async def signed(path: str, body: dict[str, object]) -> httpx.Response:
@@ -106,6 +116,36 @@ async def run(
         return orders, baseline, latencies, paced
 
 
+def subscribe(ws_port: int, connections: int) -> subprocess.Popen[str]:
+    """``connections`` feed clients of the traded market, connected and subscribed, in a
+    process of their own (killed when the bench is done)."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("feed.py")),
+            "--role",
+            "client",
+            "--port",
+            str(ws_port),
+            "--connections",
+            str(connections),
+            "--seconds",
+            "3600",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stdin is not None
+    while (line := process.stdout.readline()) and not line.startswith("connected"):
+        pass
+    if not line:
+        raise RuntimeError("the feed clients did not connect")
+    process.stdin.write("go\n")  # they count what they receive; nobody reads it
+    process.stdin.flush()
+    return process
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="signed orders per second through REST")
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -113,9 +153,16 @@ def main() -> None:
     parser.add_argument(
         "--paced-rate", type=float, default=200.0, help="orders/s of the latency-only run"
     )
+    parser.add_argument(
+        "--subscribers", type=int, default=0, help="feed clients of the traded market"
+    )
     args = parser.parse_args()
     api_port = free_port()
+    ws_port = free_port()
     with tempfile.TemporaryDirectory() as home:
+        config = Path(home) / "openperps.toml"
+        # every feed client comes from 127.0.0.1
+        config.write_text(f"[feed]\nconnections_per_ip = {max(args.subscribers, 64)}\n")
         server = subprocess.Popen(
             [
                 sys.executable,
@@ -125,17 +172,20 @@ def main() -> None:
                 "--api-port",
                 str(api_port),
                 "--ws-port",
-                str(free_port()),
+                str(ws_port),
                 "--log-level",
                 "ERROR",
                 "--oracle-interval",
                 "60",
+                "--config",
+                str(config),
             ],
             cwd=Path(home),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         url = f"http://127.0.0.1:{api_port}"
+        subscribers: subprocess.Popen[str] | None = None
         try:
             for _ in range(300):
                 try:
@@ -143,10 +193,15 @@ def main() -> None:
                         break
                 except httpx.TransportError:
                     time.sleep(0.1)
+            if args.subscribers:
+                subscribers = subscribe(ws_port, args.subscribers)
             orders, baseline, latencies, paced = asyncio.run(
                 run(url, args.seconds, args.concurrency, args.paced_rate)
             )
         finally:
+            if subscribers is not None:
+                subscribers.kill()
+                subscribers.wait(timeout=30)
             server.send_signal(signal.SIGINT)
             server.wait(timeout=30)
     p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
@@ -160,6 +215,8 @@ def main() -> None:
         f"p99 {paced_p99:.2f} ms (the client has time to spare: the server's latency)"
     )
     print(f"baseline: {baseline:,.0f} GET /health per second")
+    if args.subscribers:
+        print(f"feed:     {args.subscribers:,} subscribers to the traded market throughout")
     print(
         json.dumps(
             {
@@ -172,6 +229,7 @@ def main() -> None:
                 "paced_rate": args.paced_rate,
                 "paced_p50_ms": round(paced_p50, 2),
                 "paced_p99_ms": round(paced_p99, 2),
+                "subscribers": args.subscribers,
             }
         )
     )

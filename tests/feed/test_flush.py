@@ -100,6 +100,13 @@ def connect(
     return conn, ws
 
 
+async def a_round() -> None:
+    """Let the server write: a round starts one loop pass after the batch that asks for it
+    (its callers go first), so two passes."""
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+
+
 def subscribe(conn: Connection, request: dict[str, Any]) -> None:
     (action,) = conn.session.receive_text(json.dumps(request).encode(), 0)
     assert isinstance(action, Subscribe)
@@ -125,7 +132,7 @@ async def test_a_resume_between_collect_and_flush_loses_and_repeats_nothing(
     address = PROFILES[0]
     steady, steady_ws = connect(server)
     subscribe(steady, {"topic": topic, "address": address})
-    await asyncio.sleep(0)
+    await a_round()
     late, late_ws = connect(server)
     resume_from = 0
     for index, batch in enumerate(BATCHES):
@@ -141,8 +148,8 @@ async def test_a_resume_between_collect_and_flush_loses_and_repeats_nothing(
             ), "the race needs a pending push"
             subscribe(late, {"topic": topic, "address": address, "since_version": resume_from})
         if index % 3 == 0:  # several batches per flush, sometimes
-            await asyncio.sleep(0)
-    await asyncio.sleep(0)
+            await a_round()
+    await a_round()
     everything = live_versions(steady_ws.sink, topic)
     resumed = live_versions(late_ws.sink, topic)
     assert len(everything) > 20, "the address had live changes"
@@ -184,14 +191,14 @@ async def test_the_metrics_count_what_was_written_compressed_or_not() -> None:
         for topic in ("recent_trades", "orderbook", "live_trade_history"):
             key = {"address": PROFILES[0]} if topic.startswith("live") else {"market_id": APT}
             subscribe(conn, {"topic": topic, **key})
-    await asyncio.sleep(0)  # the snapshots and acks go out through the outboxes
+    await a_round()  # the snapshots and acks go out through the outboxes
     for sock in sockets:
         sock.wire.clear()
     metrics = server.metrics
     before = (metrics.messages_sent, metrics.bytes_sent, metrics.compressed_sent)
     for batch in BATCHES[1:300]:
         server.on_applied(models.apply_all(batch))
-        await asyncio.sleep(0)
+        await a_round()
     heads = [first for sock in sockets[:2] for first, _ in frames(bytes(sock.wire))]
     assert not sockets[2].wire and not sockets[3].wire
     written = sum(len(sock.wire) for sock in sockets)
@@ -212,7 +219,7 @@ async def test_push_latency_is_counted_when_the_pushes_are_written() -> None:
     models.apply_all(BATCHES[0])
     conn, _ws = connect(server)
     subscribe(conn, {"topic": "orderbook", "market_id": APT})
-    await asyncio.sleep(0)
+    await a_round()
     metrics = server.metrics
     rest = iter(BATCHES[1:])
     for batch in rest:  # up to a batch that changes the book, durable 20 ms ago
@@ -220,7 +227,7 @@ async def test_push_latency_is_counted_when_the_pushes_are_written() -> None:
         if server._pushes or server._changed:
             break
     assert sum(metrics.latency_counts) == 0, "nothing is counted before it is written"
-    await asyncio.sleep(0)
+    await a_round()
     assert sum(metrics.latency_counts) == 1
     assert 20 <= metrics.latency_sum < 1000
     expected = 1
@@ -232,8 +239,8 @@ async def test_push_latency_is_counted_when_the_pushes_are_written() -> None:
             server.on_applied(models.apply_all(batch), durable_at=time.time())
             expected += len(server._durable) - waiting
         if index % 7 == 0:
-            await asyncio.sleep(0)
-    await asyncio.sleep(0)
+            await a_round()
+    await a_round()
     assert 1 < expected < len(BATCHES) // 2, "some batches pushed, some did not"
     assert sum(metrics.latency_counts) == expected
 
@@ -251,10 +258,10 @@ async def test_a_snapshot_many_ask_for_at_once_is_compressed_once() -> None:
     snapshots = [conn.queue[-1][1] for conn in storm]
     assert snapshots[0][0] == 0xC1, "large enough to be compressed"
     assert all(frame is snapshots[0] for frame in snapshots), "compressed once, shared"
-    await asyncio.sleep(0)
+    await a_round()
     plain, ws = connect(server)
     subscribe(plain, {"topic": "recent_trades", "market_id": APT})
-    await asyncio.sleep(0)
+    await a_round()
     (payload,) = [p for p in ws.sink if p.startswith(b'{"message":"recent_trades"')]
     ((_first, packed),) = frames(snapshots[0])
     assert inflate(packed, len(payload)) == payload, "the same snapshot, compressed or not"
@@ -268,7 +275,7 @@ async def test_a_list_state_is_written_once_per_pass_at_the_version_it_is_built(
     models.apply_all(BATCHES[0])
     steady, steady_ws = connect(server)
     subscribe(steady, {"topic": "recent_trades", "market_id": APT})
-    await asyncio.sleep(0)
+    await a_round()
     steady_ws.sink.clear()
     changes = 0
     for batch in BATCHES[1:]:
@@ -279,7 +286,7 @@ async def test_a_list_state_is_written_once_per_pass_at_the_version_it_is_built(
     assert changes == 3, "three batches changed the trades"
     late, late_ws = connect(server)
     subscribe(late, {"topic": "recent_trades", "market_id": APT})  # after collect, before flush
-    await asyncio.sleep(0)
+    await a_round()
     pushes = [json.loads(p) for p in steady_ws.sink]
     assert [p["message"] for p in pushes] == ["recent_trades"]
     assert pushes[0]["transaction_version"] == models.version
@@ -299,7 +306,7 @@ async def test_a_list_state_written_compressed_is_not_compressed_again_for_new_s
         models.apply_all(batch)
     holder, _ws = connect(server, deflate=True)
     subscribe(holder, {"topic": "recent_trades", "market_id": APT})
-    await asyncio.sleep(0)
+    await a_round()
     compressed: list[bytes] = []
     compress = frames_module.deflated_frame
 
@@ -312,7 +319,7 @@ async def test_a_list_state_written_compressed_is_not_compressed_again_for_new_s
         server.on_applied(models.apply_all(batch))
         if server._changed:
             break
-    await asyncio.sleep(0)  # the new state is written, compressed
+    await a_round()  # the new state is written, compressed
     assert len(compressed) == 1
     late, _ws = connect(server, deflate=True)
     subscribe(late, {"topic": "recent_trades", "market_id": APT})  # at the same version
@@ -405,7 +412,7 @@ async def test_each_connection_gets_exactly_its_own_pushes_in_one_write_per_pass
         for topic, key in topics:
             subscribe(conn, {"topic": topic, **key})
         conns[name] = (conn, ws, sock)
-    await asyncio.sleep(0)  # acks and snapshots, through the outboxes
+    await a_round()  # acks and snapshots, through the outboxes
     for _conn, _ws, sock in conns.values():
         sock.wire.clear()
         sock.writes.clear()
@@ -418,7 +425,7 @@ async def test_each_connection_gets_exactly_its_own_pushes_in_one_write_per_pass
         if index % 4:
             continue
         counts = {name: len(sock.writes) for name, (_c, _w, sock) in conns.items()}
-        await asyncio.sleep(0)
+        await a_round()
         passes += 1
         for name, (_conn, _ws, sock) in conns.items():
             assert len(sock.writes) - counts[name] <= 1, f"{name}: one write per pass"

@@ -199,3 +199,40 @@ async def test_a_resume_older_than_retention_is_told_then_given_the_current_stat
             assert cancelled["transaction_version"] > latest["transaction_version"]
     finally:
         await ex.stop()
+
+
+async def test_a_commands_caller_is_answered_before_its_pushes_are_fanned_out(
+    exchange: Exchange,
+) -> None:
+    """The write round a batch starts waits one loop pass, so whoever waited for that batch
+    (a REST handler, say) answers first: with a thousand subscribers a round takes
+    milliseconds, and an order's answer does not wait for them."""
+    from tests.feed.test_flush import RawSocket, connect, subscribe
+
+    happened: list[str] = []
+
+    class Recording(RawSocket):
+        def write(self, data: bytes) -> None:
+            happened.append("written")
+
+    conn, _ws = connect(exchange.feed, sock=Recording())
+    subscribe(conn, {"topic": "orderbook", "market_id": APT})
+    seq = exchange.sequencer
+    await seq.execute(c.Mint(timestamp=0, profile=BOB, amount=10**9))
+    await seq.execute(c.Deposit(timestamp=0, profile=BOB, amount=10**9))
+    await asyncio.sleep(0.05)  # the snapshot is out
+    happened.clear()
+    order = c.PlaceLimitOrder(
+        timestamp=0,
+        profile=BOB,
+        market_id=APT,
+        trade_side=False,
+        direction=False,
+        size=100,
+        price=7100,
+        leverage=10,
+    )
+    await seq.execute(order)
+    happened.append("answered")
+    await asyncio.sleep(0.05)
+    assert happened == ["answered", "written"]
