@@ -9,7 +9,8 @@ the engine, and the read models fold in the events. Then, best of ``--rounds``:
   so this costs the 100 levels, not the book;
 - the baseline, in the same run: the same 100 levels a side found by sorting the book's levels,
   as a reader without kept order must;
-- ``orderbook_push_us``: the whole ``orderbook`` push state at depth 100 (records rendered);
+- ``orderbook_push_us``: the whole ``orderbook`` push state at depth 100, its records as the
+  feed gets them (a level unchanged since the last read is not rendered again);
 - ``delta_batch_us``: one top-of-book change (the best bid cancelled, a new best bid placed)
   folded into the read models and turned into the delta of a depth-100 stream;
 - ``level_apply_us``: the read models' cost per level event while the book was built.
@@ -137,7 +138,10 @@ def main() -> None:
         f"book_of:  the best {DEPTH} a side in {book_of_us:,.1f} us; sorting the book for them "
         f"takes {baseline_us:,.1f} us ({baseline_us / book_of_us:,.0f}x)"
     )
-    print(f"push:     the orderbook state at depth {DEPTH}, rendered: {push_us:,.1f} us")
+    print(
+        f"push:     the orderbook state at depth {DEPTH}, its levels unchanged since the last "
+        f"read: {push_us:,.1f} us"
+    )
     print(
         f"delta:    a top-of-book change (cancel the best bid, place a better one) folded in "
         f"and turned into a depth-{DEPTH} delta: {delta_us:,.1f} us (the engine's part included)"

@@ -199,3 +199,25 @@ def test_the_contract_example_decodes_into_our_record() -> None:
         msgspec.json.decode(
             example.replace(b'"size"', b'"extra": 1, "size"'), type=OrderHistoryRecord
         )
+
+
+@pytest.mark.parametrize("cache_size", [10_000, 7])
+def test_rendered_records_kept_between_reads_are_never_stale(
+    cache_size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long-lived TopicData keeps rendered trades and book levels; after every batch of a
+    trading session it serves exactly what a fresh one renders (a small cache, cleared often,
+    included)."""
+    from openperps.indexer import topics
+    from tests.feed.test_resume import BATCHES
+    from tests.indexer.test_models import APT as MARKET
+
+    monkeypatch.setattr(topics, "RECORD_CACHE", cache_size)
+    models = ReadModels()
+    kept = TopicData(models)
+    for batch in BATCHES:
+        models.apply_all(batch)
+        for topic, depth in (("orderbook", 3), ("orderbook", 100), ("recent_trades", 100)):
+            fresh = TopicData(models).snapshot(topic, MARKET, depth)
+            assert ENCODER.encode(kept.snapshot(topic, MARKET, depth)) == ENCODER.encode(fresh)
+    assert kept.snapshot("orderbook", MARKET), "the session left a book to compare"

@@ -31,7 +31,7 @@ LIVE_TOPICS: Final = ("live_order_history", "live_trade_history")
 ALL_TOPICS: Final = USER_TOPICS + MARKET_TOPICS + GLOBAL_TOPICS
 
 
-RECORD_CACHE: Final = 10_000  # rendered recent trades kept; the feed asks for the same ones
+RECORD_CACHE: Final = 10_000  # rendered trades (and book levels) kept; asked for again and again
 
 
 class TopicData:
@@ -41,6 +41,9 @@ class TopicData:
         # a fill's record never changes (a market's scales are fixed when it is listed), and
         # every push of ``recent_trades`` carries the latest 100 again: render each once
         self._trades: dict[FillRow, msgspec.Struct] = {}
+        # likewise a book level at a given size and version: most of a book's levels are the
+        # same from one push of it to the next
+        self._levels: dict[tuple[int, bool, int, int, int, int], msgspec.Struct] = {}
 
     def snapshot(
         self, topic: str, key: str | int | None, limit: int = 100
@@ -84,8 +87,15 @@ class TopicData:
         bids, asks = self.models.book_of(market_id, depth)
         versions = self.models.level_versions.get(market_id, {})
         out: list[msgspec.Struct] = []
+        cache = self._levels
         for is_ask, levels in ((False, bids), (True, asks)):
             for price, size in levels:
                 version, ts = versions.get((is_ask, price), (0, 0))
-                out.append(self.render.level(market_id, is_ask, price, size, version, ts))
+                key = (market_id, is_ask, price, size, version, ts)
+                record = cache.get(key)
+                if record is None:
+                    if len(cache) >= RECORD_CACHE:
+                        cache.clear()
+                    record = cache[key] = self.render.level(*key)
+                out.append(record)
         return out
