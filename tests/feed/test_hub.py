@@ -9,6 +9,7 @@ from itertools import pairwise
 import msgspec
 import pytest
 
+from openperps.client import LocalBook
 from openperps.core import events as e
 from openperps.feed import hub as hub_module
 from openperps.feed.frames import text_frame
@@ -152,85 +153,50 @@ def test_states_over_the_cache_budget_are_dropped_not_kept(monkeypatch: pytest.M
     assert hub.render(TRADES) == trades and data.taken == 3  # built again, the same
 
 
-def fold(book: dict[tuple[bool, float], str], frame: dict[str, object]) -> None:
-    """Apply a book push as a client does: a snapshot replaces, a delta updates (size "0"
-    removes)."""
-    if frame.get("mode") == "snapshot":
-        book.clear()
-    data = frame["data"]
-    assert isinstance(data, list)
-    for level in data:
-        key = (level["is_ask"], level["price"])
-        if level["size"] == "0":
-            book.pop(key, None)
-        else:
-            book[key] = level["size"]
-
-
-@pytest.mark.parametrize("depth", [1, 2, 5, 1000])
-def test_book_deltas_keep_a_client_at_exactly_the_top_levels_it_asked_for(depth: int) -> None:
-    """Snapshot, then deltas: after every batch the client's book is the server's own top
-    ``depth`` levels a side, however levels leave and enter that window."""
-    models = ReadModels()
-    subscription = Subscription("orderbook", APT, depth, delta=True)
-    hub = Hub(TopicData(models))
-    models.apply_all(BATCHES[0])
-    hub.add("client", subscription)
-    book: dict[tuple[bool, float], str] = {}
-    fold(book, decode_frame(hub.snapshot(subscription)[0][0]))
-    checked = 0
-    for batch in BATCHES[1:]:
-        pushes, _changed = hub.collect(models.apply_all(batch))
-        for push in pushes:
-            fold(book, decode_frame(push.frame))
-        truth: dict[tuple[bool, float], str] = {}
-        fold(truth, decode_frame(fresh(hub.data, subscription)))
-        assert book == truth, f"after version {models.version}"
-        checked += bool(pushes)
-    assert checked > 30
-
-
-def test_each_depth_is_a_stream_of_its_own_with_no_gap_in_its_versions() -> None:
-    """Several depths on one market at once: each client exact, each stream's prev_version
-    the version of its own previous delta; a stream whose last client left starts afresh."""
+def test_book_deltas_keep_each_client_at_exactly_the_top_levels_it_asked_for() -> None:
+    """Snapshot, then deltas, at several depths on one market at once, each kept by the SDK's
+    LocalBook: after every batch each client's book is the server's own top ``depth`` levels
+    a side, however levels leave and enter its window; each stream's prev_version is the
+    version of its own previous delta; a stream whose last client left starts afresh when one
+    comes back."""
     models = ReadModels()
     hub = Hub(TopicData(models))
     models.apply_all(BATCHES[0])
-    depths = (1, 3, 1000)
-    subscriptions = [Subscription("orderbook", APT, depth, delta=True) for depth in depths]
-    books: dict[Subscription, dict[tuple[bool, float], str]] = {}
-    last: dict[Subscription, int] = {}
-    for depth, subscription in zip(depths, subscriptions, strict=True):
-        hub.add(depth, subscription)  # one client per depth, named by it
-        books[subscription] = {}
-        snapshot = decode_frame(hub.snapshot(subscription)[0][0])
-        fold(books[subscription], snapshot)
-        last[subscription] = snapshot["transaction_version"]
+    depths = (1, 2, 5, 1000)
+    subscriptions = {depth: Subscription("orderbook", APT, depth, delta=True) for depth in depths}
+    books: dict[int, LocalBook] = {}
+    chain: dict[int, int] = {}  # the version of each stream's last delta (0: none yet)
+
+    def join(depth: int) -> None:  # a client per depth, named by it: a stream of its own
+        subscription = subscriptions[depth]
+        hub.add(depth, subscription)
+        books[depth], chain[depth] = LocalBook(str(APT)), 0
+        assert books[depth].apply(decode_frame(hub.snapshot(subscription)[0][0]))
+
+    for depth in depths:
+        join(depth)
     half = len(BATCHES) // 2
-    sent = dict.fromkeys(subscriptions, 0)
+    sent = dict.fromkeys(depths, 0)
     for index, batch in enumerate(BATCHES[1:], 1):
-        if index == half:  # the shallowest stream's only client leaves, then one comes back
-            shallow = subscriptions[0]
-            hub.remove(1, shallow)
-            assert (APT, 1) not in hub.windows and (APT, 1) not in hub.book_versions
-            models.apply_all(batch)  # a batch it is not there for
-            hub.add(1, shallow)
-            books[shallow] = {}
-            snapshot = decode_frame(hub.snapshot(shallow)[0][0])
-            fold(books[shallow], snapshot)
-            last[shallow] = snapshot["transaction_version"]
-            continue
+        if index == half:  # the shallowest stream's only client leaves for one batch
+            hub.remove(1, subscriptions[1])
+            assert (APT, 1) not in hub.streams
         pushes, _changed = hub.collect(models.apply_all(batch))
         for push in pushes:
+            depth = push.subscription.limit
             frame = decode_frame(push.frame)
-            previous = frame["prev_version"]
-            assert isinstance(previous, int)
-            assert previous <= last[push.subscription] < push.version, "applies, no gap"
-            fold(books[push.subscription], frame)
-            last[push.subscription] = push.version
-            sent[push.subscription] += 1
-        for subscription in subscriptions:
-            truth: dict[tuple[bool, float], str] = {}
-            fold(truth, decode_frame(fresh(hub.data, subscription)))
-            assert books[subscription] == truth
-    assert sent[subscriptions[0]] < sent[subscriptions[-1]], "deep changes skip the shallow"
+            assert frame["prev_version"] == chain[depth], "chained to its stream's last delta"
+            assert books[depth].apply(frame), "applies: no gap"
+            assert books[depth].version == push.version
+            chain[depth] = push.version
+            sent[depth] += 1
+        if index == half:
+            assert (APT, 1) not in hub.streams, "nobody to send it to"
+            join(1)
+        for depth, subscription in subscriptions.items():
+            truth = LocalBook(str(APT))
+            truth.apply(decode_frame(fresh(hub.data, subscription)))
+            held = (books[depth].bids, books[depth].asks)
+            assert held == (truth.bids, truth.asks), f"depth {depth} at {models.version}"
+    assert sent[1000] > 30
+    assert sent[1] < sent[1000], "changes deeper than a window send it nothing"

@@ -28,6 +28,7 @@ repeated.
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import msgspec
@@ -63,10 +64,8 @@ class Hub:
         self.data = data
         self.holders: dict[Subscription, set[Conn]] = {}
         self.by_key: dict[tuple[str, str | int | None], set[Subscription]] = {}
-        # delta streams, one per (market, depth): the version of the last delta sent, and
-        # the prices (bids, asks) their clients hold
-        self.book_versions: dict[tuple[int, int], int] = {}
-        self.windows: dict[tuple[int, int], tuple[frozenset[int], frozenset[int]]] = {}
+        # delta streams, one per (market, depth), while anyone holds one
+        self.streams: dict[tuple[int, int], DeltaStream] = {}
         # list states rendered at ``_states_version``, and the bytes they hold
         self._states: dict[Subscription, bytes] = {}
         self._states_version = -1
@@ -86,8 +85,8 @@ class Hub:
             key = (subscription.topic, subscription.key)
             self.by_key.setdefault(key, set()).add(subscription)
             if subscription.delta:  # a new stream: its window is the snapshot's
-                stream = (int(subscription.key or 0), subscription.limit)
-                self.windows[stream] = self._window(*stream)
+                stream = _stream(subscription)
+                self.streams[stream] = DeltaStream(*self._window(*stream))
         holders.add(conn)
 
     def remove(self, conn: Conn, subscription: Subscription) -> None:
@@ -98,9 +97,7 @@ class Hub:
         if not holders:
             del self.holders[subscription]
             if subscription.delta:
-                stream = (int(subscription.key or 0), subscription.limit)
-                self.windows.pop(stream, None)
-                self.book_versions.pop(stream, None)
+                del self.streams[_stream(subscription)]
             key = (subscription.topic, subscription.key)
             subs = self.by_key.get(key)
             if subs is not None:
@@ -178,7 +175,7 @@ class Hub:
                 continue
             for subscription in sorted(subs):
                 if subscription.delta:
-                    stream = (int(key or 0), subscription.limit)
+                    stream = _stream(subscription)
                     if stream not in deltas:
                         deltas[stream] = self._delta(stream, applied, version)
                     delta = deltas[stream]
@@ -228,29 +225,43 @@ class Hub:
         changed = applied.book_levels.get(market_id)
         if not changed:
             return None
-        old = self.windows.get(stream) or (frozenset(), frozenset())
-        new = self.windows[stream] = self._window(market_id, depth)
+        held = self.streams[stream]
+        bids, asks = self._window(market_id, depth)
         book = self.data.models.books.get(market_id, {})
         levels: dict[tuple[bool, int], int] = {}
-        for is_ask, before, now in ((False, old[0], new[0]), (True, old[1], new[1])):
+        for is_ask, before, now in ((False, held.bids, bids), (True, held.asks, asks)):
             for price in now:
                 if price not in before or (is_ask, price) in changed:  # entered, or changed
                     levels[(is_ask, price)] = book[(is_ask, price)]
             for price in before - now:  # gone, or pushed out by better levels
                 levels[(is_ask, price)] = 0
+        held.bids, held.asks = bids, asks
         if not levels:
             return None
         render = self.data.render
         versions = self.data.models.level_versions.get(market_id, {})
         data = []
         for (is_ask, price), size in sorted(levels.items()):
-            level_version, ts = (
-                versions.get((is_ask, price), (version, 0)) if size else (version, 0)
-            )
+            # a level still there has its last change; a gone one is gone as of now
+            level_version, ts = versions[(is_ask, price)] if size else (version, 0)
             data.append(render.level(market_id, is_ask, price, size, level_version, ts))
-        previous = self.book_versions.get(stream, 0)
-        self.book_versions[stream] = version
+        previous, held.version = held.version, version
         return push_frame("orderbook", data, version, mode="delta", prev_version=previous)
+
+
+@dataclass
+class DeltaStream:
+    """One (market, depth) of book deltas: the prices its clients hold, and the version of the
+    last delta sent (0 before any: the first one applies to any snapshot)."""
+
+    bids: frozenset[int]
+    asks: frozenset[int]
+    version: int = 0
+
+
+def _stream(subscription: Subscription) -> tuple[int, int]:
+    """The delta stream of an order-book subscription: its market and depth."""
+    return int(subscription.key or 0), subscription.limit
 
 
 def decode_frame(data: bytes) -> dict[str, Any]:
