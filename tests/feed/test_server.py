@@ -12,6 +12,7 @@ import websockets
 
 from openperps.core import commands as c
 from openperps.runtime.app import Exchange, Settings
+from tests.feed.test_flush import RawSocket, connect, subscribe
 
 ALICE = "0x" + "a1" * 32
 BOB = "0x" + "b2" * 32
@@ -61,6 +62,22 @@ async def trade(ex: Exchange) -> None:
             trade_side=True,
             direction=False,
             size=400,
+            leverage=10,
+        )
+    )
+
+
+async def offer(ex: Exchange, price: int) -> None:
+    """Bob rests an ask of 1 APT at ``price`` (in 0.001)."""
+    await ex.sequencer.execute(
+        c.PlaceLimitOrder(
+            timestamp=0,
+            profile=BOB,
+            market_id=APT,
+            trade_side=False,
+            direction=False,
+            size=100,
+            price=price,
             leverage=10,
         )
     )
@@ -135,18 +152,7 @@ async def test_live_topics_push_every_change_in_order(exchange: Exchange) -> Non
 async def test_resume_with_since_version_loses_and_repeats_nothing(exchange: Exchange) -> None:
     await trade(exchange)
     version = exchange.models.version
-    await exchange.sequencer.execute(
-        c.PlaceLimitOrder(
-            timestamp=0,
-            profile=BOB,
-            market_id=APT,
-            trade_side=False,
-            direction=False,
-            size=100,
-            price=7100,
-            leverage=10,
-        )
-    )
+    await offer(exchange, 7100)
     async with websockets.connect(url(exchange)) as ws:
         await ws.send(
             json.dumps({"topic": "live_order_history", "address": BOB, "since_version": version})
@@ -167,18 +173,7 @@ async def test_a_resume_older_than_retention_is_told_then_given_the_current_stat
     try:
         await trade(ex)
         for price in (7100, 7200, 7300):
-            await ex.sequencer.execute(
-                c.PlaceLimitOrder(
-                    timestamp=0,
-                    profile=BOB,
-                    market_id=APT,
-                    trade_side=False,
-                    direction=False,
-                    size=100,
-                    price=price,
-                    leverage=10,
-                )
-            )
+            await offer(ex, price)
         async with websockets.connect(url(ex)) as ws:
             request = {"topic": "live_order_history", "address": BOB, "since_version": 1, "id": 4}
             await ws.send(json.dumps(request))
@@ -207,8 +202,6 @@ async def test_a_commands_caller_is_answered_before_its_pushes_are_fanned_out(
     """The write round a batch starts waits one loop pass, so whoever waited for that batch
     (a REST handler, say) answers first: with a thousand subscribers a round takes
     milliseconds, and an order's answer does not wait for them."""
-    from tests.feed.test_flush import RawSocket, connect, subscribe
-
     happened: list[str] = []
 
     class Recording(RawSocket):
@@ -222,17 +215,7 @@ async def test_a_commands_caller_is_answered_before_its_pushes_are_fanned_out(
     await seq.execute(c.Deposit(timestamp=0, profile=BOB, amount=10**9))
     await asyncio.sleep(0.05)  # the snapshot is out
     happened.clear()
-    order = c.PlaceLimitOrder(
-        timestamp=0,
-        profile=BOB,
-        market_id=APT,
-        trade_side=False,
-        direction=False,
-        size=100,
-        price=7100,
-        leverage=10,
-    )
-    await seq.execute(order)
+    await offer(exchange, 7100)
     happened.append("answered")
     await asyncio.sleep(0.05)
     assert happened == ["answered", "written"]
