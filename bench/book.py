@@ -103,7 +103,7 @@ def main() -> None:
     baseline_us = best_us(lambda: sorted_top(book), args.rounds, per_round)
     push_us = best_us(lambda: data.orderbook(MARKET, DEPTH), args.rounds, per_round)
 
-    hub: Hub = Hub(data)
+    hub = Hub(data)
     hub.add("client", Subscription("orderbook", MARKET, DEPTH, delta=True))
     changes = 0
 
