@@ -130,12 +130,17 @@ def test_the_dashboard_updates_live_and_shows_an_address(demo: str) -> None:
         page.goto(f"{demo}/?address={profile}")
         page.wait_for_selector("#ladder td.ask", timeout=15_000)
         page.wait_for_selector("#trades td", timeout=15_000)
-        # both sides quoted (until the simulated makers have, the ladder says "spread -")
-        page.wait_for_function(
-            "/spread \\d/.test(document.getElementById('ladder').innerText)", timeout=15_000
-        )
+        # both sides quoted (until the simulated makers have, the ladder says "spread -"). The
+        # market is live, so a side can empty again at any moment: the ladder's text is taken
+        # in the same browser step that sees both sides, not read a second time after it.
+        first_book: str = page.wait_for_function(
+            """() => {
+                const text = document.getElementById('ladder').innerText;
+                return /spread \\d/.test(text) ? text : null;
+            }""",
+            timeout=15_000,
+        ).json_value()
         first_trades = page.inner_text("#trades")
-        first_book = page.inner_text("#ladder")
         # the spread in the market's own decimals (APT-USD: ticks of 0.001)
         assert re.search(r"spread \d+\.\d{3}\b(?!\d)", first_book), first_book
         changed = False
