@@ -1,7 +1,9 @@
 """Simulated participants, so a demo exchange has real traffic on every topic.
 
-- Market makers quote a few levels on both sides around the index, re-quote as it moves,
-  and lean their quotes against their inventory (they stop adding to a side past a limit).
+- Market makers quote four levels on both sides around the index, re-quote as it moves
+  (keeping orders that still stand at a wanted price, placing new ones before cancelling
+  stale ones), lean their quotes against their inventory, and re-quote at once a market a
+  taker left one-sided: the demo's books are two-sided whenever a step ends.
 - Takers cross the spread with small market orders, opening and closing.
 - Leveraged traders open positions at high leverage, add, reduce and close them, set
   take-profits and stop-losses, and sometimes get liquidated by the keepers.
@@ -27,6 +29,7 @@ from typing import Any
 import httpx
 
 from openperps.core import commands as c
+from openperps.core.book import Book
 from openperps.core.events import OrderAccepted, Rejected
 from openperps.core.numbers import format_scaled
 from openperps.runtime.sequencer import NotDurable, Sequencer
@@ -35,6 +38,8 @@ from openperps.signing import PrivateKey, profile_address, sign_request
 logger = logging.getLogger("openperps.sim")
 
 USDT = 10**6
+LEVELS = 4  # levels each maker quotes a side
+INVENTORY_LIMIT = 200  # in minimum sizes: past it, a maker quotes the side adding to it smaller
 
 
 def sim_key(role: str, index: int, seed: int) -> PrivateKey:
@@ -189,6 +194,7 @@ class SimulatedMarket:
             return
         if step % 200 == 0:
             await self.fund()
+        await self.refresh_empty_sides()  # a liquidation since the last step may have swept one
         market_id = self.rng.choice(markets)
         roll = self.rng.random()
         if roll < 0.45:
@@ -197,61 +203,133 @@ class SimulatedMarket:
             await self.take(self.rng.choice(self.takers), market_id)
         else:
             await self.lever(self.rng.choice(self.leveraged), market_id)
+        await self.refresh_empty_sides()
 
     # -- market makers ----------------------------------------------------------------------------
 
     async def quote(self, maker: str, market_id: int) -> None:
+        """Re-quote ``LEVELS`` levels a side around the index, leaning against inventory.
+
+        As a real market maker does: an order already resting at a wanted price (and not mostly
+        filled) is kept, with its place in the queue; new orders go in before the stale ones
+        come out, so the maker's side of the book is never empty mid-requote. Only a stale order
+        the new quotes would cross is cancelled first (post-only would refuse the new one)."""
+        market = self.sequencer.engine.markets[market_id]
+        wanted = self._wanted_quotes(maker, market_id)
+        resting = [
+            order
+            for order_id in self.quotes.pop((maker, market_id), [])
+            if (order := market.book.orders.get(order_id)) is not None
+        ]
+        kept: list[int] = []
+        for order in resting:
+            match = next((w for w in wanted if w[:2] == (order.price, order.is_buy)), None)
+            if match is not None and order.remaining * 2 >= match[2]:
+                wanted.remove(match)
+                kept.append(order.order_id)
+        stale = [o for o in resting if o.order_id not in kept]
+        top_bid = max((p for p, is_buy, _ in wanted if is_buy), default=None)
+        top_ask = min((p for p, is_buy, _ in wanted if not is_buy), default=None)
+        crossed = [
+            o
+            for o in stale
+            if (o.is_buy and top_ask is not None and o.price >= top_ask)
+            or (not o.is_buy and top_bid is not None and o.price <= top_bid)
+        ]
+        for order in crossed:
+            await self._cancel(maker, market_id, order.order_id)
+        placed = kept
+        for price, is_buy, size in wanted:
+            placed += await self._place_quote(maker, market_id, price, is_buy, size)
+        for order in stale:
+            if order not in crossed and order.order_id in market.book.orders:
+                await self._cancel(maker, market_id, order.order_id)
+        self.quotes[(maker, market_id)] = placed
+
+    def _wanted_quotes(self, maker: str, market_id: int) -> list[tuple[int, bool, int]]:
+        """(price, is_buy, size) for each level the maker wants on each side."""
         engine = self.sequencer.engine
         market = engine.markets[market_id]
         config = market.config
         index = market.index_price
         assert index is not None
-        for order_id in self.quotes.pop((maker, market_id), []):
-            if order_id in market.book.orders:
-                await self._run(
-                    c.CancelOrder(
-                        timestamp=0, profile=maker, market_id=market_id, order_id=order_id
-                    )
-                )
         long = engine.position(maker, market_id, True)
         short = engine.position(maker, market_id, False)
         inventory = (long.size if long else 0) - (short.size if short else 0)
-        limit = config.min_size * 200
+        limit = config.min_size * INVENTORY_LIMIT
         tick = config.tick
         spread = max(index * 4 // 10_000 // tick, 1) * tick  # about 4 bps each side
-        placed: list[int] = []
-        for level in range(3):
-            size = config.min_size * self.rng.randint(2, 20)
-            bid = (index - spread * (level + 1)) // tick * tick
-            ask = -(-(index + spread * (level + 1)) // tick) * tick
-            sides = []
-            if inventory < limit:  # buy: close a short first, else open a long
-                sides.append((bid, True))
-            if inventory > -limit:
-                sides.append((ask, False))
-            for price, is_buy in sides:
-                if price <= 0:
-                    continue
-                reduce_pos = short if is_buy else long
-                direction = (
-                    reduce_pos is not None and reduce_pos.size - reduce_pos.pending_reduce >= size
-                )
-                trade_side = (not is_buy) if direction else is_buy
-                leverage = reduce_pos.leverage if direction and reduce_pos else 5
-                placed += await self._run(
-                    c.PlaceLimitOrder(
-                        timestamp=0,
-                        profile=maker,
-                        market_id=market_id,
-                        trade_side=trade_side,
-                        direction=direction,
-                        size=size,
-                        price=price,
-                        leverage=leverage,
-                        restriction=int(c.Restriction.POST_ONLY),
-                    )
-                )
-        self.quotes[(maker, market_id)] = placed
+        # long: every quote moves down (sell more readily, buy less), up to two spreads
+        lean = max(-2 * spread, min(2 * spread, inventory * 2 * spread // limit))
+        wanted: list[tuple[int, bool, int]] = []
+        for level in range(LEVELS):
+            lots = self.rng.randint(5, 25)
+            size, half = config.min_size * lots, config.min_size * (lots // 2)
+            bid = (index - lean - spread * (level + 1)) // tick * tick
+            ask = -(-(index - lean + spread * (level + 1)) // tick) * tick
+            # past the inventory limit, the side that adds to it is quoted at half size
+            wanted.append((bid, True, half if inventory >= limit else size))
+            wanted.append((ask, False, half if inventory <= -limit else size))
+        # another maker's stale quote past the index would make a post-only quote cross: a side
+        # is moved back as a whole, to a tick behind the best price the others show
+        other_bid = self._best_other(market.book, True, maker)
+        other_ask = self._best_other(market.book, False, maker)
+        first_ask = min(p for p, is_buy, _ in wanted if not is_buy)
+        first_bid = max(p for p, is_buy, _ in wanted if is_buy)
+        ask_shift = 0 if other_bid is None else max(0, other_bid + tick - first_ask)
+        bid_shift = 0 if other_ask is None else max(0, first_bid - other_ask + tick)
+        moved = [(p - bid_shift if b else p + ask_shift, b, size) for p, b, size in wanted]
+        return [quote for quote in moved if quote[0] > 0]
+
+    @staticmethod
+    def _best_other(book: Book, is_buy: bool, maker: str) -> int | None:
+        """The best bid (or ask) on ``book`` that is not ``maker``'s own."""
+        keys, levels = (book.bid_keys, book.bids) if is_buy else (book.ask_keys, book.asks)
+        for key in reversed(keys):
+            price = key if is_buy else -key
+            if any(order.profile != maker for order in levels[price].values()):
+                return price
+        return None
+
+    async def _cancel(self, maker: str, market_id: int, order_id: int) -> None:
+        await self._run(
+            c.CancelOrder(timestamp=0, profile=maker, market_id=market_id, order_id=order_id)
+        )
+
+    async def _place_quote(
+        self, maker: str, market_id: int, price: int, is_buy: bool, size: int
+    ) -> list[int]:
+        """A post-only quote; it closes an opposite position first when one is there to
+        close, else it opens (or adds to) one."""
+        engine = self.sequencer.engine
+        reduce_pos = engine.position(maker, market_id, not is_buy)
+        direction = reduce_pos is not None and reduce_pos.size - reduce_pos.pending_reduce >= size
+        trade_side = (not is_buy) if direction else is_buy
+        leverage = reduce_pos.leverage if direction and reduce_pos else 5
+        return await self._run(
+            c.PlaceLimitOrder(
+                timestamp=0,
+                profile=maker,
+                market_id=market_id,
+                trade_side=trade_side,
+                direction=direction,
+                size=size,
+                price=price,
+                leverage=leverage,
+                restriction=int(c.Restriction.POST_ONLY),
+            )
+        )
+
+    async def refresh_empty_sides(self) -> None:
+        """Makers watch the books: a market a taker or a liquidation left one-sided is
+        re-quoted at once, by a maker picked at random."""
+        engine = self.sequencer.engine
+        for market_id in sorted(engine.markets):
+            market = engine.markets[market_id]
+            if market.index_price is None:
+                continue
+            if market.book.best_bid() is None or market.book.best_ask() is None:
+                await self.quote(self.rng.choice(self.makers), market_id)
 
     # -- takers and leveraged traders -----------------------------------------------------
 
