@@ -105,6 +105,19 @@ def test_a_user_session_from_the_command_line(exchange: dict[str, str], tmp_path
     taken = cli(exchange, "order", "market", "1338", "long", "5", "--leverage", "10", key=user_key)
     assert taken.returncode == 0 and "fill 5 @ 5.3" in taken.stdout
     assert taken.stdout.count("fill ") == 1, "the user's side of the fill, not the maker's"
+    order_id = rest.stdout.split("order ")[1].split()[0]
+    resting = cli(exchange, "orders", "APT-USD", key=maker_key)
+    row = next(line for line in resting.stdout.splitlines() if order_id in line)
+    assert "open short" in row and "5.3" in row and "│ 20 " in row and "│ 15 " in row, row
+    assert "no open orders" in cli(exchange, "orders", "BTC-USD", key=maker_key).stdout
+    mine = cli(exchange, "fills", key=user_key)
+    row = next(line for line in mine.stdout.splitlines() if "1338" in line)
+    assert "open long" in row and "│ 5 " in row and "5.3" in row, mine.stdout
+    assert "open short" in cli(exchange, "fills", "--limit", "1", key=maker_key).stdout
+    assert cli(exchange, "fills", "--limit", "0", key=user_key).returncode == 2
+    newcomer = tmp_path / "newcomer.json"
+    assert cli(exchange, "keygen", key=newcomer).returncode == 0
+    assert "no fills" in cli(exchange, "fills", key=newcomer).stdout
     table = cli(exchange, "positions", key=user_key)
     assert "1338" in table.stdout and "long" in table.stdout and "4.893" in table.stdout
     # a market by its symbol, in any case
@@ -120,6 +133,10 @@ def test_a_user_session_from_the_command_line(exchange: dict[str, str], tmp_path
         exchange, "subscribe", "orderbook", "--market", "apt-usd", "--json", "--count", "1"
     )
     assert json.loads(by_symbol.stdout.splitlines()[0])["data"][0]["market_id"] == "1338"
+    # the id `orders` lists is the one `order cancel` takes
+    cancelled = cli(exchange, "order", "cancel", "1338", order_id, key=maker_key)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "no open orders" in cli(exchange, "orders", key=maker_key).stdout
     refused = cli(exchange, "withdraw", "100000", key=user_key)
     assert refused.returncode == 1 and "error 1010" in refused.stderr
     withdrawn = cli(exchange, "withdraw", "10", key=user_key)

@@ -56,9 +56,11 @@ def gateway(
         ),
     ] = None,
 ) -> None:
-    """Serve the WebSocket feed (and, with --http-port, the REST reads) of an exchange running
-    elsewhere (`serve --bus nats://...`): read models from its event log, then its live
-    batches from NATS. Never writes; actions go to the exchange."""
+    """Serve the feed of an exchange running elsewhere, from its log and its NATS stream.
+
+    The exchange runs `serve --bus nats://...`. The gateway builds its read models from the
+    exchange's event log, then follows the live batches on NATS. It never writes: actions go to
+    the exchange. With --http-port it also serves the REST reads, /health and /metrics."""
     configure_logging(log_level)
     settings = GatewaySettings(
         db=db,

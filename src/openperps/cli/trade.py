@@ -7,6 +7,8 @@
     openperps order limit MARKET long|short SIZE PRICE [--leverage N] [--reduce] [--tp P] [--sl P]
     openperps order market MARKET long|short SIZE [--leverage N] [--reduce]
     openperps order cancel MARKET ORDER_ID...
+    openperps orders [MARKET]              your resting orders and their ids
+    openperps fills [--limit N]            your latest fills
     openperps positions | openperps tp|sl MARKET long|short PRICE
     openperps subscribe TOPIC [--address A] [--market M] [--json]
     openperps book MARKET                  a live depth ladder
@@ -22,6 +24,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -30,11 +33,12 @@ import typer
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from openperps.client import ApiError, Client, Feed
 from openperps.core.errors import ErrorCode
 from openperps.signing import PrivateKey, SigningError, load_key, save_key
+from openperps.wire.shapes import OpenOrderRecord
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -49,7 +53,7 @@ SideArg = Annotated[str, typer.Argument(help="long or short")]
 SizeArg = Annotated[str, typer.Argument(help="in the market's base asset, e.g. 1.5")]
 PriceArg = Annotated[str, typer.Argument(help="in USDT, e.g. 7.25")]
 
-order_app = typer.Typer(help="place and cancel orders", no_args_is_help=True)
+order_app = typer.Typer(help="Place and cancel orders.", no_args_is_help=True)
 
 
 def _run(work: Callable[[], Awaitable[T]]) -> T:
@@ -74,6 +78,18 @@ def _client(key_path: Path, url: str) -> Client:
         err.print(f"[red]error {int(exc.code)}[/red]: {exc.detail} (run `openperps keygen`)")
         raise typer.Exit(1) from None
     return Client(url, key)
+
+
+def _call(key_path: Path, url: str, request: Callable[[Client], Awaitable[T]]) -> T:
+    """One command's requests, made with the key at ``key_path``; a failure prints its code
+    and exits 1."""
+    client = _client(key_path, url)
+
+    async def work() -> T:
+        async with client:
+            return await request(client)
+
+    return _run(work)
 
 
 async def _resolve(url: str, market: str | None) -> str | None:
@@ -140,14 +156,12 @@ def keygen(
 
 def account(key: KeyOption = DEFAULT_KEY, url: UrlOption = "http://127.0.0.1:8080") -> None:
     """Wallet, profile address, the wallet's USDT and the trading account's balances."""
-    client = _client(key, url)
 
-    async def work() -> tuple[Decimal, dict[str, Decimal]]:
-        async with client:
-            return await client.wallet_balance(), await client.balance()
+    async def request(client: Client) -> tuple[str, str, Decimal, dict[str, Decimal]]:
+        return client.wallet, client.profile, await client.wallet_balance(), await client.balance()
 
-    wallet, balances = _run(work)
-    console.print(f"wallet:  {client.wallet}\nprofile: {client.profile}")
+    address, profile, wallet, balances = _call(key, url, request)
+    console.print(f"wallet:  {address}\nprofile: {profile}")
     console.print(f"walletBalance: {wallet}")
     for name, value in balances.items():
         console.print(f"{name}: {value}")
@@ -159,13 +173,7 @@ def _money_command(method: str) -> Callable[..., None]:
         key: KeyOption = DEFAULT_KEY,
         url: UrlOption = "http://127.0.0.1:8080",
     ) -> None:
-        client = _client(key, url)
-
-        async def work() -> Any:
-            async with client:
-                return await getattr(client, method)(amount)
-
-        _show(_run(work))
+        _show(_call(key, url, lambda client: getattr(client, method)(amount)))
 
     command.__doc__ = {
         "mint_test_tokens": "Testnet faucet: mint test USDT into your wallet (then deposit).",
@@ -197,24 +205,22 @@ def order_limit(
     url: UrlOption = "http://127.0.0.1:8080",
 ) -> None:
     """Place a limit order."""
-    client = _client(key, url)
     long = _side(side)
 
-    async def work() -> Any:
-        async with client:
-            return await client.place_limit_order(
-                await _market_id(client, market),
-                long=long,
-                size=size,
-                price=price,
-                leverage=leverage,
-                reduce=reduce,
-                restriction=restriction,
-                take_profit=tp,
-                stop_loss=sl,
-            )
+    async def request(client: Client) -> Any:
+        return await client.place_limit_order(
+            await _market_id(client, market),
+            long=long,
+            size=size,
+            price=price,
+            leverage=leverage,
+            reduce=reduce,
+            restriction=restriction,
+            take_profit=tp,
+            stop_loss=sl,
+        )
 
-    _show(_run(work))
+    _show(_call(key, url, request))
 
 
 @order_app.command("market")
@@ -230,20 +236,14 @@ def order_market(
     url: UrlOption = "http://127.0.0.1:8080",
 ) -> None:
     """Place a market order."""
-    client = _client(key, url)
     long = _side(side)
 
-    async def work() -> Any:
-        async with client:
-            return await client.place_market_order(
-                await _market_id(client, market),
-                long=long,
-                size=size,
-                leverage=leverage,
-                reduce=reduce,
-            )
+    async def request(client: Client) -> Any:
+        return await client.place_market_order(
+            await _market_id(client, market), long=long, size=size, leverage=leverage, reduce=reduce
+        )
 
-    _show(_run(work))
+    _show(_call(key, url, request))
 
 
 @order_app.command("cancel")
@@ -254,25 +254,17 @@ def order_cancel(
     url: UrlOption = "http://127.0.0.1:8080",
 ) -> None:
     """Cancel resting orders."""
-    client = _client(key, url)
 
-    async def work() -> Any:
-        async with client:
-            return await client.cancel_orders(await _market_id(client, market), order_ids)
+    async def request(client: Client) -> Any:
+        return await client.cancel_orders(await _market_id(client, market), order_ids)
 
-    _show(_run(work))
+    _show(_call(key, url, request))
 
 
 def positions(key: KeyOption = DEFAULT_KEY, url: UrlOption = "http://127.0.0.1:8080") -> None:
     """Your open positions."""
-    client = _client(key, url)
-
-    async def work() -> Any:
-        async with client:
-            return await client.positions()
-
     table = Table("market", "side", "size", "entry", "margin", "liq. price", "TP", "SL", "lev.")
-    for p in _run(work):
+    for p in _call(key, url, lambda client: client.positions()):
         table.add_row(
             p.market_id,
             "long" if p.trade_side else "short",
@@ -287,6 +279,81 @@ def positions(key: KeyOption = DEFAULT_KEY, url: UrlOption = "http://127.0.0.1:8
     console.print(table)
 
 
+# order_type codes: odd for the long side, even for the short side (docs/exchange-rules.md)
+ORDER_TYPES = ("open", "increase", "decrease", "close", "TP/SL close", "liquidation")
+
+
+def _order_type(code: int) -> str:
+    if not 1 <= code <= 2 * len(ORDER_TYPES):
+        return str(code)
+    return f"{ORDER_TYPES[(code - 1) // 2]} {'long' if code % 2 else 'short'}"
+
+
+def orders(
+    market: Annotated[str | None, typer.Argument(help="only this market (id or symbol)")] = None,
+    key: KeyOption = DEFAULT_KEY,
+    url: UrlOption = "http://127.0.0.1:8080",
+) -> None:
+    """Your resting orders, with the ids `order cancel` takes."""
+
+    async def request(client: Client) -> list[OpenOrderRecord]:
+        return await client.open_orders(
+            None if market is None else await _market_id(client, market)
+        )
+
+    resting = _call(key, url, request)
+    if not resting:
+        console.print("no open orders")
+        return
+    # the id is what `order cancel` needs: never cut, whatever the terminal's width
+    width = max(len(o.order_id) for o in resting)
+    table = Table(
+        Column("order id", min_width=width, no_wrap=True),
+        "market",
+        "type",
+        "price",
+        "size",
+        "left",
+        "lev.",
+    )
+    for o in resting:
+        table.add_row(
+            o.order_id,
+            o.market_id,
+            _order_type(o.order_type),
+            o.price,
+            o.total_size,
+            o.remaining_size,
+            f"{o.leverage}x",
+        )
+    console.print(table)
+
+
+def fills(
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="how many, newest first")] = 20,
+    key: KeyOption = DEFAULT_KEY,
+    url: UrlOption = "http://127.0.0.1:8080",
+) -> None:
+    """Your latest fills: your side of each trade, with its fee and realised PnL."""
+    done = _call(key, url, lambda client: client.fills(limit))
+    if not done:
+        console.print("no fills")
+        return
+    table = Table("market", "type", "size", "price", "fee", "pnl", Column("time UTC", no_wrap=True))
+    for f in done:
+        moment = datetime.fromtimestamp(f.timestamp, UTC).strftime("%m-%d %H:%M:%S")
+        table.add_row(
+            f.market_id,
+            _order_type(f.order_type),
+            f.size,
+            f.price,
+            f.fee,
+            f.pnl,
+            moment,
+        )
+    console.print(table)
+
+
 def _trigger_command(method: str) -> Callable[..., None]:
     def command(
         market: MarketArg,
@@ -295,18 +362,16 @@ def _trigger_command(method: str) -> Callable[..., None]:
         key: KeyOption = DEFAULT_KEY,
         url: UrlOption = "http://127.0.0.1:8080",
     ) -> None:
-        client = _client(key, url)
         long = _side(side)
 
-        async def work() -> Any:
-            async with client:
-                return await getattr(client, method)(
-                    await _market_id(client, market),
-                    long=long,
-                    price=None if price == "none" else price,
-                )
+        async def request(client: Client) -> Any:
+            return await getattr(client, method)(
+                await _market_id(client, market),
+                long=long,
+                price=None if price == "none" else price,
+            )
 
-        _show(_run(work))
+        _show(_call(key, url, request))
 
     command.__doc__ = "Set or remove a position's " + (
         "take-profit." if method == "update_take_profit" else "stop-loss."
