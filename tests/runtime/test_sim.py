@@ -3,6 +3,7 @@ trading against the demo relies on."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -43,6 +44,15 @@ async def test_every_book_is_two_sided_whenever_a_step_ends(tmp_path: Path) -> N
                     one_sided.append((step, market_id))
         assert one_sided == []
         assert violations(engine) == []
+        # every quote and replace the makers sent was taken: none crossed, none closed too much
+        assert exchange.log is not None
+        refused = [
+            json.loads(envelope.payload)
+            async for batch in exchange.log.read_batches(1)
+            for envelope in batch
+            if envelope.type == "Rejected"
+        ]
+        assert [r for r in refused if r["profile"] in sim.makers] == []
         assert sim.stats.commands > STEPS
         assert exchange.keepers.liquidations > 0  # the books were swept now and then
         # no maker rests more than its levels on a market: stale quotes are cancelled
@@ -95,6 +105,17 @@ async def test_a_requote_at_an_unchanged_index_keeps_the_queue_places(
     assert all(i in book.orders for i in again)
     assert not any(i in book.orders for i in set(first) - kept)
     assert len(again) == 2 * LEVELS
+    # the index moves by 1 %: every quote is replaced, in one command (one batch of the log: no
+    # reader ever sees the maker's quotes half replaced)
+    market = engine.markets[market_id]
+    assert market.index_price is not None
+    await exchange.keepers.set_price(market_id, market.index_price * 101 // 100)
+    commands = sim.stats.commands
+    await sim.quote(maker, market_id)
+    moved = sim.quotes[(maker, market_id)]
+    assert sim.stats.commands == commands + 1 and not set(moved) & set(again)
+    assert len(moved) == 2 * LEVELS and all(i in book.orders for i in moved)
+    assert not any(i in book.orders for i in again)
 
 
 async def test_a_side_swept_by_a_large_order_is_quoted_again_at_once(

@@ -1,9 +1,9 @@
 """Simulated participants, so a demo exchange has real traffic on every topic.
 
 - Market makers quote four levels on both sides around the index, re-quote as it moves
-  (keeping orders that still stand at a wanted price, placing new ones before cancelling
-  stale ones), lean their quotes against their inventory, and re-quote at once a market a
-  taker left one-sided: the demo's books are two-sided whenever a step ends.
+  (keeping orders that still stand at a wanted price, replacing the rest in one
+  cancel-and-place batch), lean their quotes against their inventory, and re-quote at once a
+  market a taker left one-sided: the demo's books are two-sided whenever a step ends.
 - Takers cross the spread with small market orders, opening and closing.
 - Leveraged traders open positions at high leverage, add, reduce and close them, set
   take-profits and stop-losses, and sometimes get liquidated by the keepers.
@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 
 from openperps.core import commands as c
-from openperps.core.book import Book
+from openperps.core.book import Book, Order
 from openperps.core.events import OrderAccepted, Rejected
 from openperps.core.numbers import format_scaled
 from openperps.runtime.sequencer import NotDurable, Sequencer
@@ -123,8 +123,7 @@ class SimulatedMarket:
         except NotDurable as exc:
             logger.warning("simulated order not durable: %s", exc.detail)
             return []
-        if events and isinstance(events[0], Rejected):
-            self.stats.rejected += 1
+        self.stats.rejected += sum(isinstance(e, Rejected) for e in events)
         return [e.order_id for e in events if isinstance(e, OrderAccepted)]
 
     async def _send(self, command: c.Command) -> list[int]:
@@ -146,20 +145,35 @@ class SimulatedMarket:
         if response.status_code != 200:
             self.stats.rejected += 1
             return []
-        orders = response.json()["data"].get("orders", []) if path != "/deposit" else []
-        return [int(order["order_id"]) for order in orders]
+        if path == "/deposit":
+            return []
+        data = response.json()["data"]
+        self.stats.rejected += len(data.get("refused", []))
+        # the orders it placed (a replace also lists the ones it cancelled)
+        return [int(o["order_id"]) for o in data["orders"] if o["status"] != "Cancelled"]
 
     def _rest_request(self, command: c.UserCommand) -> tuple[str, dict[str, Any]]:
-        engine = self.sequencer.engine
         if isinstance(command, c.Deposit):
             return "/deposit", {"amount": format_scaled(command.amount, 6)}
-        if isinstance(command, c.CancelOrder):
+        if isinstance(command, c.CancelMultipleOrders):
             return "/cancelMultipleOrders", {
                 "marketId": str(command.market_id),
-                "cancelOrderIds": [str(command.order_id)],
+                "cancelOrderIds": [str(i) for i in command.order_ids],
+            }
+        if isinstance(command, c.CancelAndPlaceMultipleOrders):
+            return "/cancelAndPlaceMultipleOrders", {
+                "marketId": str(command.market_id),
+                "cancelOrderIds": [str(i) for i in command.cancel_order_ids],
+                "orders": [self._order_body(order) for order in command.orders],
             }
         assert isinstance(command, c.PlaceLimitOrder | c.PlaceMarketOrder)
-        config = engine.markets[command.market_id].config
+        path = (
+            "/placeMarketOrder" if isinstance(command, c.PlaceMarketOrder) else "/placeLimitOrder"
+        )
+        return path, self._order_body(command)
+
+    def _order_body(self, command: c.PlaceLimitOrder | c.PlaceMarketOrder) -> dict[str, Any]:
+        config = self.sequencer.engine.markets[command.market_id].config
         body: dict[str, Any] = {
             "marketId": str(command.market_id),
             "tradeSide": command.trade_side,
@@ -170,11 +184,10 @@ class SimulatedMarket:
         for key, value in (("takeProfit", command.take_profit), ("stopLoss", command.stop_loss)):
             if value is not None:
                 body[key] = format_scaled(value, config.price_decimals)
-        if isinstance(command, c.PlaceMarketOrder):
-            return "/placeMarketOrder", body
-        body["price"] = format_scaled(command.price, config.price_decimals)
-        body["restriction"] = command.restriction
-        return "/placeLimitOrder", body
+        if isinstance(command, c.PlaceLimitOrder):
+            body["price"] = format_scaled(command.price, config.price_decimals)
+            body["restriction"] = command.restriction
+        return body
 
     async def run(self) -> None:
         await self.fund()
@@ -211,9 +224,9 @@ class SimulatedMarket:
         """Re-quote ``LEVELS`` levels a side around the index, leaning against inventory.
 
         As a real market maker does: an order already resting at a wanted price (and not mostly
-        filled) is kept, with its place in the queue; new orders go in before the stale ones
-        come out, so the maker's side of the book is never empty mid-requote. Only a stale order
-        the new quotes would cross is cancelled first (post-only would refuse the new one)."""
+        filled) is kept, with its place in the queue; the stale quotes are cancelled and the
+        new ones placed in one ``cancelAndPlaceMultipleOrders``, so no one ever sees the
+        maker's quotes half replaced."""
         market = self.sequencer.engine.markets[market_id]
         wanted = self._wanted_quotes(maker, market_id)
         resting = [
@@ -228,23 +241,27 @@ class SimulatedMarket:
                 wanted.remove(match)
                 kept.append(order.order_id)
         stale = [o for o in resting if o.order_id not in kept]
-        top_bid = max((p for p, is_buy, _ in wanted if is_buy), default=None)
-        top_ask = min((p for p, is_buy, _ in wanted if not is_buy), default=None)
-        crossed = [
-            o
-            for o in stale
-            if (o.is_buy and top_ask is not None and o.price >= top_ask)
-            or (not o.is_buy and top_bid is not None and o.price <= top_bid)
-        ]
-        for order in crossed:
-            await self._cancel(maker, market_id, order.order_id)
-        placed = kept
-        for price, is_buy, size in wanted:
-            placed += await self._place_quote(maker, market_id, price, is_buy, size)
-        for order in stale:
-            if order not in crossed and order.order_id in market.book.orders:
-                await self._cancel(maker, market_id, order.order_id)
-        self.quotes[(maker, market_id)] = placed
+        placed: list[int] = []
+        if wanted:  # one command: the stale quotes go and the new ones come in together
+            placed = await self._run(
+                c.CancelAndPlaceMultipleOrders(
+                    timestamp=0,
+                    profile=maker,
+                    market_id=market_id,
+                    cancel_order_ids=[o.order_id for o in stale],
+                    orders=self._quote_orders(maker, market_id, wanted, stale),
+                )
+            )
+        elif stale:
+            await self._run(
+                c.CancelMultipleOrders(
+                    timestamp=0,
+                    profile=maker,
+                    market_id=market_id,
+                    order_ids=[o.order_id for o in stale],
+                )
+            )
+        self.quotes[(maker, market_id)] = kept + placed
 
     def _wanted_quotes(self, maker: str, market_id: int) -> list[tuple[int, bool, int]]:
         """(price, is_buy, size) for each level the maker wants on each side."""
@@ -291,34 +308,44 @@ class SimulatedMarket:
                 return price
         return None
 
-    async def _cancel(self, maker: str, market_id: int, order_id: int) -> None:
-        await self._run(
-            c.CancelOrder(timestamp=0, profile=maker, market_id=market_id, order_id=order_id)
-        )
-
-    async def _place_quote(
-        self, maker: str, market_id: int, price: int, is_buy: bool, size: int
-    ) -> list[int]:
-        """A post-only quote; it closes an opposite position first when one is there to
-        close, else it opens (or adds to) one."""
+    def _quote_orders(
+        self,
+        maker: str,
+        market_id: int,
+        wanted: list[tuple[int, bool, int]],
+        cancelled: list[Order],
+    ) -> list[c.PlaceLimitOrder | c.PlaceMarketOrder]:
+        """Post-only quotes. A quote closes an opposite position while the batch has some of it
+        left to close (what the cancelled quotes were closing counts as free again), and opens
+        (or adds to) one after that."""
         engine = self.sequencer.engine
-        reduce_pos = engine.position(maker, market_id, not is_buy)
-        direction = reduce_pos is not None and reduce_pos.size - reduce_pos.pending_reduce >= size
-        trade_side = (not is_buy) if direction else is_buy
-        leverage = reduce_pos.leverage if direction and reduce_pos else 5
-        return await self._run(
-            c.PlaceLimitOrder(
-                timestamp=0,
-                profile=maker,
-                market_id=market_id,
-                trade_side=trade_side,
-                direction=direction,
-                size=size,
-                price=price,
-                leverage=leverage,
-                restriction=int(c.Restriction.POST_ONLY),
+        # a buy closes a short, a sell a long
+        positions = {buy: engine.position(maker, market_id, not buy) for buy in (True, False)}
+        closable = {
+            is_buy: (pos.size - pos.pending_reduce if pos else 0)
+            + sum(o.remaining for o in cancelled if o.direction and o.is_buy == is_buy)
+            for is_buy, pos in positions.items()
+        }
+        orders: list[c.PlaceLimitOrder | c.PlaceMarketOrder] = []
+        for price, is_buy, size in wanted:
+            pos = positions[is_buy]
+            closes = pos is not None and closable[is_buy] >= size
+            if closes:
+                closable[is_buy] -= size
+            orders.append(
+                c.PlaceLimitOrder(
+                    timestamp=0,
+                    profile=maker,
+                    market_id=market_id,
+                    trade_side=(not is_buy) if closes else is_buy,
+                    direction=closes,
+                    size=size,
+                    price=price,
+                    leverage=pos.leverage if closes and pos else 5,
+                    restriction=int(c.Restriction.POST_ONLY),
+                )
             )
-        )
+        return orders
 
     async def refresh_empty_sides(self) -> None:
         """Makers watch the books: a market a taker or a liquidation left one-sided is
