@@ -298,6 +298,46 @@ async def test_bad_input_and_rule_refusals(api: httpx.AsyncClient) -> None:
     )
 
 
+async def test_an_unknown_endpoint_is_named_with_the_one_likely_meant(
+    api: httpx.AsyncClient,
+) -> None:
+    typo = await api.get("/getOpenOrder", params={"userAddress": "0x1"})
+    refused(typo, 404, 2035)
+    assert typo.json()["message"] == (
+        "no endpoint GET /getOpenOrder; did you mean /getOpenOrders? "
+        "(every endpoint is listed at /schema)"
+    )
+    assert "did you mean /getOpenOrders?" in (await api.get("/getopenorders")).json()["message"]
+    nothing_like = await api.get("/v1/ticker")
+    refused(nothing_like, 404, 2035)
+    assert "did you mean" not in nothing_like.json()["message"]
+    wrong_method = await api.post("/getOpenOrders", content=b"{}")
+    refused(wrong_method, 405, 2035)
+    assert wrong_method.json()["message"].startswith("POST /getOpenOrders:")
+
+
+async def test_a_fault_of_the_server_is_a_500_and_logged_not_blamed_on_the_request(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exchange = Exchange(Settings(db=str(tmp_path / "events.sqlite3"), ws_port=0))
+    await exchange.start()
+    try:
+        transport = httpx.ASGITransport(app=create_app(exchange))  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="http://openperps") as api:
+
+            def broken(*args: object) -> None:
+                raise RuntimeError("a bug in the read models")
+
+            monkeypatch.setattr(exchange.models, "open_orders_of", broken)
+            answer = await api.get("/getOpenOrders", params={"userAddress": "0x1"})
+            refused(answer, 500, 2034)
+            assert "bug" not in answer.json()["message"]  # the details stay in the log
+            assert "GET /getOpenOrders failed" in caplog.text
+            assert "a bug in the read models" in caplog.text
+    finally:
+        await exchange.stop()
+
+
 async def test_position_actions_batches_delegation_and_admin(tmp_path: Path) -> None:
     exchange = Exchange(Settings(db=str(tmp_path / "events.sqlite3"), ws_port=0))
     await exchange.start()

@@ -21,6 +21,8 @@ only when it is exact at the field's precision.
 
 from __future__ import annotations
 
+import difflib
+import logging
 import time
 from decimal import Decimal
 from importlib import resources
@@ -29,7 +31,12 @@ from typing import Any, Protocol
 import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import (
+    HTTPException,
+    MethodNotAllowedException,
+    NotFoundException,
+    ValidationException,
+)
 from litestar.openapi import OpenAPIConfig
 
 from openperps import __version__
@@ -73,6 +80,10 @@ BAD_REQUEST = int(ErrorCode.BAD_REQUEST)  # request body or parameters malformed
 NOT_READY = int(ErrorCode.NOT_READY)
 FAUCET_CLOSED = int(ErrorCode.FAUCET_CLOSED)
 ADMIN_ONLY = int(ErrorCode.ADMIN_ONLY)
+INTERNAL_ERROR = int(ErrorCode.INTERNAL_ERROR)
+UNKNOWN_ENDPOINT = int(ErrorCode.UNKNOWN_ENDPOINT)
+
+logger = logging.getLogger("openperps.api")
 
 
 class ApiError(Exception):
@@ -111,9 +122,27 @@ def _handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[b
         return failure(STATUS.get(exc.code, 400), int(exc.code), exc.detail)
     if isinstance(exc, ValidationException):
         return failure(400, BAD_REQUEST, f"bad request: {exc.detail}")
+    if isinstance(exc, NotFoundException):
+        return failure(404, UNKNOWN_ENDPOINT, _unknown_endpoint(request))
+    if isinstance(exc, MethodNotAllowedException):
+        return failure(405, UNKNOWN_ENDPOINT, f"{request.method} {request.url.path}: {exc.detail}")
     if isinstance(exc, HTTPException):
         return failure(exc.status_code, BAD_REQUEST, exc.detail)
-    return failure(400, BAD_REQUEST, "bad request")
+    # a fault of the server's, never blamed on the request: logged in full, answered plainly
+    logger.exception("%s %s failed", request.method, request.url.path)
+    return failure(500, INTERNAL_ERROR, MESSAGES[ErrorCode.INTERNAL_ERROR])
+
+
+def _unknown_endpoint(request: Request[Any, Any, Any]) -> str:
+    """Name the endpoint that does not exist, and the likeliest one that was meant."""
+    path = request.url.path
+    known = sorted({route.path for route in request.app.routes})
+    close = difflib.get_close_matches(path, known, n=1, cutoff=0.75)
+    if not close:  # a wrong case, say: /getopenorders for /getOpenOrders
+        lower = {k.lower(): k for k in known}
+        close = [lower[path.lower()]] if path.lower() in lower else []
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return f"no endpoint {request.method} {path}{hint} (every endpoint is listed at /schema)"
 
 
 # -- helpers ------------------------------------------------------------------------------------

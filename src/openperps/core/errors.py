@@ -71,6 +71,8 @@ class ErrorCode(IntEnum):
     NOT_READY = 2031
     FAUCET_CLOSED = 2032
     ADMIN_ONLY = 2033
+    INTERNAL_ERROR = 2034
+    UNKNOWN_ENDPOINT = 2035
 
 
 MESSAGES: dict[ErrorCode, str] = {
@@ -119,6 +121,8 @@ MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.NOT_READY: "the exchange is starting",
     ErrorCode.FAUCET_CLOSED: "the faucet exists on testnet deployments only",
     ErrorCode.ADMIN_ONLY: "operator endpoints need the configured bearer token",
+    ErrorCode.INTERNAL_ERROR: "the server failed to answer; its log has the details",
+    ErrorCode.UNKNOWN_ENDPOINT: "no such endpoint",
 }
 
 
