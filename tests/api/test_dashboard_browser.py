@@ -164,6 +164,14 @@ def test_the_dashboard_updates_live_and_shows_an_address(demo: str) -> None:
         assert page.evaluate(f"shortened('{long_entry}')") == "5.83704347"
         assert page.evaluate("shortened('5.2')") == "5.2"
         assert page.evaluate("shortened(12)") == 12
+        # the depth chart centres on the mid: a bid far below the market does not stretch it
+        far_bid = page.evaluate(
+            "depthRange([{price: 5.33}, {price: 5.32}, {price: 5.0}],"
+            " [{price: 5.36}, {price: 5.35}, {price: 5.34}])"
+        )
+        assert [round(p, 6) for p in far_bid] == [5.31, 5.36]
+        one_level = page.evaluate("depthRange([{price: 5.33}], [{price: 5.34}])")
+        assert [round(p, 6) for p in one_level] == [5.32, 5.35]  # three half-spreads
         assert page.inner_text("#status") == "live"
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
