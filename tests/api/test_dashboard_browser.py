@@ -158,6 +158,11 @@ def test_the_dashboard_updates_live_and_shows_an_address(demo: str) -> None:
         )
         account = page.inner_text("#usertable")
         assert "1338" in account and "3" in account
+        page.click("button[data-tab=order_history]")
+        assert "open long" in page.inner_text("#usertable")  # order_type 1, named
+        names = page.evaluate("[1, 6, 12, 13, 0].map(orderTypeName)")
+        assert names == ["open long", "decrease short", "liquidation short", 13, 0]
+        page.click("button[data-tab=positions]")
         assert not re.search(r"\.\d{9}", account), "long decimals are cut to 8 places"
         # the feed's 28-digit entry price (Kana's own example), as the table shows it
         long_entry = "5.8370434782608695652173913043"
