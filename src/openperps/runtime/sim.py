@@ -399,11 +399,13 @@ class SimulatedMarket:
         pos = engine.position(trader, market_id, long)
         if pos is None:
             leverage = self.rng.choice([10, 15, 20])
-            index = market.index_price or 0
+            # triggers are checked against the mark price, which a jump can carry past the
+            # index: a trader sets them from the mark, as a screen shows it
+            mark = market.mark_price() or 0
             tick = config.tick
-            move = index * self.rng.randint(50, 300) // 10_000 // tick * tick
-            tp = index + move if long else index - move
-            sl = index - move if long else index + move
+            move = mark * self.rng.randint(50, 300) // 10_000 // tick * tick
+            tp = mark + move if long else mark - move
+            sl = mark - move if long else mark + move
             await self._run(
                 c.PlaceMarketOrder(
                     timestamp=0,
