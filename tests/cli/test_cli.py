@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+import openperps
 from openperps.cli.main import app
 
 OPENPERPS = [sys.executable, "-m", "openperps.cli.main"]
@@ -24,6 +25,30 @@ def test_markets_lists_the_four_markets_for_either_network() -> None:
     assert "APT-USD" in result.output and "1338" in result.output
     mainnet = CliRunner().invoke(app, ["markets", "--network", "mainnet"])
     assert "│ 14 " in mainnet.output
+
+
+def test_markets_reads_what_serve_reads_and_a_flag_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    packaged = (Path(openperps.__file__).parent / "markets.toml").read_text("utf-8")
+    header, first, *_ = packaged.split("\n[[market]]")
+    (tmp_path / "one.toml").write_text(f"{header}\n[[market]]{first}")  # APT-USD only
+    settings = tmp_path / "openperps.toml"
+    settings.write_text(f'[serve]\nnetwork = "mainnet"\nmarkets = "{tmp_path / "one.toml"}"\n')
+    listed = CliRunner().invoke(app, ["markets", "--config", str(settings)])
+    assert listed.exit_code == 0, listed.output
+    assert "markets (mainnet)" in listed.output and "BTC-USD" not in listed.output
+    flag = CliRunner().invoke(app, ["markets", "--config", str(settings), "--network", "testnet"])
+    assert "markets (testnet)" in flag.output and "│ 1338 " in flag.output
+    monkeypatch.setenv("OPENPERPS_MARKETS", str(tmp_path / "one.toml"))
+    from_env = CliRunner().invoke(app, ["markets"])
+    assert "APT-USD" in from_env.output and "BTC-USD" not in from_env.output
+    monkeypatch.setenv("OPENPERPS_MARKETS", str(tmp_path / "none.toml"))
+    assert CliRunner().invoke(app, ["markets"]).exit_code == 1
+    monkeypatch.delenv("OPENPERPS_MARKETS")
+    # a markets file given as the settings file: told which option it belongs to
+    confused = run(["markets", "--config", str(tmp_path / "one.toml")], tmp_path)
+    assert "is a markets file" in one_line_error(confused) and "--markets" in confused.stderr
 
 
 def run(args: list[str], cwd: Path, timeout: float = 20) -> subprocess.CompletedProcess[str]:

@@ -136,6 +136,9 @@ def test_a_user_session_from_the_command_line(exchange: dict[str, str], tmp_path
     # the id `orders` lists is the one `order cancel` takes
     cancelled = cli(exchange, "order", "cancel", "1338", order_id, key=maker_key)
     assert cancelled.returncode == 0, cancelled.stderr
+    # the same id again: the exchange refuses that part of the batch, and the command fails
+    again = cli(exchange, "order", "cancel", "1338", order_id, key=maker_key)
+    assert again.returncode == 1 and "refused 2007" in again.stderr, again
     assert "no open orders" in cli(exchange, "orders", key=maker_key).stdout
     refused = cli(exchange, "withdraw", "100000", key=user_key)
     assert refused.returncode == 1 and "error 1010" in refused.stderr

@@ -14,9 +14,9 @@ from openperps.cli.serve import (
     NatsStream,
     NatsSubject,
     _fail,
-    _read_config,
     configure_logging,
     err,
+    read_config,
     until_signalled,
 )
 from openperps.runtime.gateway import Gateway, GatewaySettings
@@ -52,7 +52,7 @@ def gateway(
         Path | None,
         typer.Option(
             envvar="OPENPERPS_CONFIG",
-            help="the exchange's TOML file: its [feed] table sets this gateway's feed limits",
+            help="the exchange's TOML file: its \\[feed] table sets this gateway's feed limits",
         ),
     ] = None,
 ) -> None:
@@ -71,7 +71,7 @@ def gateway(
         ws_port=ws_port,
         http_port=http_port,
     )
-    if config is not None and "feed" in (options := _read_config(config)):
+    if config is not None and "feed" in (options := read_config(config)):
         # the same limits and resume window as the engine's own feed
         settings.feed_limits, settings.server_limits, settings.live_retention = options["feed"]
     try:

@@ -19,7 +19,7 @@ from openperps import __version__
 from openperps.cli import trade
 from openperps.cli.gateway import gateway
 from openperps.cli.reindex import reindex
-from openperps.cli.serve import serve
+from openperps.cli.serve import MarketsOption, NetworkOption, read_config, serve
 from openperps.core.errors import OpenPerpsError
 from openperps.core.markets import MarketConfig, default_markets, parse_markets
 from openperps.core.numbers import format_scaled
@@ -41,23 +41,37 @@ def version() -> None:
 
 @app.command()
 def markets(
+    ctx: typer.Context,
+    markets: MarketsOption = None,
+    network: NetworkOption = "testnet",
     config: Annotated[
-        Path | None, typer.Option(help="TOML file of [[market]] tables (default: packaged)")
+        Path | None,
+        typer.Option(
+            envvar="OPENPERPS_CONFIG",
+            help="serve's TOML settings file: its markets and network, unless given here",
+        ),
     ] = None,
-    network: Annotated[str, typer.Option(help="mainnet or testnet market ids")] = "testnet",
 ) -> None:
-    """List the markets a deployment would trade, with their figures."""
+    """List the markets `openperps serve` would trade with the same options, and their figures."""
+    if config is not None:
+        chosen = {
+            k: v
+            for k, v in read_config(config).items()
+            if getattr(ctx.get_parameter_source(k), "name", "DEFAULT") == "DEFAULT"
+        }
+        network = chosen.get("network", network)
+        markets = Path(chosen["markets"]) if "markets" in chosen else markets
     if network not in ("mainnet", "testnet"):
         Console(stderr=True).print("[red]error[/red]: --network is mainnet or testnet")
         raise typer.Exit(2)
     net: Literal["mainnet", "testnet"] = "mainnet" if network == "mainnet" else "testnet"
     try:
         listed: list[MarketConfig] = (
-            parse_markets(config.read_text("utf-8"), net) if config else default_markets(net)
+            parse_markets(markets.read_text("utf-8"), net) if markets else default_markets(net)
         )
     except OSError as exc:
         Console(stderr=True).print(
-            f"[red]error[/red]: cannot read {escape(str(config))}: {exc.strerror}"
+            f"[red]error[/red]: cannot read {escape(str(markets))}: {exc.strerror}"
         )
         raise typer.Exit(1) from None
     except OpenPerpsError as exc:

@@ -43,6 +43,12 @@ NatsStream = Annotated[
 NatsSubject = Annotated[
     str, typer.Option(envvar="OPENPERPS_NATS_SUBJECT", help="subject of that stream")
 ]
+NetworkOption = Annotated[
+    str, typer.Option(envvar="OPENPERPS_NETWORK", help="testnet or mainnet market ids")
+]
+MarketsOption = Annotated[
+    Path | None, typer.Option(envvar="OPENPERPS_MARKETS", help="TOML file of markets")
+]
 
 
 def _fail(message: str) -> NoReturn:
@@ -76,12 +82,8 @@ def serve(
         str | None,
         typer.Option(envvar="OPENPERPS_ADMIN_TOKEN", help="bearer token of the /admin/ endpoints"),
     ] = None,
-    network: Annotated[
-        str, typer.Option(envvar="OPENPERPS_NETWORK", help="testnet or mainnet market ids")
-    ] = "testnet",
-    markets: Annotated[
-        Path | None, typer.Option(envvar="OPENPERPS_MARKETS", help="TOML file of markets")
-    ] = None,
+    network: NetworkOption = "testnet",
+    markets: MarketsOption = None,
     sim: Annotated[
         bool, typer.Option(envvar="OPENPERPS_SIM", help="run simulated traders")
     ] = False,
@@ -133,7 +135,7 @@ def serve(
     """
     feed_limits, server_limits, live_retention = FeedLimits(), ServerLimits(), LIVE_RETENTION
     if config is not None:
-        values = _read_config(config)
+        values = read_config(config)
         given = {
             name
             for name in values
@@ -303,7 +305,7 @@ _FEED_FIELDS = frozenset(f.name for f in dataclasses.fields(FeedLimits))
 _SERVER_FIELDS = frozenset(f.name for f in dataclasses.fields(ServerLimits))
 
 
-def _read_config(path: Path) -> dict[str, Any]:
+def read_config(path: Path) -> dict[str, Any]:
     """The options a TOML file sets (same names as the flags, with underscores), and its
     ``[feed]`` table as the value of ``feed``."""
     try:
@@ -316,6 +318,8 @@ def _read_config(path: Path) -> dict[str, Any]:
     values = document.get("serve", document)
     for key, value in values.items():
         kinds = CONFIG_TYPES.get(key)
+        if kinds is None and key == "market":
+            _fail(f"{path} is a markets file ([[market]] tables): give it as --markets")
         if kinds is None:
             _fail(f"{path}: unknown option {key!r} (known: {', '.join(CONFIG_TYPES)})")
         assert kinds is not None

@@ -15,7 +15,8 @@
 
 A MARKET is an id (1338) or a symbol (APT-USD), looked up on the exchange.
 
-Errors print the server's code and a one-line explanation and exit 1.
+Errors print the server's code and a one-line explanation and exit 1; so does a batch (a
+cancel of several ids, say) that the exchange refused any part of, after printing the rest.
 """
 
 from __future__ import annotations
@@ -127,9 +128,12 @@ def _show(result: Any) -> None:
             )
         for fill in result["fills"]:
             console.print(f"fill {fill['size']} @ {fill['price']} fee {fill['fee']}")
-        for refused in result.get("refused", []):
-            console.print(f"[red]refused {refused['code']}[/red]: {refused['message']}")
+        refused = result.get("refused", [])
+        for item in refused:
+            err.print(f"[red]refused {item['code']}[/red]: {escape(item['message'])}")
         console.print(f"transaction_version {result['transactionVersion']}")
+        if refused:  # a batch answers 200 with what it refused: still a failure to report
+            raise typer.Exit(1)
     elif isinstance(result, dict) and "walletBalance" in result:  # faucet, deposit, withdraw
         for name in ("walletBalance", "freeBalance"):
             if name in result:
