@@ -67,17 +67,18 @@ def send(s: FeedSession, request: Any, now: int = 0) -> list[Any]:
         ({"topic": "positions", "address": "0x" + "1" * 65}, "invalid_address"),
         ({"topic": "positions", "address": 12}, "invalid_address"),
         ({"topic": "orderbook", "market_id": "14"}, "unknown_market"),
-        ({"topic": "orderbook", "market_id": "abc"}, "unknown_market"),
-        ({"topic": "orderbook", "market_id": True}, "unknown_market"),
-        ({"topic": "orderbook", "market_id": 1.5}, "unknown_market"),
-        ({"topic": "orderbook", "market_id": "\u00b2"}, "unknown_market"),  # isdigit() but no int
-        ({"topic": "orderbook", "market_id": "\u0661\u0663\u0663\u0668"}, "unknown_market"),
-        ({"topic": "orderbook", "market_id": ""}, "unknown_market"),
-        ({"topic": "orderbook", "market_id": -1338}, "unknown_market"),
+        ({"topic": "orderbook", "market_id": "abc"}, "invalid_param"),
+        ({"topic": "orderbook", "market_id": True}, "invalid_param"),
+        ({"topic": "orderbook", "market_id": 1.5}, "invalid_param"),
+        ({"topic": "orderbook", "market_id": "\u00b2"}, "invalid_param"),  # isdigit() but no int
+        ({"topic": "orderbook", "market_id": "\u0661\u0663\u0663\u0668"}, "invalid_param"),
+        ({"topic": "orderbook", "market_id": ""}, "invalid_param"),
+        ({"topic": "orderbook", "market_id": -1338}, "invalid_param"),
         ({"topic": "order_history", "address": ALICE, "limit": 0}, "invalid_param"),
         ({"topic": "order_history", "address": ALICE, "limit": 1001}, "invalid_param"),
         ({"topic": "order_history", "address": ALICE, "limit": "5"}, "invalid_param"),
         ({"topic": "positions", "address": ALICE, "limit": 5}, "invalid_param"),
+        ({"topic": "open_orders", "address": ALICE, "limit": 5}, "invalid_param"),
         ({"topic": "live_funding_rate", "limit": 5}, "invalid_param"),
         ({"topic": "live_trade_history", "address": ALICE, "limit": 5}, "invalid_param"),
         ({"topic": "positions", "address": ALICE, "since_version": "7"}, "invalid_param"),
@@ -232,7 +233,7 @@ def test_market_id_as_string_or_integer_is_one_subscription() -> None:
 def test_what_list_subscriptions_shows_unsubscribes_it() -> None:
     s = session()
     requests: list[dict[str, Any]] = [
-        {"topic": "open_orders", "address": ALICE, "limit": 5},
+        {"topic": "open_orders", "address": ALICE},
         {"topic": "order_history", "address": ALICE, "limit": 7},
         {"topic": "orderbook", "market_id": "1339", "mode": "delta", "limit": 3},
         {"topic": "live_trade_history", "address": ALICE},

@@ -184,6 +184,19 @@ def test_values_agree_with_each_other(data: TopicData) -> None:
     assert transfer["amount"] == "1.5" and transfer["is_deposit"] is False
 
 
+def test_open_orders_lists_every_resting_order_however_many() -> None:
+    """A market maker with more orders resting than a history's default length sees them
+    all: open_orders is the book's view of an address, not a history."""
+    x = Exchange()
+    x.deposit(CAROL, "100000")
+    for i in range(150):
+        x.limit(CAROL, "open long", "0.1", f"{5 + i / 1000:.3f}")
+    models = ReadModels(m.config for m in x.engine.markets.values())
+    models.apply_all(x.log)
+    listed = TopicData(models).snapshot("open_orders", CAROL)
+    assert len(listed) == 150 == len(x.engine.markets[APT].book.orders)
+
+
 def test_the_contract_example_decodes_into_our_record() -> None:
     from openperps.wire.shapes import OrderHistoryRecord
 

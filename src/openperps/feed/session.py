@@ -28,7 +28,7 @@ from typing import Any, Final
 import msgspec
 
 from openperps.core.numbers import parse_market_id
-from openperps.indexer.topics import ALL_TOPICS, LIVE_TOPICS, MARKET_TOPICS, USER_TOPICS
+from openperps.indexer.topics import ALL_TOPICS, MARKET_TOPICS, USER_TOPICS
 
 # close codes, in one place
 CLOSE_NORMAL: Final = 1000
@@ -97,7 +97,7 @@ class Subscription(msgspec.Struct, frozen=True, order=True):
             out["address"] = self.key
         elif self.topic in MARKET_TOPICS:
             out["market_id"] = str(self.key)
-        if self.topic in HISTORY_TOPICS or self.topic in ("orderbook", "open_orders"):
+        if self.topic in HISTORY_TOPICS or self.topic == "orderbook":
             out["limit"] = self.limit
         if self.delta:
             out["mode"] = "delta"
@@ -340,7 +340,7 @@ class FeedSession:
         limit = self.limits.default_limit
         if "limit" in request:
             raw = request["limit"]
-            if topic in LIVE_TOPICS or topic in {"live_funding_rate", "positions"}:
+            if topic not in HISTORY_TOPICS and topic != "orderbook":  # open_orders: every one
                 raise RequestError("invalid_param", f"limit does not apply to {topic}")
             if type(raw) is not int or not 1 <= raw <= self.limits.max_limit:
                 raise RequestError(
@@ -368,7 +368,7 @@ class FeedSession:
     def _market(self, value: object) -> int:
         market_id = parse_market_id(value)
         if market_id is None:
-            raise RequestError("unknown_market", "market_id is a decimal string or an integer")
+            raise RequestError("invalid_param", "market_id is a decimal string or an integer")
         if market_id not in self.markets:
             known = ", ".join(str(m) for m in sorted(self.markets))
             raise RequestError(

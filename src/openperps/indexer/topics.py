@@ -59,7 +59,7 @@ class TopicData:
         if topic == "positions":
             return [r.position(row) for row in m.positions_of(str(key))]
         if topic == "open_orders":
-            return [r.open_order(row) for row in m.open_orders_of(str(key))][:limit]
+            return [r.open_order(row) for row in m.open_orders_of(str(key))]  # every one
         if topic == "orderbook":
             return self.orderbook(int(key or 0), limit)
         if topic == "recent_trades":
