@@ -184,6 +184,25 @@ def test_values_agree_with_each_other(data: TopicData) -> None:
     assert transfer["amount"] == "1.5" and transfer["is_deposit"] is False
 
 
+def test_a_market_orders_price_is_its_average_fill_to_eight_places() -> None:
+    x = Exchange()
+    for who in (ALICE, BOB):
+        x.deposit(who, "1000")
+    x.limit(BOB, "open short", "0.7", "7.001")
+    x.limit(BOB, "open short", "0.5", "7.004")
+    x.market_order(ALICE, "open long", "0.9")  # 0.7 at 7.001, 0.2 at 7.004
+    models = ReadModels(m.config for m in x.engine.markets.values())
+    models.apply_all(x.log)
+    (order,) = [msgspec.to_builtins(r) for r in TopicData(models).snapshot("order_history", ALICE)]
+    # (0.7 x 7.001 + 0.2 x 7.004) / 0.9 = 7.0016666..., truncated; not 7.001, the tick below
+    assert order["price"] == "7.00166666" and order["is_market_order"] is True
+    assert Decimal(order["order_value"]) == Decimal("0.9") * Decimal("7.00166666")
+    fills = [msgspec.to_builtins(f) for f in TopicData(models).snapshot("trade_history", ALICE)]
+    notional = sum((Decimal(f["size"]) * Decimal(f["price"]) for f in fills), Decimal(0))
+    assert notional - Decimal(order["order_value"]) < Decimal("0.00000001")  # never above
+    assert Decimal(order["order_value"]) <= notional
+
+
 def test_open_orders_lists_every_resting_order_however_many() -> None:
     """A market maker with more orders resting than a history's default length sees them
     all: open_orders is the book's view of an address, not a history."""

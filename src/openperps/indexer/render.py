@@ -28,6 +28,9 @@ from openperps.wire.shapes import (
 )
 
 
+AVERAGE_DECIMALS = 8  # places of a market order's average fill price
+
+
 def seconds(ms: int) -> int:
     return ms // 1000
 
@@ -59,8 +62,25 @@ class Renderer:
         config = self._config(market_id)
         return usd(size * price * config.notional_multiplier)
 
+    def order_price(self, row: OrderRow) -> tuple[str, str]:
+        """An order's ``price`` and ``order_value``. A limit order's price is its limit. A
+        market order's is its average fill price, to ``AVERAGE_DECIMALS`` places (truncated,
+        as Kana shows it), and its value the size at that price, so value = size x price
+        holds exactly; before any fill both are "0"."""
+        m = row.market_id
+        filled = row.size - row.remaining
+        if not row.is_market or row.price is None or filled == 0:
+            return self.price(m, row.price), self.value(m, row.size, row.price)
+        config = self._config(m)
+        units = row.filled_value * 10**AVERAGE_DECIMALS // (filled * 10**config.price_decimals)
+        return (
+            format_scaled(units, AVERAGE_DECIMALS),
+            format_scaled(row.size * units, config.size_decimals + AVERAGE_DECIMALS),
+        )
+
     def order(self, row: OrderRow) -> OrderHistoryRecord:
         m = row.market_id
+        price, value = self.order_price(row)
         return OrderHistoryRecord(
             address=row.address,
             order_id=str(row.order_id),
@@ -68,8 +88,8 @@ class Renderer:
             order_type=row.order_type,
             is_market_order=row.is_market,
             size=self.size(m, row.size),
-            price=self.price(m, row.price),
-            order_value=self.value(m, row.size, row.price),
+            price=price,
+            order_value=value,
             leverage=row.leverage,
             status=row.status,
             timestamp=seconds(row.timestamp),
