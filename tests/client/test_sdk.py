@@ -22,6 +22,22 @@ from openperps.signing import PrivateKey
 APT = "1338"
 
 
+async def bid(exchange: Exchange, profile: str, price: int) -> None:
+    """A resting 1-APT bid of ``profile`` at ``price`` (in ticks)."""
+    await exchange.sequencer.execute(
+        c.PlaceLimitOrder(
+            timestamp=0,
+            profile=profile,
+            market_id=int(APT),
+            trade_side=True,
+            direction=False,
+            size=100,
+            price=price,
+            leverage=5,
+        )
+    )
+
+
 class Server:
     def __init__(self, exchange: Exchange, api: uvicorn.Server, port: int) -> None:
         self.exchange = exchange
@@ -158,18 +174,7 @@ async def test_the_feed_says_so_when_it_was_away_longer_than_the_server_keeps(
             await seq.execute(c.Deposit(timestamp=0, profile=profile, amount=10**9))
 
             async def order(price: int) -> None:
-                await seq.execute(
-                    c.PlaceLimitOrder(
-                        timestamp=0,
-                        profile=profile,
-                        market_id=int(APT),
-                        trade_side=True,
-                        direction=False,
-                        size=100,
-                        price=price,
-                        leverage=5,
-                    )
-                )
+                await bid(exchange, profile, price)
 
             await order(6000)
             first = await feed.next(timeout=5)
@@ -194,3 +199,42 @@ async def test_the_feed_says_so_when_it_was_away_longer_than_the_server_keeps(
             assert feed.reconnects == 1
     finally:
         await exchange.stop()
+
+
+async def test_the_feed_follows_an_exchange_whose_log_was_reset(tmp_path: Path) -> None:
+    """The server comes back with a new, shorter log (a test venue wiped, say): the resume
+    version is past anything it has, so it says so (``version_ahead``) and the SDK counts
+    versions afresh instead of dropping every push as already seen."""
+    profile = "0x" + "c4" * 32
+
+    async def order(exchange: Exchange, price: int) -> None:
+        await bid(exchange, profile, price)
+
+    async def funded(db: str, port: int) -> Exchange:
+        exchange = Exchange(Settings(db=str(tmp_path / db), ws_port=port))
+        await exchange.start()
+        await exchange.sequencer.execute(c.Mint(timestamp=0, profile=profile, amount=10**9))
+        await exchange.sequencer.execute(c.Deposit(timestamp=0, profile=profile, amount=10**9))
+        return exchange
+
+    first = await funded("first.sqlite3", 0)
+    port = first.feed.port
+    async with Feed(f"ws://127.0.0.1:{port}/ws/", max_backoff=0.2) as feed:
+        await feed.subscribe("live_order_history", address=profile)
+        for price in (6000, 6100, 6200, 6300):
+            await order(first, price)
+        for _ in range(4):
+            seen = await feed.next(timeout=5)
+        assert seen.data["price"] == "6.3"
+        await first.stop()
+        second = await funded("second.sqlite3", port)
+        try:
+            assert second.sequencer.engine.version < seen.raw["transaction_version"]
+            error = await feed.next(timeout=10)
+            assert error.topic == "error" and error.raw["error"]["code"] == "version_ahead"
+            assert error.raw["error"]["request"]["since_version"] == seen.raw["transaction_version"]
+            await order(second, 7000)
+            fresh = await feed.next(timeout=5)
+            assert fresh.topic == "live_order_history" and fresh.data["price"] == "7"
+        finally:
+            await second.stop()

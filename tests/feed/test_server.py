@@ -181,7 +181,7 @@ async def test_a_resume_older_than_retention_is_told_then_given_the_current_stat
             error = await recv(ws)
             assert error["message"] == "error" and error["id"] == 4
             assert error["error"]["code"] == "version_too_old"
-            assert error["error"]["request"] == {"topic": "live_order_history", "address": BOB}
+            assert error["error"]["request"] == request  # as sent: since_version and id too
             latest = await recv(ws)
             assert latest["message"] == "live_order_history"
             assert latest["data"]["price"] == "7.3", "the newest record, as a fresh start"

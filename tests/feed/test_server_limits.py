@@ -23,6 +23,20 @@ async def start(tmp_path: Path, limits: ServerLimits) -> Exchange:
     return ex
 
 
+def alice_bids(i: int) -> c.PlaceLimitOrder:
+    """The i-th of a stream of bids that fills her order history."""
+    return c.PlaceLimitOrder(
+        timestamp=0,
+        profile=ALICE,
+        market_id=APT,
+        trade_side=True,
+        direction=False,
+        size=100 + i % 7 * 10,
+        price=5000 + i % 50,
+        leverage=10,
+    )
+
+
 @pytest.fixture
 async def tight(tmp_path: Path) -> AsyncIterator[Exchange]:
     ex = await start(
@@ -47,18 +61,7 @@ async def test_a_client_that_stops_reading_is_closed_with_4010(tight: Exchange) 
         slow.transport.pause_reading()  # stop draining the socket
         largest_seen = 0
         for i in range(3000):
-            await seq.execute(
-                c.PlaceLimitOrder(
-                    timestamp=0,
-                    profile=ALICE,
-                    market_id=APT,
-                    trade_side=True,
-                    direction=False,
-                    size=100 + i % 7 * 10,
-                    price=5000 + i % 50,
-                    leverage=10,
-                )
-            )
+            await seq.execute(alice_bids(i))
             if i % 100 == 0:
                 await asyncio.sleep(0.05)
             if slow.close_code is not None or tight.feed.metrics.closes["slow_consumer"]:
@@ -75,12 +78,40 @@ async def test_a_client_that_stops_reading_is_closed_with_4010(tight: Exchange) 
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4010
 
 
+async def test_a_client_that_reads_nothing_more_is_dropped_soon_after_its_close(
+    tight: Exchange,
+) -> None:
+    """The close frame cannot reach a client that reads nothing: the server drops the socket
+    (and the buffers it holds) a short grace after the close, not when the heartbeat (40 s
+    here) would."""
+    seq = tight.sequencer
+    await seq.execute(c.Mint(timestamp=0, profile=ALICE, amount=10**12))
+    await seq.execute(c.Deposit(timestamp=0, profile=ALICE, amount=10**12))
+    async with websockets.connect(url(tight), max_queue=1) as stuck:
+        await stuck.send(json.dumps({"topic": "order_history", "address": ALICE, "limit": 1000}))
+        await asyncio.sleep(0.1)
+        stuck.transport.pause_reading()  # and never again
+        loop = asyncio.get_running_loop()
+        i = 0
+        while not tight.feed.metrics.closes["slow_consumer"]:
+            i += 1
+            await seq.execute(alice_bids(i))
+            if i % 100 == 0:
+                await asyncio.sleep(0.05)
+        closed_at = loop.time()
+        while tight.feed.connections and loop.time() - closed_at < 15:
+            await asyncio.sleep(0.1)
+        assert not tight.feed.connections, "still held after 15 s"
+        assert tight.feed.metrics.closes["aborted_unread"] == 1
+
+
 async def test_connections_per_address_are_limited(tight: Exchange) -> None:
     clients = [await websockets.connect(url(tight)) for _ in range(3)]
     extra = await websockets.connect(url(tight))
     with pytest.raises(websockets.ConnectionClosed) as closed:
         await asyncio.wait_for(extra.recv(), 5)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4008
+    assert tight.feed.metrics.closes["4008"] == 1
     for client in clients:
         await client.send(json.dumps({"method": "ping"}))
         assert (await recv(client))["message"] == "pong"

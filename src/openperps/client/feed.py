@@ -31,6 +31,8 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from openperps.client.book import LocalBook
+from openperps.core.errors import InvalidInput
+from openperps.signing import normalise_address
 
 logger = logging.getLogger("openperps.client.feed")
 
@@ -149,7 +151,7 @@ class Feed:
         out = dict(request)
         topic = request["topic"]
         if topic in LIVE_TOPICS and "address" in request:
-            address = str(request["address"]).lower()
+            address = _address(request["address"])
             known = [v for (t, a), v in self.last_version.items() if t == topic and a == address]
             if known:
                 out["since_version"] = max(known)
@@ -194,6 +196,8 @@ class Feed:
         topic = message.get("message")
         if topic in ("subscribed", "unsubscribed", "pong", "subscriptions") or topic is None:
             return
+        if topic == "error":
+            self._forget_versions_of(message.get("error"))
         version = message.get("transaction_version")
         data = message.get("data")
         if topic == "orderbook" and "mode" in message and isinstance(data, list):
@@ -212,6 +216,19 @@ class Feed:
             Push(str(topic), data, version if isinstance(version, int) else None, message)
         )
 
+    def _forget_versions_of(self, error: Any) -> None:
+        """After ``version_ahead`` the server's versions are not the ones counted so far (its
+        log was reset, or it trails the one left): count that subscription's afresh, or every
+        push would be dropped as already delivered."""
+        if not isinstance(error, dict) or error.get("code") != "version_ahead":
+            return
+        request = error.get("request")
+        if not isinstance(request, dict):
+            return
+        topic, address = request.get("topic"), _address(request.get("address"))
+        for key in [k for k in self.last_version if k[0] == topic and k[1] == address]:
+            del self.last_version[key]
+
     def __aiter__(self) -> AsyncIterator[Push]:
         return self._iterate()
 
@@ -227,3 +244,13 @@ class Feed:
         if isinstance(item, BaseException):
             raise item
         return item
+
+
+def _address(value: object) -> str:
+    """An address as the server writes it in records (0x and 64 lower-case digits), so that a
+    short or upper-case one given to ``subscribe`` matches; left as it is when malformed
+    (the server will say so)."""
+    try:
+        return normalise_address(str(value))
+    except InvalidInput:
+        return str(value).lower()

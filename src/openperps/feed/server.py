@@ -32,7 +32,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import KeysView
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from picows import (
     WSCloseCode,
@@ -168,6 +168,7 @@ class Connection(WSListener):
         peer = transport.underlying_transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else "?"
         if not self.server.admit(self):
+            self.server.metrics.closes[f"{CLOSE_POLICY}"] += 1
             self.close(CLOSE_POLICY, "too many connections from this address")
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
@@ -226,14 +227,30 @@ class Connection(WSListener):
         hub = self.server.hub
         if action.ack is not None:
             self.push(None, action.ack)
-        frames, covered = hub.snapshot(action.subscription, action.since_version)
+        since_version = action.since_version
+        if since_version is not None and since_version > hub.version:
+            # a version this feed has not reached: another (or a reset) log, or a gateway that
+            # trails the one the client came from; either way its versions cannot be matched
+            self.push(
+                None,
+                error_frame(
+                    "version_ahead",
+                    f"since_version is past this feed's newest version ({hub.version}); "
+                    "here is the current state",
+                    action.request,
+                    action.request_id,
+                    action.has_id,
+                ),
+            )
+            since_version = None
+        frames, covered = hub.snapshot(action.subscription, since_version)
         if not covered:
             self.push(
                 None,
                 error_frame(
                     "version_too_old",
                     "since_version is older than the feed keeps; here is the current state",
-                    action.subscription.describe(),
+                    action.request,
                     action.request_id,
                     action.has_id,
                 ),
@@ -304,6 +321,19 @@ class Connection(WSListener):
         self.server.hub.drop(self, list(self.session.subscriptions))
         self.transport.send_close(_close_code(code), reason.encode())
         self.transport.disconnect()
+        # the close frame waits behind whatever the client has not read; one that reads
+        # nothing would hold the socket and its buffers until the heartbeat gave up on it
+        limits = self.server.server_limits
+        grace = max(CLOSE_GRACE_S, limits.outbox_max_age_ms / 1000)
+        asyncio.get_running_loop().call_later(grace, self._abort_if_open)
+
+    def _abort_if_open(self) -> None:
+        if self in self.server.connections and self.transport is not None:
+            self.server.metrics.closes["aborted_unread"] += 1
+            self.transport.disconnect(graceful=False)
+
+
+CLOSE_GRACE_S: Final = 2.0  # at least this long to read a close before the socket is dropped
 
 
 def _close_code(code: int) -> Any:

@@ -122,6 +122,7 @@ class Subscribe:
     since_version: int | None
     request_id: Any = None
     has_id: bool = False
+    request: Any = None  # as the client sent it: what an error about it echoes
 
 
 @dataclass(frozen=True)
@@ -316,7 +317,7 @@ class FeedSession:
                 )
             self.subscriptions[subscription] = None
         ack = _ack("subscribed", request_id, has_id, subscription) if has_id else None
-        return [Subscribe(subscription, ack, since_version, request_id, has_id)]
+        return [Subscribe(subscription, ack, since_version, request_id, has_id, request)]
 
     def _parse_subscription(
         self, request: dict[str, Any], method: str

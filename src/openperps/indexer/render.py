@@ -27,7 +27,6 @@ from openperps.wire.shapes import (
     TradeHistoryRecord,
 )
 
-
 AVERAGE_DECIMALS = 8  # places of a market order's average fill price
 
 
