@@ -163,6 +163,29 @@ async def test_resume_with_since_version_loses_and_repeats_nothing(exchange: Exc
             await recv(ws, timeout=0.3)
 
 
+async def test_a_resume_a_little_ahead_of_the_feed_waits_for_it_and_stays_exact(
+    exchange: Exchange,
+) -> None:
+    """A client that comes from a feed further along (another gateway) resumes from a version
+    this feed has not reached yet: it waits the moment it takes, then goes on exactly."""
+    await trade(exchange)
+    before = exchange.models.version
+    await offer(exchange, 7100)
+    per_offer = exchange.models.version - before
+    ahead = exchange.models.version + per_offer  # where the next offer will end
+    async with websockets.connect(url(exchange)) as ws:
+        request = {"topic": "live_order_history", "address": BOB, "since_version": ahead}
+        await ws.send(json.dumps({**request, "id": 9}))
+        assert (await recv(ws))["message"] == "subscribed"
+        await offer(exchange, 7200)  # at or below since_version: the client has it
+        await offer(exchange, 7300)
+        frame = await recv(ws)
+        assert frame["message"] == "live_order_history", frame  # no error, no fresh start
+        assert frame["data"]["price"] == "7.3" and frame["transaction_version"] > ahead
+        with pytest.raises(TimeoutError):
+            await recv(ws, timeout=0.3)
+
+
 async def test_a_resume_older_than_retention_is_told_then_given_the_current_state(
     tmp_path: Path,
 ) -> None:

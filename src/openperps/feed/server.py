@@ -224,13 +224,28 @@ class Connection(WSListener):
     # -- work ---------------------------------------------------------------------------------
 
     def start(self, action: Subscribe) -> None:
-        hub = self.server.hub
         if action.ack is not None:
             self.push(None, action.ack)
+        self._join(action, asyncio.get_running_loop().time() + AHEAD_WAIT_S)
+
+    def _join(self, action: Subscribe, give_up_at: float) -> None:
+        """Send the snapshot (or the changes after ``since_version``) and hold the
+        subscription from the version they end at."""
+        hub = self.server.hub
+        subscription = action.subscription
+        if self.closing or subscription not in self.session.subscriptions:
+            return  # closed, or unsubscribed while it waited
+        if self in hub.holders.get(subscription, ()):
+            return  # subscribed again while it waited: that request has joined
         since_version = action.since_version
         if since_version is not None and since_version > hub.version:
-            # a version this feed has not reached: another (or a reset) log, or a gateway that
-            # trails the one the client came from; either way its versions cannot be matched
+            loop = asyncio.get_running_loop()
+            if loop.time() < give_up_at:
+                # a feed gateway trailing the one the client came from catches up in moments:
+                # wait for it, and the resume stays exact
+                loop.call_later(AHEAD_POLL_S, self._join, action, give_up_at)
+                return
+            # still past it: another (or a reset) log, whose versions cannot be matched
             self.push(
                 None,
                 error_frame(
@@ -243,7 +258,7 @@ class Connection(WSListener):
                 ),
             )
             since_version = None
-        frames, covered = hub.snapshot(action.subscription, since_version)
+        frames, covered = hub.snapshot(subscription, since_version)
         if not covered:
             self.push(
                 None,
@@ -257,8 +272,8 @@ class Connection(WSListener):
             )
         for frame in frames:
             self.push(None, frame)
-        hub.add(self, action.subscription)
-        self.joined[action.subscription] = hub.version
+        hub.add(self, subscription)
+        self.joined[subscription] = hub.version
         self.server.schedule_flush(self)
 
     def push(self, subscription: Subscription | None, payload: bytes) -> None:
@@ -333,6 +348,8 @@ class Connection(WSListener):
             self.transport.disconnect(graceful=False)
 
 
+AHEAD_WAIT_S: Final = 2.0  # how long a resume past the feed's version waits for the feed
+AHEAD_POLL_S: Final = 0.02
 CLOSE_GRACE_S: Final = 2.0  # at least this long to read a close before the socket is dropped
 
 
