@@ -74,6 +74,10 @@ from openperps.indexer.topics import TopicData
 
 logger = logging.getLogger("openperps.feed")
 
+AHEAD_WAIT_S: Final = 2.0  # how long a resume past the feed's version waits for the feed
+AHEAD_POLL_S: Final = 0.02
+CLOSE_GRACE_S: Final = 2.0  # at least this long to read a close before the socket is dropped
+
 PATHS = (b"/ws/", b"/ws", "/ws/", "/ws")
 _DATA = frozenset({WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION})
 PACKED_CACHE_BYTES = 8 * 1024 * 1024  # compressed snapshots kept; cleared when over
@@ -346,11 +350,6 @@ class Connection(WSListener):
         if self in self.server.connections and self.transport is not None:
             self.server.metrics.closes["aborted_unread"] += 1
             self.transport.disconnect(graceful=False)
-
-
-AHEAD_WAIT_S: Final = 2.0  # how long a resume past the feed's version waits for the feed
-AHEAD_POLL_S: Final = 0.02
-CLOSE_GRACE_S: Final = 2.0  # at least this long to read a close before the socket is dropped
 
 
 def _close_code(code: int) -> Any:
