@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import pairwise
+from typing import Any
 
 import msgspec
 import pytest
@@ -108,9 +109,14 @@ class CountingData(TopicData):
 
 def fresh(data: TopicData, subscription: Subscription) -> bytes:
     """The state of ``subscription`` built from scratch, as a new subscriber must see it."""
-    extra = {"mode": "snapshot"} if subscription.delta else {}
     records = TopicData.snapshot(data, subscription.topic, subscription.key, subscription.limit)
-    return push_frame(subscription.topic, records, data.models.version, **extra)
+    version = data.models.version
+    if subscription.topic == "orderbook":
+        extra: dict[str, Any] = {"market_id": str(subscription.key), "limit": subscription.limit}
+        if subscription.delta:
+            extra["mode"] = "snapshot"
+        return push_frame("orderbook", records, version, **extra)
+    return push_frame(subscription.topic, records, version)
 
 
 def test_a_list_state_is_built_once_per_version_for_every_subscriber_and_never_served_stale() -> (

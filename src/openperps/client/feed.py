@@ -201,10 +201,12 @@ class Feed:
         version = message.get("transaction_version")
         data = message.get("data")
         if topic == "orderbook" and "mode" in message and isinstance(data, list):
-            market = str(data[0]["market_id"]) if data else None
+            # the push names its market (OpenPerps); a Kana-style one only through its levels
+            named = message.get("market_id") or (data[0]["market_id"] if data else None)
+            market = str(named) if named is not None else None
             local = self.books.get(market) if market else None
             if local is None and len(self.books) == 1:
-                local = next(iter(self.books.values()))  # an empty delta names no market
+                local = next(iter(self.books.values()))  # an empty push that names nothing
             if local is not None and not local.apply(message):
                 asyncio.get_running_loop().create_task(self._resnapshot(local.market_id))
         if topic in LIVE_TOPICS and isinstance(version, int):

@@ -59,6 +59,16 @@ def push_frame(topic: str, data: Any, version: int, **extra: Any) -> bytes:
     return ENCODER.encode(frame)
 
 
+def book_frame(
+    levels: Any, version: int, market_id: Any, depth: int, mode: str | None, **extra: Any
+) -> bytes:
+    """An ``orderbook`` push. Beyond Kana's keys it names its market and depth (``limit``),
+    so that an empty book, or one of two depths of a market on one connection, is known."""
+    if mode is not None:
+        extra = {"mode": mode, **extra}
+    return push_frame("orderbook", levels, version, market_id=str(market_id), limit=depth, **extra)
+
+
 class Hub:
     def __init__(self, data: TopicData) -> None:
         self.data = data
@@ -199,8 +209,9 @@ class Hub:
         if frame is None:
             topic = subscription.topic
             records = self.data.snapshot(topic, subscription.key, subscription.limit)
-            if subscription.delta:
-                frame = push_frame(topic, records, version, mode="snapshot")
+            if topic == "orderbook":  # which book and depth, even when it is empty
+                mode = "snapshot" if subscription.delta else None
+                frame = book_frame(records, version, subscription.key, subscription.limit, mode)
             else:
                 frame = push_frame(topic, records, version)
             self._states_bytes += len(frame)
@@ -246,7 +257,7 @@ class Hub:
             level_version, ts = versions[(is_ask, price)] if size else (version, 0)
             data.append(render.level(market_id, is_ask, price, size, level_version, ts))
         previous, held.version = held.version, version
-        return push_frame("orderbook", data, version, mode="delta", prev_version=previous)
+        return book_frame(data, version, market_id, depth, "delta", prev_version=previous)
 
 
 @dataclass
