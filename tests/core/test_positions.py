@@ -91,6 +91,38 @@ def test_a_trigger_with_nothing_to_close_into_stays_armed() -> None:
     assert of(x.oracle("6.400"), e.TpSlTriggered)
 
 
+def test_a_stop_loss_the_book_could_only_partly_fill_stays_armed_for_the_rest() -> None:
+    x = funded()
+    x.limit(BOB, "open short", "2", "7.000")
+    x.market_order(ALICE, "open long", "2", sl="6.500", tp="8.000")
+    x.limit(CAROL, "open long", "0.5", "6.400")  # all the book will take
+    events = x.oracle("6.300")
+    assert only(events, e.TpSlTriggered).take_profit is False
+    assert only(events, e.TradeExecuted).size == x.sz("0.5")
+    left = x.position(ALICE)
+    assert left.size == x.sz("1.5"), "the rest is still open"
+    assert (left.stop_loss, left.take_profit) == (x.px("6.500"), x.px("8.000"))
+    shown = [p for p in of(events, e.PositionChanged) if p.profile == ALICE][-1]
+    assert shown.stop_loss == x.px("6.500"), "what the feed is told matches"
+    x.limit(CAROL, "open long", "5", "6.200")
+    events = x.oracle("6.200")  # fires again, and this time closes it all
+    assert only(events, e.TpSlTriggered).take_profit is False
+    assert x.position(ALICE) is None
+
+
+def test_a_stop_loss_that_only_meets_the_traders_own_bid_stays_armed() -> None:
+    x = funded()
+    x.limit(BOB, "open short", "2", "7.000")
+    x.market_order(ALICE, "open long", "2", sl="6.500")
+    x.limit(ALICE, "open long", "1", "6.400")  # her own bid is the only one
+    x.oracle("6.300")  # the close cancels her bid (no self-trade) and fills nothing
+    assert x.position(ALICE).size == x.sz("2")
+    assert x.position(ALICE).stop_loss == x.px("6.500")
+    x.limit(CAROL, "open long", "5", "6.200")
+    assert of(x.oracle("6.200"), e.TpSlTriggered)
+    assert x.position(ALICE) is None
+
+
 def test_trigger_prices_on_the_wrong_side_are_refused() -> None:
     x = funded()
     x.limit(BOB, "open short", "5", "7.000")

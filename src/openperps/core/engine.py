@@ -1349,6 +1349,8 @@ class Engine:
             pos.take_profit = pos.stop_loss = None
             self._dirty_positions[id(pos)] = pos
             self._close_position(market, pos, TPSL, None)
+            if pos.size:  # the book could not take it all: what is left stays protected
+                pos.take_profit, pos.stop_loss = tp, sl
 
     def _close_position(
         self, market: MarketState, pos: Position, base: int, limit: int | None
