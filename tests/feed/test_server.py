@@ -191,7 +191,7 @@ async def test_a_resume_a_little_ahead_of_the_feed_waits_for_it_and_stays_exact(
 async def test_a_resume_older_than_retention_is_told_then_given_the_current_state(
     tmp_path: Path,
 ) -> None:
-    """``since_version`` past what the feed keeps: a coded error naming the subscription, the
+    """``since_version`` past what the feed keeps: a coded error echoing the request, the
     newest record as a fresh start, then live pushes as usual; the connection stays open."""
     ex = Exchange(Settings(db=str(tmp_path / "events.sqlite3"), ws_port=0, live_retention=2))
     await ex.start()

@@ -19,7 +19,7 @@ from openperps import __version__
 from openperps.cli import trade
 from openperps.cli.gateway import gateway
 from openperps.cli.reindex import reindex
-from openperps.cli.serve import MarketsOption, NetworkOption, read_config, serve
+from openperps.cli.serve import MarketsOption, NetworkOption, config_defaults, serve
 from openperps.core.errors import OpenPerpsError
 from openperps.core.markets import MarketConfig, default_markets, parse_markets
 from openperps.core.numbers import format_scaled
@@ -54,11 +54,7 @@ def markets(
 ) -> None:
     """List the markets `openperps serve` would trade with the same options, and their figures."""
     if config is not None:
-        chosen = {
-            k: v
-            for k, v in read_config(config).items()
-            if getattr(ctx.get_parameter_source(k), "name", "DEFAULT") == "DEFAULT"
-        }
+        chosen = config_defaults(ctx, config)
         network = chosen.get("network", network)
         markets = Path(chosen["markets"]) if "markets" in chosen else markets
     if network not in ("mainnet", "testnet"):

@@ -135,13 +135,7 @@ def serve(
     """
     feed_limits, server_limits, live_retention = FeedLimits(), ServerLimits(), LIVE_RETENTION
     if config is not None:
-        values = read_config(config)
-        given = {
-            name
-            for name in values
-            if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"
-        }
-        chosen = {k: v for k, v in values.items() if k not in given}
+        chosen = config_defaults(ctx, config)
         db = chosen.get("db", db)
         host = chosen.get("host", host)
         ws_port = chosen.get("ws_port", ws_port)
@@ -303,6 +297,16 @@ def feed_settings(table: object, where: str) -> tuple[FeedLimits, ServerLimits, 
 
 _FEED_FIELDS = frozenset(f.name for f in dataclasses.fields(FeedLimits))
 _SERVER_FIELDS = frozenset(f.name for f in dataclasses.fields(ServerLimits))
+
+
+def config_defaults(ctx: typer.Context, path: Path) -> dict[str, Any]:
+    """What the TOML file at ``path`` sets for the options this command line left at their
+    defaults: a flag and its environment variable both win over the file."""
+    return {
+        k: v
+        for k, v in read_config(path).items()
+        if getattr(ctx.get_parameter_source(k), "name", "DEFAULT") == "DEFAULT"
+    }
 
 
 def read_config(path: Path) -> dict[str, Any]:

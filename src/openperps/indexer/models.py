@@ -45,8 +45,8 @@ class OrderRow(msgspec.Struct):
     is_buy: bool
     size: int
     remaining: int
-    price: int | None  # the limit price; for a market order None until it fills
-    filled_value: int  # sum of price x size over fills (for a market order's average price)
+    price: int | None  # the limit price; None for a market order
+    filled_value: int  # sum of price x size over fills (a market order's average is rendered)
     leverage: int
     status: str
     trade_id: int
@@ -367,8 +367,6 @@ class ReadModels:
                 row.status = FILLED if leg.remaining == 0 else PARTIALLY_FILLED
                 row.last_updated = ev.timestamp
                 row.version = ev.version
-                if row.is_market or row.price is None:
-                    row.price = row.filled_value // (row.size - row.remaining)
                 if not row.is_market and row.price is not None:
                     self._level(ev.market_id, not row.is_buy, row.price, -ev.size, ev)
                     if leg.remaining == 0:

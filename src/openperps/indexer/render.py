@@ -68,7 +68,7 @@ class Renderer:
         holds exactly; before any fill both are "0"."""
         m = row.market_id
         filled = row.size - row.remaining
-        if not row.is_market or row.price is None or filled == 0:
+        if not row.is_market or filled == 0:
             return self.price(m, row.price), self.value(m, row.size, row.price)
         config = self._config(m)
         units = row.filled_value * 10**AVERAGE_DECIMALS // (filled * 10**config.price_decimals)
