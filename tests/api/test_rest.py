@@ -261,6 +261,13 @@ async def test_bad_input_and_rule_refusals(api: httpx.AsyncClient) -> None:
     refused(await alice.post("/placeLimitOrder", {**order, "leverage": 50}), 400, 1006)
     refused(await alice.post("/placeLimitOrder", {**order, "tradeSide": "yes"}), 400, 2030)
     refused(await alice.post("/placeLimitOrder", None, raw=b"[1, 2"), 400, 2030)
+    # signed bodies that are not JSON in other ways: not UTF-8, nested past any decoder
+    for raw in (b'{"amount": "\xff"}', b"[" * 100_000):
+        refused(await alice.post("/deposit", None, raw=raw), 400, 2030)
+    # numbers past Decimal's own range, or written with digits a decimal string has not
+    for size in ("1e999999", "1e-999999", "1_0", "\u0661", "\uff11"):
+        refused(await alice.post("/placeLimitOrder", {**order, "size": size}), 400, 2001)
+    refused(await alice.post("/deposit", {"amount": "1e1000000000"}), 400, 2001)
     refused(await alice.post("/placeLimitOrder", [1]), 400, 2030)
     refused(await alice.post("/placeLimitOrder", {**order, "direction": True}), 409, 1011)
     refused(await alice.post("/withdraw", {"amount": "1000"}), 409, 1010)
@@ -296,6 +303,48 @@ async def test_bad_input_and_rule_refusals(api: httpx.AsyncClient) -> None:
         400,
         2030,
     )
+
+
+async def test_cancel_and_place_replaces_quotes_or_only_pulls_them(
+    api: httpx.AsyncClient,
+) -> None:
+    maker = Trader(api)
+    await maker.post("/mintTestTokens", {"amount": "1000"})
+    await maker.post("/deposit", {"amount": "1000"})
+
+    def bid(price: str) -> dict[str, Any]:
+        return {
+            "marketId": APT,
+            "tradeSide": True,
+            "direction": False,
+            "size": "1",
+            "price": price,
+            "leverage": 5,
+        }
+
+    placed = (await maker.post("/placeMultipleOrders", {"orders": [bid("6.9"), bid("6.8")]})).json()
+    ids = [order["order_id"] for order in placed["data"]["orders"]]
+    replaced = await maker.post(
+        "/cancelAndPlaceMultipleOrders",
+        {"marketId": APT, "cancelOrderIds": [ids[0]], "orders": [bid("6.95")]},
+    )
+    statuses = [order["status"] for order in replaced.json()["data"]["orders"]]
+    assert replaced.status_code == 200 and statuses == ["Cancelled", "Open"]
+    resting = {order["price"] for order in await maker.get("/getOpenOrders")}
+    assert resting == {"6.8", "6.95"}
+    # cancels alone pull quotes in the same call, with "orders" empty or left out
+    (left,) = [o["order_id"] for o in replaced.json()["data"]["orders"] if o["status"] == "Open"]
+    for cancel, orders in (([ids[1]], {"orders": []}), ([left], {})):
+        pulled = await maker.post(
+            "/cancelAndPlaceMultipleOrders", {"marketId": APT, "cancelOrderIds": cancel, **orders}
+        )
+        assert [o["status"] for o in pulled.json()["data"]["orders"]] == ["Cancelled"]
+    assert await maker.get("/getOpenOrders") == []
+    # nothing at all to do is a bad request, whichever way it is empty
+    for empty in ({}, {"cancelOrderIds": [], "orders": []}, {"orders": None}):
+        nothing = await maker.post("/cancelAndPlaceMultipleOrders", {"marketId": APT, **empty})
+        refused(nothing, 400, 2030)
+        assert "nothing to do" in nothing.json()["message"]
 
 
 async def test_an_unknown_endpoint_is_named_with_the_one_likely_meant(
@@ -460,6 +509,9 @@ async def test_position_actions_batches_delegation_and_admin(tmp_path: Path) -> 
             "/admin/oraclePrice", json={"marketId": APT, "price": "6.9"}, headers=admin
         )
         assert price.status_code == 200
+        for raw in (b'{"marketId": "\xff"}', b"[" * 100_000, b"[]"):
+            bad = await api.post("/admin/oraclePrice", content=raw, headers=admin)
+            refused(bad, 400, 2030)
         funding = await alice.get("/getFundingHistory")
         assert funding == []
     await exchange.stop()

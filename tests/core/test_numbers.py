@@ -36,6 +36,10 @@ def test_rounding_direction_is_in_the_name() -> None:
         ("-3.5", 1, -35),
         (42, 2, 4200),
         ("5.7500", 2, 575),
+        (".5", 1, 5),
+        ("+2.", 0, 2),
+        ("0e999999999", 3, 0),
+        ("12E-1", 1, 12),
     ],
 )
 def test_parse_decimal(text: str | int, decimals: int, expected: int) -> None:
@@ -43,7 +47,14 @@ def test_parse_decimal(text: str | int, decimals: int, expected: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "abc", "NaN", "inf", "-Infinity", "1.0001", 1.5, True, None, "9" * 70, "1e30"]
+    "text",
+    [
+        *("", "abc", "NaN", "inf", "-Infinity", "1.0001", 1.5, True, None, "9" * 70, "1e30"),
+        # past Decimal's own exponent range, or more digits than its context keeps
+        *("1e999999", "1e1000000000", "1e-999999", "1" * 40 + ".0000001"),
+        # digits Decimal() reads but a decimal string does not have
+        *("1_0", "\u0661\u0662", "\uff11", "1 0", "0x10", "1e", "."),
+    ],
 )
 def test_parse_decimal_refuses_what_it_cannot_take_exactly(text: object) -> None:
     with pytest.raises(InvalidInput) as caught:

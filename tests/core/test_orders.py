@@ -120,8 +120,21 @@ def test_market_order_fills_only_what_the_balance_pays_for() -> None:
     trade = only(events, e.TradeExecuted)
     # 10 USDT at 1x buys 1.42 APT at 7 (9.94 + fee 0.00497); 1.43 would cost 10.015
     assert trade.size == x.sz("1.42")
-    assert only(events, e.OrderCancelled).reason == e.CancelReason.NO_LIQUIDITY
+    # the book had more: what stopped it was the balance, and the cancel says so
+    cancelled = only(events, e.OrderCancelled)
+    assert cancelled.reason == e.CancelReason.INSUFFICIENT_BALANCE
+    assert cancelled.remaining == x.sz("98.58")
     assert x.free(ALICE) >= 0
+
+
+def test_a_market_order_the_balance_could_pay_further_cancels_for_liquidity() -> None:
+    x = Exchange()
+    x.deposit(ALICE, "10")
+    x.deposit(BOB, "100000")
+    x.limit(BOB, "open short", "1", "7.000")
+    events = x.market_order(ALICE, "open long", "100", leverage=1)
+    assert only(events, e.TradeExecuted).size == x.sz("1")
+    assert only(events, e.OrderCancelled).reason == e.CancelReason.NO_LIQUIDITY
 
 
 def test_a_market_order_whose_balance_pays_for_no_lot_is_refused() -> None:
@@ -231,6 +244,16 @@ def test_batches_place_and_cancel_each_order_on_its_own() -> None:
         )
     )
     assert len(of(events, e.OrderCancelled)) == 1 and len(x.order_ids(events)) == 1
+    # cancels alone are a batch too; with nothing on either list it is refused
+    (replacement,) = x.order_ids(events)
+    pull = c.CancelAndPlaceMultipleOrders(
+        timestamp=x.tick(), profile=ALICE, market_id=APT, cancel_order_ids=[replacement], orders=[]
+    )
+    assert only(x.do(pull), e.OrderCancelled).order_id == replacement
+    nothing = c.CancelAndPlaceMultipleOrders(
+        timestamp=x.tick(), profile=ALICE, market_id=APT, cancel_order_ids=[], orders=[]
+    )
+    assert rejected(x.do(nothing)) == ErrorCode.TOO_MANY_ORDERS
     too_many = c.PlaceMultipleOrders(timestamp=x.tick(), profile=ALICE, orders=[order("1")] * 21)
     assert rejected(x.do(too_many)) == ErrorCode.TOO_MANY_ORDERS
     empty = c.PlaceMultipleOrders(timestamp=x.tick(), profile=ALICE, orders=[])

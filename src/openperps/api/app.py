@@ -556,13 +556,19 @@ async def _signed(request: Request[Any, Any, Any]) -> tuple[str, str | None, dic
     verified = verifier.verify(
         request.headers, request.method, target, raw, time.time_ns() // 1_000_000
     )
+    return verified.profile, verified.delegate, _json_object(raw)
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    """A request body: a JSON object (an empty body is an empty one). Text that is not UTF-8
+    and nesting too deep to decode are bad JSON like any other."""
     try:
         body = _body_decoder.decode(raw) if raw else {}
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         raise ApiError(400, BAD_REQUEST, "the body is not JSON") from None
     if not isinstance(body, dict):
         raise ApiError(400, BAD_REQUEST, "the body is a JSON object")
-    return verified.profile, verified.delegate, body
+    return body
 
 
 async def _run(exchange: Exchange, command: c.Command) -> list[e.Event]:
@@ -867,7 +873,14 @@ async def cancel_and_place(request: Request[Any, Any, Any], state: State) -> Res
     profile, delegate, body = await _signed(request)
     config = _market(exchange, body.get("marketId"))
     order_ids = _order_ids(body.get("cancelOrderIds", []))
-    orders = _orders(exchange, profile, delegate, body.get("orders"))
+    # with orders to cancel, the new ones may be left out (every quote pulled in one request)
+    listed = body.get("orders")
+    if listed is None or listed == []:
+        if not order_ids:
+            raise ApiError(400, BAD_REQUEST, "nothing to do: cancelOrderIds and orders are empty")
+        orders = []
+    else:
+        orders = _orders(exchange, profile, delegate, listed)
     events = await _run(
         exchange,
         c.CancelAndPlaceMultipleOrders(
@@ -956,13 +969,7 @@ def _admin(request: Request[Any, Any, Any]) -> None:
 
 
 async def _admin_body(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    try:
-        body = _body_decoder.decode(await request.body() or b"{}")
-    except msgspec.DecodeError:
-        raise ApiError(400, BAD_REQUEST, "the body is not JSON") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, BAD_REQUEST, "the body is a JSON object")
-    return body
+    return _json_object(await request.body())
 
 
 @post("/admin/oraclePrice", status_code=200)

@@ -895,19 +895,21 @@ class Engine:
     ) -> None:
         """Match an accepted order against the book, then rest or cancel what is left."""
         book = market.book
+        out_of_balance = False
         if order.is_buy:
             if book.ask_keys and (limit is None or -book.ask_keys[-1] <= limit):
-                self._match(market, order, limit)
+                out_of_balance = self._match(market, order, limit)
         elif book.bid_keys and (limit is None or book.bid_keys[-1] >= limit):
-            self._match(market, order, limit)
+            out_of_balance = self._match(market, order, limit)
         if order.remaining:
             if order.is_market or order.restriction == IOC:
                 self._release(order)
-                reason = (
-                    e.CancelReason.IMMEDIATE_OR_CANCEL
-                    if not order.is_market
-                    else e.CancelReason.NO_LIQUIDITY
-                )
+                if not order.is_market:
+                    reason = e.CancelReason.IMMEDIATE_OR_CANCEL
+                elif out_of_balance:
+                    reason = e.CancelReason.INSUFFICIENT_BALANCE
+                else:
+                    reason = e.CancelReason.NO_LIQUIDITY
                 self._out.append(
                     _OrderCancelled(
                         self._next_version(),
@@ -994,7 +996,9 @@ class Engine:
             size -= lot
         return max(size, 0)
 
-    def _match(self, market: MarketState, taker: Order, limit: int | None) -> None:
+    def _match(self, market: MarketState, taker: Order, limit: int | None) -> bool:
+        """Trade ``taker`` against the book up to ``limit``. True when an opening market
+        order stopped because its free balance pays for no more, with liquidity left."""
         book = market.book
         is_buy = taker.is_buy
         levels = book.asks if is_buy else book.bids
@@ -1013,8 +1017,9 @@ class Engine:
             if opening_market:
                 qty = self._affordable(market, taker, price, qty)
                 if qty == 0:
-                    break
+                    return True
             self._trade(market, maker, taker, price, qty)
+        return False
 
     def _trade(self, market: MarketState, maker: Order, taker: Order, price: int, qty: int) -> None:
         config = market.config
@@ -1179,8 +1184,9 @@ class Engine:
 
     def _cancel_and_place(self, cmd: c.CancelAndPlaceMultipleOrders) -> None:
         market = self._market(cmd.market_id)
+        # either list may be empty (pull quotes, or place without cancelling), not both
         cancels = self._check_batch(cmd.cancel_order_ids) if cmd.cancel_order_ids else []
-        orders = self._check_batch(cmd.orders)
+        orders = self._check_batch(cmd.orders) if cmd.orders or not cancels else []
         for order_id in cancels:
             self._run_nested(
                 "CancelOrder",

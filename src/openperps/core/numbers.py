@@ -18,7 +18,8 @@ rounded with ``ceil_div`` and what a trader receives with ``floor_div`` (exchang
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+import re
+from decimal import Decimal, DecimalException
 from fractions import Fraction
 from typing import Final
 
@@ -33,7 +34,8 @@ BPS_ONE: Final = 10_000
 # chain's u64 fields imply, and small enough that products of two stay exact and fast.
 MAX_INPUT: Final = 2**63 - 1
 
-_SPECIALS: Final = frozenset({"nan", "inf", "infinity", "snan", "-nan", "-inf", "-infinity"})
+# ASCII digits only: Decimal() also reads other scripts' digits and underscores ("1_0" is 10)
+_DECIMAL: Final = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 def ceil_div(numerator: int, denominator: int) -> int:
@@ -93,23 +95,23 @@ def parse_decimal(text: object, decimals: int, *, what: str = "value") -> int:
         scaled = text * int(10**decimals)
     else:
         stripped = text.strip()
-        if not stripped or stripped.lower() in _SPECIALS or len(stripped) > 64:
+        if len(stripped) > 64 or _DECIMAL.fullmatch(stripped) is None:
             raise InvalidInput(ErrorCode.INVALID_NUMBER, f"{what} is not a decimal number")
-        try:
-            number = Decimal(stripped)
-        except InvalidOperation:
-            raise InvalidInput(
-                ErrorCode.INVALID_NUMBER, f"{what} is not a decimal number"
-            ) from None
-        if not number.is_finite():
-            raise InvalidInput(ErrorCode.INVALID_NUMBER, f"{what} is not a finite number")
+        number = Decimal(stripped)
+        if not number:
+            number = Decimal(0)  # a zero with any exponent ("0e999999") is plain zero
+        elif number.adjusted() > 40:  # far past MAX_INPUT at any scale (and past Decimal's own)
+            raise InvalidInput(ErrorCode.INVALID_NUMBER, f"{what} is out of range")
         exponent = number.as_tuple().exponent
         assert isinstance(exponent, int)
-        if exponent < -decimals and number != number.quantize(Decimal(1).scaleb(-decimals)):
-            raise InvalidInput(
-                ErrorCode.INVALID_NUMBER, f"{what} has more than {decimals} decimal places"
-            )
-        scaled = int(number.scaleb(decimals))  # exact: the digits were checked above
+        try:
+            if exponent < -decimals and number != number.quantize(Decimal(1).scaleb(-decimals)):
+                raise InvalidInput(
+                    ErrorCode.INVALID_NUMBER, f"{what} has more than {decimals} decimal places"
+                )
+            scaled = int(number.scaleb(decimals))  # exact: the digits were checked above
+        except DecimalException:  # more digits than Decimal's context holds
+            raise InvalidInput(ErrorCode.INVALID_NUMBER, f"{what} is out of range") from None
     if not -MAX_INPUT <= scaled <= MAX_INPUT:
         raise InvalidInput(ErrorCode.INVALID_NUMBER, f"{what} is out of range")
     return scaled
