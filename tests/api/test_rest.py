@@ -305,6 +305,41 @@ async def test_bad_input_and_rule_refusals(api: httpx.AsyncClient) -> None:
     )
 
 
+async def test_trade_histories_page_and_filter_by_seconds(api: httpx.AsyncClient) -> None:
+    maker, taker = Trader(api), Trader(api)
+    for trader in (maker, taker):
+        await trader.post("/mintTestTokens", {"amount": "1000"})
+        await trader.post("/deposit", {"amount": "1000"})
+    for price in ("7", "7.1"):
+        ask = {"marketId": APT, "tradeSide": False, "direction": False, "size": "1"}
+        await maker.post("/placeLimitOrder", {**ask, "price": price, "leverage": 5})
+        buy = {"marketId": APT, "tradeSide": True, "direction": False, "size": "1"}
+        assert (await taker.post("/placeMarketOrder", {**buy, "leverage": 5})).status_code == 200
+
+    async def trades(**params: Any) -> list[str]:
+        answer = await api.get("/getAllTrades", params={"marketId": APT, **params})
+        return [trade["price"] for trade in answer.json()["data"]]
+
+    assert await trades() == ["7.1", "7"]  # newest first
+    assert await trades(limit=1) == ["7.1"]
+    assert await trades(limit=1, offset=1) == ["7"]
+    assert await trades(offset=2) == []
+    refused(await api.get("/getAllTrades", params={"marketId": APT, "offset": -1}), 400, 2030)
+
+    (_newest, oldest) = await taker.get("/getFills")
+    second = oldest["timestamp"]
+    assert isinstance(second, int) and abs(second - time.time()) < 60  # seconds, not ms
+    assert len(await taker.get("/getFills", fromTimestamp=second)) == 2
+    assert await taker.get("/getFills", toTimestamp=second - 1) == []
+    assert await taker.get("/getFills", fromTimestamp=second + 120) == []
+    # milliseconds where seconds are read would silently match nothing: refused instead
+    for name in ("fromTimestamp", "toTimestamp"):
+        params: dict[str, str | int] = {"userAddress": taker.wallet, name: second * 1000}
+        in_ms = await api.get("/getFills", params=params)
+        refused(in_ms, 400, 2030)
+        assert "Unix seconds" in in_ms.json()["message"]
+
+
 async def test_cancel_and_place_replaces_quotes_or_only_pulls_them(
     api: httpx.AsyncClient,
 ) -> None:
@@ -334,14 +369,16 @@ async def test_cancel_and_place_replaces_quotes_or_only_pulls_them(
     assert resting == {"6.8", "6.95"}
     # cancels alone pull quotes in the same call, with "orders" empty or left out
     (left,) = [o["order_id"] for o in replaced.json()["data"]["orders"] if o["status"] == "Open"]
-    for cancel, orders in (([ids[1]], {"orders": []}), ([left], {})):
+    pulls: list[tuple[list[str], dict[str, Any]]] = [([ids[1]], {"orders": []}), ([left], {})]
+    for cancel, orders in pulls:
         pulled = await maker.post(
             "/cancelAndPlaceMultipleOrders", {"marketId": APT, "cancelOrderIds": cancel, **orders}
         )
         assert [o["status"] for o in pulled.json()["data"]["orders"]] == ["Cancelled"]
     assert await maker.get("/getOpenOrders") == []
     # nothing at all to do is a bad request, whichever way it is empty
-    for empty in ({}, {"cancelOrderIds": [], "orders": []}, {"orders": None}):
+    empties: list[dict[str, Any]] = [{}, {"cancelOrderIds": [], "orders": []}, {"orders": None}]
+    for empty in empties:
         nothing = await maker.post("/cancelAndPlaceMultipleOrders", {"marketId": APT, **empty})
         refused(nothing, 400, 2030)
         assert "nothing to do" in nothing.json()["message"]
@@ -433,6 +470,23 @@ async def test_position_actions_batches_delegation_and_admin(tmp_path: Path) -> 
         assert margin.status_code == 200
         (position,) = await alice.get("/getPositions")
         assert position["sl"] == "6.8" and position["margin"] == "3.1"
+        # a misspelt or missing price key is refused, and the stop-loss stays
+        for typo in ({"stopLossPrice": "6.7"}, {}):
+            missing = await alice.post(
+                "/updateStopLoss", {"marketId": APT, "tradeSide": True, **typo}
+            )
+            refused(missing, 400, 2030)
+            assert "newStopLossPrice is required" in missing.json()["message"]
+        (position,) = await alice.get("/getPositions")
+        assert position["sl"] == "6.8"
+        # null, "" and 0 in any spelling remove a trigger
+        for cleared in (None, "", 0, "0.000"):
+            tp = {"marketId": APT, "tradeSide": True, "newTakeProfitPrice": "9"}
+            assert (await alice.post("/updateTakeProfit", tp)).status_code == 200
+            assert (await alice.get("/getPositions"))[0]["tp"] == "9"
+            removed = await alice.post("/updateTakeProfit", {**tp, "newTakeProfitPrice": cleared})
+            assert removed.status_code == 200, (cleared, removed.text)
+            assert (await alice.get("/getPositions"))[0]["tp"] is None, cleared
         refused(await alice.post("/collapsePosition", {"marketId": APT}), 409, 2010)
         # delegation: a delegate trades for Alice but cannot withdraw
         delegate = PrivateKey.generate()
@@ -470,7 +524,7 @@ async def test_position_actions_batches_delegation_and_admin(tmp_path: Path) -> 
         headers = sign_request(
             delegate, "POST", "/withdraw", body, time.time_ns() // 1_000_000, wallet=alice.wallet
         )
-        refused(await api.post("/withdraw", content=body, headers=headers), 403, 1001)
+        refused(await api.post("/withdraw", content=body, headers=headers), 403, 2106)
         headers = sign_request(
             delegate,
             "POST",
@@ -479,7 +533,16 @@ async def test_position_actions_batches_delegation_and_admin(tmp_path: Path) -> 
             time.time_ns() // 1_000_000,
             wallet=alice.wallet,
         )
-        refused(await api.post("/withdrawSpecifiMarket", content=body, headers=headers), 403, 1001)
+        refused(await api.post("/withdrawSpecifiMarket", content=body, headers=headers), 403, 2106)
+        # nor hand the account on, or end the delegation it holds
+        for path, sent in (
+            ("/enableDelegation", {"delegatePublicKey": delegate.public_key_hex, "expiresAt": 1}),
+            ("/disableDelegation", {}),
+        ):
+            body = json.dumps(sent).encode()
+            now = time.time_ns() // 1_000_000
+            headers = sign_request(delegate, "POST", path, body, now, wallet=alice.wallet)
+            refused(await api.post(path, content=body, headers=headers), 403, 2106)
         assert await alice.get("/getWalletAccountBalance") == "0"
         del as_delegate
         # operator endpoints need the bearer token

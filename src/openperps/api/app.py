@@ -26,7 +26,7 @@ import logging
 import time
 from decimal import Decimal
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import msgspec
 from litestar import Litestar, Request, Response, get, post
@@ -245,6 +245,10 @@ def _profile_of(address: str | None) -> str:
         return profile_address(normalise_address(address))
     except InvalidInput as exc:
         raise ApiError(400, int(exc.code), exc.detail) from None
+
+
+# a timestamp filter past this (the year 5138) is milliseconds sent where seconds are read
+LATEST_SECONDS: Final = 10**11
 
 
 def _page(limit: int | None, offset: int | None) -> tuple[int, int]:
@@ -481,6 +485,9 @@ async def get_trade_history(
     profile = _profile_of(userAddress)
     size, start = _page(limit, offset)
     market = _market_filter(exchange, marketId)
+    for name, moment in (("fromTimestamp", fromTimestamp), ("toTimestamp", toTimestamp)):
+        if moment is not None and not 0 <= moment < LATEST_SECONDS:
+            raise ApiError(400, BAD_REQUEST, f"{name} is Unix seconds, like the records' timestamp")
     render = Renderer(exchange.models.markets)
     rows = [
         r
@@ -529,12 +536,13 @@ async def all_trades(
     state: State,
     marketId: str,
     limit: int | None = None,
+    offset: int | None = None,
 ) -> Response[bytes]:
     exchange = _source(state)
     config = _market(exchange, marketId)
-    size, _ = _page(limit, 0)
+    size, start = _page(limit, offset)
     render = Renderer(exchange.models.markets)
-    rows = exchange.models.recent_trades_of(config.market_id, size)
+    rows = exchange.models.recent_trades_of(config.market_id, start + size)[start:]
     return _read(exchange, _to_builtins([render.recent_trade(r) for r in rows]))
 
 
@@ -543,8 +551,11 @@ async def all_trades(
 _body_decoder = msgspec.json.Decoder(float_hook=Decimal)
 
 
-async def _signed(request: Request[Any, Any, Any]) -> tuple[str, str | None, dict[str, Any]]:
-    """(profile acted on, delegate key or None, JSON body) of a verified request."""
+async def _signed(
+    request: Request[Any, Any, Any], *, wallet_only: bool = False
+) -> tuple[str, str | None, dict[str, Any]]:
+    """(profile acted on, delegate key or None, JSON body) of a verified request.
+    ``wallet_only``: an action only the wallet's own key may take (a delegate gets 403, 2106)."""
     state = request.app.state
     verifier = state.verifier
     assert isinstance(verifier, RequestVerifier)
@@ -556,6 +567,8 @@ async def _signed(request: Request[Any, Any, Any]) -> tuple[str, str | None, dic
     verified = verifier.verify(
         request.headers, request.method, target, raw, time.time_ns() // 1_000_000
     )
+    if wallet_only:
+        verified.require_wallet_key()
     return verified.profile, verified.delegate, _json_object(raw)
 
 
@@ -703,9 +716,7 @@ async def deposit(request: Request[Any, Any, Any], state: State) -> Response[byt
 @post(["/withdraw", "/withdrawSpecifiMarket"], status_code=200)
 async def withdraw(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
     exchange = _exchange(state)
-    profile, delegate, body = await _signed(request)
-    if delegate is not None:
-        raise ApiError(403, int(ErrorCode.NOT_AUTHORISED), "a delegate cannot withdraw")
+    profile, _delegate, body = await _signed(request, wallet_only=True)
     amount = _amount(body)
     events = await _run(exchange, c.Withdraw(timestamp=0, profile=profile, amount=amount))
     return envelope(_transfer(events), "withdrawn to the wallet")
@@ -780,15 +791,20 @@ def _trigger(key: str, cls: type[c.UpdateTakeProfit] | type[c.UpdateStopLoss]) -
         delegate: str | None,
         body: dict[str, Any],
     ) -> c.Command:
-        raw = body.get(key)
-        price = _decimal(raw, config.price_decimals, key) if raw not in (None, "", "0") else None
+        # the key must be there: a misspelt one must not read as "remove my stop-loss"
+        if key not in body:
+            raise ApiError(
+                400, BAD_REQUEST, f"{key} is required: a price, or null (or 0) to remove it"
+            )
+        raw = body[key]
+        price = None if raw is None or raw == "" else _decimal(raw, config.price_decimals, key)
         return cls(
             timestamp=0,
             profile=profile,
             delegate=delegate,
             market_id=config.market_id,
             trade_side=_flag(body, "tradeSide"),
-            price=price,
+            price=price or None,  # 0, in any spelling, removes it too
         )
 
     return build
@@ -898,9 +914,7 @@ async def cancel_and_place(request: Request[Any, Any, Any], state: State) -> Res
 @post("/enableDelegation", status_code=200)
 async def enable_delegation(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
     exchange = _exchange(state)
-    profile, delegate, body = await _signed(request)
-    if delegate is not None:
-        raise ApiError(403, int(ErrorCode.NOT_AUTHORISED), "a delegate cannot delegate")
+    profile, _delegate, body = await _signed(request, wallet_only=True)
     expires = body.get("expiresAt")
     if type(expires) is not int:
         raise ApiError(400, BAD_REQUEST, "expiresAt is Unix milliseconds")
@@ -919,9 +933,7 @@ async def enable_delegation(request: Request[Any, Any, Any], state: State) -> Re
 @post("/disableDelegation", status_code=200)
 async def disable_delegation(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
     exchange = _exchange(state)
-    profile, delegate, _body = await _signed(request)
-    if delegate is not None:
-        raise ApiError(403, int(ErrorCode.NOT_AUTHORISED), "a delegate cannot end delegation")
+    profile, _delegate, _body = await _signed(request, wallet_only=True)
     events = await _run(exchange, c.DisableDelegation(timestamp=0, profile=profile))
     return envelope({"transactionVersion": events[-1].version}, "delegation disabled")
 
