@@ -340,6 +340,61 @@ async def test_trade_histories_page_and_filter_by_seconds(api: httpx.AsyncClient
         assert "Unix seconds" in in_ms.json()["message"]
 
 
+async def test_a_batch_refuses_items_one_by_one_and_names_each(api: httpx.AsyncClient) -> None:
+    maker = Trader(api)
+    await maker.post("/mintTestTokens", {"amount": "1000"})
+    await maker.post("/deposit", {"amount": "1000"})
+    bid = {"marketId": APT, "tradeSide": True, "direction": False, "price": "6", "leverage": 5}
+    items = [
+        {**bid, "size": "1"},
+        {**bid, "size": "0.001"},  # off the size grid: refused at the edge (2001)
+        {**bid, "size": "1", "leverage": 50},  # refused by the engine (1006)
+        {**bid, "size": "1", "marketId": "99"},  # no such market (1003)
+        "not an order",
+        {**bid, "size": "2"},
+    ]
+    placed = (await maker.post("/placeMultipleOrders", {"orders": items})).json()["data"]
+    assert [order["size"] for order in placed["orders"]] == ["1", "2"]
+    refusals = [(r["list"], r["index"], r["code"]) for r in placed["refused"]]
+    assert refusals == [
+        ("orders", 1, 2001),
+        ("orders", 2, 1006),
+        ("orders", 3, 1003),
+        ("orders", 4, 2030),
+    ]
+    ids = [order["order_id"] for order in placed["orders"]]
+    unknown = str((999 << 64) | int(APT))
+    cancelled = await maker.post(
+        "/cancelMultipleOrders", {"marketId": APT, "cancelOrderIds": [unknown, ids[0], "5"]}
+    )
+    data = cancelled.json()["data"]
+    assert [order["order_id"] for order in data["orders"]] == [ids[0]]
+    assert [(r["index"], r["orderId"], r["code"]) for r in data["refused"]] == [
+        (0, unknown, 2007),
+        (2, "5", 2007),
+    ]
+    # a replace names its cancels and its orders apart; an order for another market is refused
+    replaced = await maker.post(
+        "/cancelAndPlaceMultipleOrders",
+        {
+            "marketId": APT,
+            "cancelOrderIds": ["5", ids[1]],
+            "orders": [{**bid, "size": "1", "marketId": "1339"}, {**bid, "size": "3"}],
+        },
+    )
+    data = replaced.json()["data"]
+    assert [(r["list"], r["index"], r["code"]) for r in data["refused"]] == [
+        ("cancelOrderIds", 0, 2007),
+        ("orders", 0, 2030),
+    ]
+    assert "market 1339" in data["refused"][1]["message"]
+    assert [(o["status"], o["size"]) for o in data["orders"]] == [("Cancelled", "2"), ("Open", "3")]
+    # with no item left for the engine, the request itself is refused, naming the first
+    nothing = await maker.post("/placeMultipleOrders", {"orders": [items[1], items[3]]})
+    refused(nothing, 400, 2001)
+    assert "orders[0]" in nothing.json()["message"]
+
+
 async def test_cancel_and_place_replaces_quotes_or_only_pulls_them(
     api: httpx.AsyncClient,
 ) -> None:

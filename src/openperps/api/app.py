@@ -24,9 +24,10 @@ from __future__ import annotations
 import difflib
 import logging
 import time
+from collections.abc import Sequence
 from decimal import Decimal
 from importlib import resources
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 import msgspec
 from litestar import Litestar, Request, Response, get, post
@@ -593,18 +594,31 @@ async def _run(exchange: Exchange, command: c.Command) -> list[e.Event]:
     return events
 
 
-def _outcome(exchange: Exchange, events: list[e.Event], profile: str) -> dict[str, Any]:
+def _outcome(
+    exchange: Exchange, events: list[e.Event], profile: str, batch: _Batch | None = None
+) -> dict[str, Any]:
     """What an action did to ``profile``: its orders, its side of each fill (never the
-    counterparty's fee or PnL), rejections of batch items, and the version that made them."""
+    counterparty's fee or PnL), rejections of batch items, and the version that made them.
+    A batch's refusals name their item: its list, its index there, and a cancel's order id."""
     render = Renderer(exchange.models.markets)
     orders = []
     fills = []
-    refused = []
+    refused: list[dict[str, Any]] = []
+    items = batch.items if batch is not None else []
+    at = 0  # the batch item the engine is on: each one starts with its acceptance or refusal
     for event in events:
         if isinstance(event, e.OrderAccepted | e.OrderCancelled):
             row = exchange.models.orders.get(event.order_id)
             if row is not None and event.profile == profile:
                 orders.append(render.order(row))
+            if at < len(items) and event.profile == profile:
+                item = items[at]
+                if (isinstance(event, e.OrderAccepted) and item.field == "orders") or (
+                    isinstance(event, e.OrderCancelled)
+                    and item.order_id == event.order_id
+                    and event.reason == e.CancelReason.USER
+                ):
+                    at += 1
         elif isinstance(event, e.TradeExecuted):
             for leg in (event.maker, event.taker):
                 if leg.profile != profile:
@@ -619,7 +633,18 @@ def _outcome(exchange: Exchange, events: list[e.Event], profile: str) -> dict[st
                     }
                 )
         elif isinstance(event, e.Rejected):
-            refused.append({"code": event.code, "message": event.detail})
+            refusal: dict[str, Any] = {"code": event.code, "message": event.detail}
+            if at < len(items):
+                item = items[at]
+                refusal |= {"list": item.field, "index": item.at}
+                if item.order_id is not None:
+                    refusal["orderId"] = str(item.order_id)
+                at += 1
+            refused.append(refusal)
+    if batch is not None and batch.refused:  # the edge's, in the request's order
+        refused = sorted(
+            refused + batch.refused, key=lambda r: (r.get("list") == "orders", r.get("index", 0))
+        )
     seen: dict[str, Any] = {}
     for record in orders:  # the latest state of each order
         seen[record.order_id] = record
@@ -699,7 +724,10 @@ async def cancel_orders(request: Request[Any, Any, Any], state: State) -> Respon
             order_ids=order_ids,
         ),
     )
-    return envelope(_outcome(exchange, events, profile), "orders cancelled")
+    cancels = [_Item("cancelOrderIds", i, oid) for i, oid in enumerate(order_ids)]
+    return envelope(
+        _outcome(exchange, events, profile, _Batch([], cancels, [])), "orders cancelled"
+    )
 
 
 @post("/deposit", status_code=200)
@@ -859,28 +887,72 @@ async def collapse_position(request: Request[Any, Any, Any], state: State) -> Re
     return await _position_action(request, state, build, "positions collapsed")
 
 
-def _orders(exchange: Exchange, profile: str, delegate: str | None, items: object) -> list[Any]:
+class _Item(NamedTuple):
+    field: str  # "orders" or "cancelOrderIds"
+    at: int  # its index in that list
+    order_id: int | None = None  # a cancel's
+
+
+class _Batch(NamedTuple):
+    """A batch request's items as the engine runs them (cancels first, then new orders),
+    and the items refused at the edge, each by its place in the request."""
+
+    commands: list[c.PlaceLimitOrder | c.PlaceMarketOrder]
+    items: list[_Item]  # what each engine-side item is, in the engine's order
+    refused: list[dict[str, Any]]
+
+
+def _batch(
+    exchange: Exchange,
+    profile: str,
+    delegate: str | None,
+    items: object,
+    *,
+    cancels: Sequence[int] = (),
+    market_id: int | None = None,
+) -> _Batch:
+    """Parse a batch's orders one by one: an item the edge refuses (bad number, unknown
+    market, ...) is reported with its index and code, and the others still go to the engine,
+    as an item the engine refuses would be. ``market_id``: every order must be in it."""
     if not isinstance(items, list) or not items:
         raise ApiError(400, BAD_REQUEST, "orders is a non-empty list")
-    out = []
-    for item in items:
-        if not isinstance(item, dict):
-            raise ApiError(400, BAD_REQUEST, "each order is a JSON object")
-        is_market = item.get("price") is None
-        out.append(_order_command(exchange, profile, delegate, item, is_market))
-    return out
+    batch = _Batch([], [_Item("cancelOrderIds", i, oid) for i, oid in enumerate(cancels)], [])
+    for index, item in enumerate(items):
+        try:
+            if not isinstance(item, dict):
+                raise ApiError(400, BAD_REQUEST, "each order is a JSON object")
+            command = _order_command(exchange, profile, delegate, item, item.get("price") is None)
+            if market_id is not None and command.market_id != market_id:
+                raise ApiError(
+                    400,
+                    BAD_REQUEST,
+                    f"an order for market {command.market_id} in a request for market {market_id}",
+                )
+        except ApiError as refusal:
+            batch.refused.append(
+                {"code": refusal.code, "message": refusal.message, "list": "orders", "index": index}
+            )
+            continue
+        batch.commands.append(command)
+        batch.items.append(_Item("orders", index))
+    if not batch.commands and not cancels:
+        first = batch.refused[0]
+        raise ApiError(
+            400, first["code"], f"no order could be placed; orders[0]: {first['message']}"
+        )
+    return batch
 
 
 @post("/placeMultipleOrders", status_code=200)
 async def place_multiple(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
     exchange = _exchange(state)
     profile, delegate, body = await _signed(request)
-    orders = _orders(exchange, profile, delegate, body.get("orders"))
-    events = await _run(
-        exchange,
-        c.PlaceMultipleOrders(timestamp=0, profile=profile, delegate=delegate, orders=orders),
+    batch = _batch(exchange, profile, delegate, body.get("orders"))
+    command = c.PlaceMultipleOrders(
+        timestamp=0, profile=profile, delegate=delegate, orders=batch.commands
     )
-    return envelope(_outcome(exchange, events, profile), "orders placed")
+    events = await _run(exchange, command)
+    return envelope(_outcome(exchange, events, profile, batch), "orders placed")
 
 
 @post("/cancelAndPlaceMultipleOrders", status_code=200)
@@ -894,9 +966,12 @@ async def cancel_and_place(request: Request[Any, Any, Any], state: State) -> Res
     if listed is None or listed == []:
         if not order_ids:
             raise ApiError(400, BAD_REQUEST, "nothing to do: cancelOrderIds and orders are empty")
-        orders = []
+        cancels = [_Item("cancelOrderIds", i, oid) for i, oid in enumerate(order_ids)]
+        batch = _Batch([], cancels, [])
     else:
-        orders = _orders(exchange, profile, delegate, listed)
+        batch = _batch(
+            exchange, profile, delegate, listed, cancels=order_ids, market_id=config.market_id
+        )
     events = await _run(
         exchange,
         c.CancelAndPlaceMultipleOrders(
@@ -905,10 +980,10 @@ async def cancel_and_place(request: Request[Any, Any, Any], state: State) -> Res
             delegate=delegate,
             market_id=config.market_id,
             cancel_order_ids=order_ids,
-            orders=orders,
+            orders=batch.commands,
         ),
     )
-    return envelope(_outcome(exchange, events, profile), "orders replaced")
+    return envelope(_outcome(exchange, events, profile, batch), "orders replaced")
 
 
 @post("/enableDelegation", status_code=200)
