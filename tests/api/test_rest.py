@@ -259,7 +259,12 @@ async def test_bad_input_and_rule_refusals(api: httpx.AsyncClient) -> None:
     refused(await alice.post("/placeLimitOrder", {**order, "size": 0.1234}), 400, 2001)
     refused(await alice.post("/placeLimitOrder", {**order, "price": "abc"}), 400, 2001)
     refused(await alice.post("/placeLimitOrder", {**order, "leverage": 50}), 400, 1006)
-    refused(await alice.post("/placeLimitOrder", {**order, "tradeSide": "yes"}), 400, 2030)
+    for leverage in (10**30, "5", 5.0, 0, -1):
+        odd_leverage = await alice.post("/placeLimitOrder", {**order, "leverage": leverage})
+        refused(odd_leverage, 400, 1006)
+        assert "from 1 to 20" in odd_leverage.json()["message"]
+    for flag in ("yes", 1, None):
+        refused(await alice.post("/placeLimitOrder", {**order, "tradeSide": flag}), 400, 2023)
     refused(await alice.post("/placeLimitOrder", None, raw=b"[1, 2"), 400, 2030)
     # signed bodies that are not JSON in other ways: not UTF-8, nested past any decoder
     for raw in (b'{"amount": "\xff"}', b"[" * 100_000):
@@ -348,7 +353,7 @@ async def test_a_batch_refuses_items_one_by_one_and_names_each(api: httpx.AsyncC
     items = [
         {**bid, "size": "1"},
         {**bid, "size": "0.001"},  # off the size grid: refused at the edge (2001)
-        {**bid, "size": "1", "leverage": 50},  # refused by the engine (1006)
+        {**bid, "size": "1", "leverage": 7},  # refused by the engine: not item 0's (1005)
         {**bid, "size": "1", "marketId": "99"},  # no such market (1003)
         "not an order",
         {**bid, "size": "2"},
@@ -358,7 +363,7 @@ async def test_a_batch_refuses_items_one_by_one_and_names_each(api: httpx.AsyncC
     refusals = [(r["list"], r["index"], r["code"]) for r in placed["refused"]]
     assert refusals == [
         ("orders", 1, 2001),
-        ("orders", 2, 1006),
+        ("orders", 2, 1005),
         ("orders", 3, 1003),
         ("orders", 4, 2030),
     ]
@@ -553,6 +558,14 @@ async def test_position_actions_batches_delegation_and_admin(tmp_path: Path) -> 
             },
         )
         assert enabled.status_code == 200, enabled.text
+        later = time.time_ns() // 1_000_000 + 60_000
+        for key, expires, code in (
+            ("0x12", later, 2019),
+            (None, later, 2019),
+            (delegate.public_key_hex, 10**30, 2030),
+        ):
+            bad = {"delegatePublicKey": key, "expiresAt": expires}
+            refused(await alice.post("/enableDelegation", bad), 400, code)
         as_delegate = Trader(api, delegate)
         body = json.dumps(
             {

@@ -71,6 +71,7 @@ STATUS = {
     ErrorCode.INVALID_ADDRESS: 400,
     ErrorCode.INVALID_AMOUNT: 400,
     ErrorCode.INVALID_FLAG: 400,
+    ErrorCode.INVALID_DELEGATION: 400,
     ErrorCode.INVALID_RESTRICTION: 400,
     ErrorCode.INVALID_LEVERAGE: 400,
     ErrorCode.TOO_MANY_ORDERS: 400,
@@ -235,7 +236,7 @@ def _amount(body: dict[str, Any]) -> int:
 def _flag(body: dict[str, Any], key: str) -> bool:
     value = body.get(key)
     if not isinstance(value, bool):
-        raise ApiError(400, BAD_REQUEST, f"{key} must be true or false")
+        raise ApiError(400, int(ErrorCode.INVALID_FLAG), f"{key} must be true or false")
     return value
 
 
@@ -662,8 +663,12 @@ def _order_command(
     config = _market(exchange, body.get("marketId"))
     pd, sd = config.price_decimals, config.size_decimals
     leverage = body.get("leverage")
-    if type(leverage) is not int:
-        raise ApiError(400, int(ErrorCode.INVALID_LEVERAGE), "leverage must be an integer")
+    if type(leverage) is not int or not 0 < leverage <= config.max_leverage:
+        raise ApiError(
+            400,
+            int(ErrorCode.INVALID_LEVERAGE),
+            f"leverage is a whole number from 1 to {config.max_leverage}",
+        )
     common: dict[str, Any] = {
         "timestamp": 0,
         "profile": profile,
@@ -991,7 +996,7 @@ async def enable_delegation(request: Request[Any, Any, Any], state: State) -> Re
     exchange = _exchange(state)
     profile, _delegate, body = await _signed(request, wallet_only=True)
     expires = body.get("expiresAt")
-    if type(expires) is not int:
+    if type(expires) is not int or not 0 < expires < 2**63:
         raise ApiError(400, BAD_REQUEST, "expiresAt is Unix milliseconds")
     events = await _run(
         exchange,
