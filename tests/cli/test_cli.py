@@ -208,3 +208,34 @@ def test_a_price_file_naming_an_unknown_market_is_a_one_line_error(tmp_path: Pat
     prices.write_text("1000,DOGE-USD,0.1\n")
     result = run(["serve", "--oracle-csv", str(prices)], tmp_path)
     assert "market DOGE-USD" in one_line_error(result)
+
+
+def test_an_exchange_that_cannot_be_reached_is_a_one_line_error(tmp_path: Path) -> None:
+    """No traceback for a server that is down, a URL without its scheme, or a host that is
+    not there: the request never gets an answer, and the command says so in one line."""
+    key = tmp_path / "key.json"
+    assert run(["keygen", "--key", str(key)], tmp_path).returncode == 0
+    with socket.socket() as closed:  # a port nothing listens on: bound, never listening
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        for url in (f"http://127.0.0.1:{port}", f"127.0.0.1:{port}", "http://nowhere.invalid"):
+            for args in (["account"], ["faucet", "10"], ["orders", "APT-USD"]):
+                result = run([*args, "--url", url, "--key", str(key)], tmp_path)
+                assert "cannot reach the exchange" in one_line_error(result), (url, args)
+                assert result.returncode == 1
+
+
+def test_version_flag_and_key_file_hints(tmp_path: Path) -> None:
+    version = run(["--version"], tmp_path)
+    assert version.returncode == 0 and version.stdout.strip() == openperps.__version__
+    key = tmp_path / "key.json"
+    assert run(["keygen", "--key", str(key)], tmp_path).returncode == 0
+    again = one_line_error(run(["keygen", "--key", str(key)], tmp_path))
+    assert "2111" in again and "--force" in again
+    missing = one_line_error(run(["account", "--key", str(tmp_path / "none.json")], tmp_path))
+    assert missing.count("keygen") == 1, missing  # said once, not twice
+    key.chmod(0o644)  # a key others can read: the fix is chmod, not a new wallet
+    too_open = one_line_error(run(["account", "--key", str(key)], tmp_path))
+    assert "2110" in too_open and "keygen" not in too_open
+    both = run(["subscribe", "positions", "--mine", "--address", "0x1"], tmp_path)
+    assert both.returncode == 2 and "not both" in both.stderr

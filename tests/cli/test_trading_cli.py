@@ -118,15 +118,23 @@ def test_a_user_session_from_the_command_line(exchange: dict[str, str], tmp_path
     newcomer = tmp_path / "newcomer.json"
     assert cli(exchange, "keygen", key=newcomer).returncode == 0
     assert "no fills" in cli(exchange, "fills", key=newcomer).stdout
+    assert "no open positions" in cli(exchange, "positions", key=newcomer).stdout
     table = cli(exchange, "positions", key=user_key)
     assert "1338" in table.stdout and "long" in table.stdout and "4.893" in table.stdout
     # a market by its symbol, in any case
-    assert cli(exchange, "tp", "apt-usd", "long", "6", key=user_key).returncode == 0
+    set_tp = cli(exchange, "tp", "apt-usd", "long", "6", key=user_key)
+    assert set_tp.returncode == 0 and "long take-profit: 6" in set_tp.stdout
     assert "│ 6 " in cli(exchange, "positions", key=user_key).stdout
     profile = account.stdout.split("profile:")[1].split()[0]
     pushed = cli(exchange, "subscribe", "positions", "--address", profile, "--json", "--count", "1")
     record = json.loads(pushed.stdout.splitlines()[0])
     assert record["message"] == "positions" and record["data"][0]["tp"] == "6"
+    # --mine: the key file's own account, without copying its profile address
+    own = cli(exchange, "subscribe", "positions", "--mine", "--json", "--count", "1", key=user_key)
+    (position,) = json.loads(own.stdout.splitlines()[0])["data"]
+    assert position["address"] == profile and position["tp"] == "6"
+    no_market = cli(exchange, "subscribe", "recent_trades", "--count", "1")
+    assert no_market.returncode == 1 and "needs --market" in no_market.stderr
     ladder = cli(exchange, "book", "APT-USD", "--count", "1")
     assert ladder.returncode == 0 and "5.3" in ladder.stdout and "market APT-USD" in ladder.stdout
     by_symbol = cli(

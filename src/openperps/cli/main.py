@@ -39,6 +39,24 @@ def version() -> None:
     console.print(__version__)
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        console.print(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """OpenPerps exchange and feed"""
+
+
 @app.command()
 def markets(
     ctx: typer.Context,

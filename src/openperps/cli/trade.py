@@ -10,7 +10,7 @@
     openperps orders [MARKET]              your resting orders and their ids
     openperps fills [--limit N]            your latest fills
     openperps positions | openperps tp|sl MARKET long|short PRICE
-    openperps subscribe TOPIC [--address A] [--market M] [--json]
+    openperps subscribe TOPIC [--address A | --mine] [--market M] [--json]
     openperps book MARKET                  a live depth ladder
 
 A MARKET is an id (1338) or a symbol (APT-USD), looked up on the exchange.
@@ -30,6 +30,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import httpx
 import typer
 from rich.console import Console
 from rich.live import Live
@@ -38,13 +39,15 @@ from rich.table import Column, Table
 
 from openperps.client import ApiError, Client, Feed
 from openperps.core.errors import ErrorCode
-from openperps.signing import PrivateKey, SigningError, load_key, save_key
+from openperps.indexer.topics import GLOBAL_TOPICS, MARKET_TOPICS, USER_TOPICS
+from openperps.signing import PrivateKey, SigningError, SigningErrorCode, load_key, save_key
 from openperps.wire.shapes import OpenOrderRecord
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
+KEY_FILE_EXISTS = SigningErrorCode.KEY_FILE_EXISTS
 DEFAULT_KEY = Path.home() / ".config" / "openperps" / "key.json"
 KeyOption = Annotated[Path, typer.Option("--key", envvar="OPENPERPS_KEY", help="key file")]
 UrlOption = Annotated[str, typer.Option("--url", envvar="OPENPERPS_URL", help="REST base URL")]
@@ -67,8 +70,10 @@ def _run(work: Callable[[], Awaitable[T]]) -> T:
     except SigningError as exc:
         err.print(f"[red]error {int(exc.code)}[/red]: {escape(exc.detail)}")
         raise typer.Exit(1) from None
-    except OSError as exc:
-        err.print(f"[red]error[/red]: cannot reach the exchange: {escape(str(exc))}")
+    except (OSError, httpx.TransportError, httpx.InvalidURL) as exc:
+        # the server is down, the URL is wrong, TLS failed, or it did not answer in time
+        why = str(exc) or type(exc).__name__
+        err.print(f"[red]error[/red]: cannot reach the exchange: {escape(why)}")
         raise typer.Exit(1) from None
 
 
@@ -76,7 +81,9 @@ def _client(key_path: Path, url: str) -> Client:
     try:
         key = load_key(key_path)
     except SigningError as exc:
-        err.print(f"[red]error {int(exc.code)}[/red]: {exc.detail} (run `openperps keygen`)")
+        # the missing-file message already says how to make one; for a file that is there,
+        # a new key would be a new wallet: the fix is the file, not keygen
+        err.print(f"[red]error {int(exc.code)}[/red]: {escape(exc.detail)}")
         raise typer.Exit(1) from None
     return Client(url, key)
 
@@ -152,7 +159,8 @@ def keygen(
     try:
         save_key(key, new, overwrite=force)
     except SigningError as exc:
-        err.print(f"[red]error {int(exc.code)}[/red]: {escape(exc.detail)}")
+        hint = " (--force replaces it, and its wallet)" if exc.code == KEY_FILE_EXISTS else ""
+        err.print(f"[red]error {int(exc.code)}[/red]: {escape(exc.detail)}{hint}")
         raise typer.Exit(1) from None
     client = Client("http://unused", new)
     console.print(f"key file: {key}\nwallet:   {new.address}\nprofile:  {client.profile}")
@@ -267,8 +275,12 @@ def order_cancel(
 
 def positions(key: KeyOption = DEFAULT_KEY, url: UrlOption = "http://127.0.0.1:8080") -> None:
     """Your open positions."""
+    held = _call(key, url, lambda client: client.positions())
+    if not held:
+        console.print("no open positions")
+        return
     table = Table("market", "side", "size", "entry", "margin", "liq. price", "TP", "SL", "lev.")
-    for p in _call(key, url, lambda client: client.positions()):
+    for p in held:
         table.add_row(
             p.market_id,
             "long" if p.trade_side else "short",
@@ -375,7 +387,10 @@ def _trigger_command(method: str) -> Callable[..., None]:
                 price=None if price == "none" else price,
             )
 
-        _show(_call(key, url, request))
+        result = _call(key, url, request)
+        what = "take-profit" if method == "update_take_profit" else "stop-loss"
+        console.print(f"{side} {what}: {'removed' if price == 'none' else price}")
+        _show(result)
 
     command.__doc__ = "Set or remove a position's " + (
         "take-profit." if method == "update_take_profit" else "stop-loss."
@@ -388,15 +403,32 @@ sl = _trigger_command("update_stop_loss")
 
 
 def subscribe(
-    topic: str,
+    topic: Annotated[
+        str,
+        typer.Argument(
+            help=f"user topics (need --address or --mine): {', '.join(USER_TOPICS)}; "
+            f"market topics (need --market): {', '.join(MARKET_TOPICS)}; "
+            f"and {', '.join(GLOBAL_TOPICS)}"
+        ),
+    ],
     address: Annotated[str | None, typer.Option(help="profile address (user topics)")] = None,
+    mine: Annotated[
+        bool, typer.Option("--mine", help="your own account: the profile of the key file's wallet")
+    ] = False,
     market: Annotated[str | None, typer.Option(help="market id or symbol (market topics)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines")] = False,
     count: Annotated[int, typer.Option(help="stop after N pushes (0: never)")] = 0,
+    key: KeyOption = DEFAULT_KEY,
     ws_url: WsOption = "ws://127.0.0.1:8765/ws/",
     url: UrlOption = "http://127.0.0.1:8080",
 ) -> None:
-    """Print a topic's pushes as they come."""
+    """Print a topic's pushes as they come. User topics are keyed by the trading account's
+    profile address (`openperps account` prints it), not the wallet's."""
+    if mine:
+        if address is not None:
+            err.print("[red]error[/red]: give --address or --mine, not both")
+            raise typer.Exit(2)
+        address = _client(key, url).profile
 
     async def work() -> None:
         market_id = await _resolve(url, market)
@@ -406,7 +438,8 @@ def subscribe(
             async for push in feed:
                 if push.topic == "error":
                     error = push.raw.get("error", {})
-                    err.print(f"[red]error {error.get('code')}[/red]: {error.get('detail')}")
+                    detail = _flag_names(str(error.get("detail")))
+                    err.print(f"[red]error {error.get('code')}[/red]: {escape(detail)}")
                     raise typer.Exit(1)
                 if as_json:
                     print(json.dumps(push.raw), flush=True)
@@ -423,6 +456,17 @@ def subscribe(
 
     with contextlib.suppress(KeyboardInterrupt):
         _run(work)
+
+
+# the feed's request fields, as this command line spells them
+FEED_FIELDS = {"needs a market_id": "needs --market", "needs an address": "needs --address"}
+
+
+def _flag_names(detail: str) -> str:
+    """A feed error in the command line's words."""
+    for said, meant in FEED_FIELDS.items():
+        detail = detail.replace(said, meant)
+    return detail
 
 
 def book(
@@ -449,16 +493,24 @@ def book(
         async with Feed(ws_url) as feed:
             await feed.subscribe("orderbook", market_id=market_id, limit=depth)
             seen = 0
-            with Live(ladder([]), console=console, refresh_per_second=8) as live:
+            refusal: dict[str, Any] | None = None
+            # transient: a refusal is printed on a clean line, not after an empty ladder
+            with Live(ladder([]), console=console, refresh_per_second=8, transient=True) as live:
                 async for push in feed:
                     if push.topic == "error":
-                        error = push.raw.get("error", {})
-                        raise ApiError(400, None, f"{error.get('code')}: {error.get('detail')}")
+                        refusal = push.raw.get("error", {})
+                        break
                     if push.topic == "orderbook":
                         live.update(ladder(push.data))
                         seen += 1
                         if count and seen >= count:
-                            return
+                            break
+                last = live.renderable
+            if refusal is not None:
+                detail = _flag_names(str(refusal.get("detail")))
+                err.print(f"[red]error {refusal.get('code')}[/red]: {escape(detail)}")
+                raise typer.Exit(1)
+            console.print(last)  # the last ladder stays on screen
 
     with contextlib.suppress(KeyboardInterrupt):
         _run(work)
