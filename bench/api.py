@@ -177,6 +177,11 @@ def main() -> None:
                 "ERROR",
                 "--oracle-interval",
                 "60",
+                # the bench measures how fast orders go through, not the venue's rate limits
+                "--rest-actions-per-second",
+                "0",
+                "--rest-requests-per-second",
+                "0",
                 "--config",
                 str(config),
             ],

@@ -641,8 +641,8 @@ async def test_position_actions_batches_delegation_and_admin(tmp_path: Path) -> 
         )
         assert price.status_code == 200
         for raw in (b'{"marketId": "\xff"}', b"[" * 100_000, b"[]"):
-            bad = await api.post("/admin/oraclePrice", content=raw, headers=admin)
-            refused(bad, 400, 2030)
+            not_json = await api.post("/admin/oraclePrice", content=raw, headers=admin)
+            refused(not_json, 400, 2030)
         funding = await alice.get("/getFundingHistory")
         assert funding == []
     await exchange.stop()

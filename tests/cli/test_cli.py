@@ -80,6 +80,12 @@ def test_bad_configuration_gives_a_one_line_error(tmp_path: Path) -> None:
     assert "cannot read" in one_line_error(missing)
     assert "testnet or mainnet" in one_line_error(run(["serve", "--network", "moon"], tmp_path))
     assert "NATS URL" in one_line_error(run(["serve", "--bus", "http://x"], tmp_path))
+    negative = run(["serve", "--rest-actions-per-second", "-1"], tmp_path)
+    assert "rest limit actions_per_second" in one_line_error(negative)
+    rates = tmp_path / "rates.toml"
+    rates.write_text('rest_requests_per_second = "fast"\n')
+    in_file = one_line_error(run(["serve", "--config", str(rates)], tmp_path))
+    assert "rest_requests_per_second must be int or float" in in_file
     assert "PostgreSQL" in one_line_error(run(["gateway", "--db", "events.db"], tmp_path))
     limits = tmp_path / "limits.toml"
     limits.write_text("[feed]\nwat = 1\n")

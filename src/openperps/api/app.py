@@ -41,6 +41,7 @@ from litestar.exceptions import (
 from litestar.openapi import OpenAPIConfig
 
 from openperps import __version__
+from openperps.api.limits import Buckets, RestLimits, retry_after
 from openperps.core import commands as c
 from openperps.core import events as e
 from openperps.core.errors import MESSAGES, ErrorCode, InvalidInput, OpenPerpsError
@@ -89,11 +90,14 @@ logger = logging.getLogger("openperps.api")
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: int, message: str) -> None:
+    def __init__(
+        self, status: int, code: int, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers
 
 
 def envelope(data: Any, message: str = "ok", version: int | None = None) -> Response[bytes]:
@@ -108,14 +112,16 @@ def envelope(data: Any, message: str = "ok", version: int | None = None) -> Resp
 VERSION_HEADER = "X-Transaction-Version"
 
 
-def failure(status: int, code: int, message: str, data: Any = None) -> Response[bytes]:
+def failure(
+    status: int, code: int, message: str, data: Any = None, headers: dict[str, str] | None = None
+) -> Response[bytes]:
     body = ENCODER.encode({"success": False, "message": message, "code": code, "data": data})
-    return Response(body, status_code=status, media_type="application/json")
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
 def _handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     if isinstance(exc, ApiError):
-        return failure(exc.status, exc.code, exc.message)
+        return failure(exc.status, exc.code, exc.message, headers=exc.headers)
     if isinstance(exc, SigningError):
         return failure(exc.http_status, int(exc.code), exc.detail)
     if isinstance(exc, NotDurable):
@@ -571,6 +577,10 @@ async def _signed(
     )
     if wallet_only:
         verified.require_wallet_key()
+    actions: Buckets = state.actions
+    wait = actions.take(verified.profile)
+    if wait:
+        raise _rate_limited(wait, f"{actions.per_second:g} signed actions per second an account")
     return verified.profile, verified.delegate, _json_object(raw)
 
 
@@ -1146,9 +1156,10 @@ def create_app(
     network: Network = "testnet",
     window_ms: int = 30_000,
     admin_token: str | None = None,
+    limits: RestLimits | None = None,
 ) -> Litestar:
     """The REST app over a started (or starting) exchange. ``network`` picks which id of a
-    market table ``/admin/listMarket`` uses."""
+    market table ``/admin/listMarket`` uses; ``limits``: request rates (api/limits.py)."""
 
     def delegate_of(profile: str) -> tuple[str, int] | None:
         return exchange.models.delegations.get(profile)
@@ -1189,15 +1200,46 @@ def create_app(
             "admin_token": admin_token,
         },
         "OpenPerps",
+        limits,
     )
 
 
-def _litestar(handlers: list[Any], state: dict[str, Any], title: str) -> Litestar:
-    """An app of ``handlers``: coded errors, the OpenAPI document, and ``started_at`` (what
-    the dashboard reloads on) in its state beside ``state``."""
+def _rate_limited(wait: float, limit: str) -> ApiError:
+    return ApiError(
+        429,
+        int(ErrorCode.RATE_LIMITED),
+        f"too many requests: at most {limit}; retry in {wait:.2f} s",
+        {"Retry-After": retry_after(wait)},
+    )
+
+
+UNCOUNTED = frozenset({"/health", "/metrics"})  # what monitors poll
+
+
+async def _count_request(request: Request[Any, Any, Any]) -> None:
+    """The per-address ceiling, on every request but the monitors'."""
+    if request.url.path in UNCOUNTED:
+        return
+    requests: Buckets = request.app.state.requests
+    wait = requests.take(request.client.host if request.client else "?")
+    if wait:
+        raise _rate_limited(wait, f"{requests.per_second:g} requests per second an address")
+
+
+def _litestar(
+    handlers: list[Any], state: dict[str, Any], title: str, limits: RestLimits | None
+) -> Litestar:
+    """An app of ``handlers``: coded errors, request rates, the OpenAPI document, and
+    ``started_at`` (what the dashboard reloads on) in its state beside ``state``."""
+    limits = limits or RestLimits()
+    buckets = {
+        "actions": Buckets(limits.actions_per_second, limits.action_burst),
+        "requests": Buckets(limits.requests_per_second, limits.request_burst),
+    }
     return Litestar(
         route_handlers=handlers,
-        state=State({**state, "started_at": time.time_ns() // 1_000_000}),
+        state=State({**state, **buckets, "started_at": time.time_ns() // 1_000_000}),
+        before_request=_count_request,
         exception_handlers={Exception: _handle_error},
         openapi_config=OpenAPIConfig(title=title, version=__version__),
         debug=False,
@@ -1208,7 +1250,7 @@ def _litestar(handlers: list[Any], state: dict[str, Any], title: str) -> Litesta
 # -- a read-only REST app, for processes that follow the exchange (feed gateways) ------------
 
 
-def create_read_app(replica: ReadSource) -> Litestar:
+def create_read_app(replica: ReadSource, limits: RestLimits | None = None) -> Litestar:
     """The read endpoints (the same paths and answers as the exchange's own REST server), the
     dashboard, ``/health``, ``/metrics`` and ``/openapi.json``, over a replica's read models
     and feed. Actions are not here: they go to the exchange."""
@@ -1216,4 +1258,5 @@ def create_read_app(replica: ReadSource) -> Litestar:
         [*READ_HANDLERS, dashboard, dashboard_config, health, metrics, openapi_document],
         {"exchange": replica},
         "OpenPerps (read replica)",
+        limits,
     )

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
+from openperps.api.limits import RestLimits
 from openperps.bus import DEFAULT_STREAM, DEFAULT_SUBJECT
 from openperps.core import is_compiled
 from openperps.core.errors import OpenPerpsError
@@ -121,6 +122,20 @@ def serve(
     ] = None,
     nats_stream: NatsStream = DEFAULT_STREAM,
     nats_subject: NatsSubject = DEFAULT_SUBJECT,
+    rest_actions_per_second: Annotated[
+        float,
+        typer.Option(
+            envvar="OPENPERPS_REST_ACTIONS_PER_SECOND",
+            help="signed REST actions per second per account (burst twice that; 0: no limit)",
+        ),
+    ] = RestLimits.actions_per_second,
+    rest_requests_per_second: Annotated[
+        float,
+        typer.Option(
+            envvar="OPENPERPS_REST_REQUESTS_PER_SECOND",
+            help="REST requests per second per client address (burst twice that; 0: no limit)",
+        ),
+    ] = RestLimits.requests_per_second,
     config: Annotated[
         Path | None,
         typer.Option(envvar="OPENPERPS_CONFIG", help="TOML file setting any of these options"),
@@ -156,6 +171,17 @@ def serve(
         nats_subject = chosen.get("nats_subject", nats_subject)
         if "feed" in chosen:
             feed_limits, server_limits, live_retention = chosen["feed"]
+        rest_actions_per_second = chosen.get("rest_actions_per_second", rest_actions_per_second)
+        rest_requests_per_second = chosen.get("rest_requests_per_second", rest_requests_per_second)
+    try:
+        rest_limits = RestLimits(
+            actions_per_second=float(rest_actions_per_second),
+            action_burst=max(1, round(2 * rest_actions_per_second)),
+            requests_per_second=float(rest_requests_per_second),
+            request_burst=max(1, round(2 * rest_requests_per_second)),
+        )
+    except ValueError as exc:
+        _fail(str(exc))
     configure_logging(log_level)
     if network not in ("testnet", "mainnet"):
         _fail("--network is testnet or mainnet")
@@ -232,6 +258,7 @@ def serve(
                 admin_token=admin_token,
                 ticks=ticks,
                 replay_speed=replay_speed,
+                rest_limits=rest_limits,
             )
         )
     except KeyboardInterrupt:
@@ -263,6 +290,8 @@ CONFIG_TYPES: dict[str, tuple[type, ...]] = {
     "bus": (str,),
     "nats_stream": (str,),
     "nats_subject": (str,),
+    "rest_actions_per_second": (int, float),
+    "rest_requests_per_second": (int, float),
 }
 
 
@@ -347,6 +376,7 @@ async def _serve(
     admin_token: str | None,
     ticks: list[Tick] | None,
     replay_speed: float,
+    rest_limits: RestLimits,
 ) -> None:
     from openperps.api.app import create_app
     from openperps.api.serving import bind, start
@@ -374,7 +404,11 @@ async def _serve(
         raise
     settle_heap()
     app = create_app(
-        exchange, faucet=network == "testnet", network=network, admin_token=admin_token
+        exchange,
+        faucet=network == "testnet",
+        network=network,
+        admin_token=admin_token,
+        limits=rest_limits,
     )
     api = await start(app, rest_socket, "openperps-api")
     api_port = api.port

@@ -73,6 +73,7 @@ class ErrorCode(IntEnum):
     ADMIN_ONLY = 2033
     INTERNAL_ERROR = 2034
     UNKNOWN_ENDPOINT = 2035
+    RATE_LIMITED = 2036
 
 
 MESSAGES: dict[ErrorCode, str] = {
@@ -123,6 +124,7 @@ MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.ADMIN_ONLY: "operator endpoints need the configured bearer token",
     ErrorCode.INTERNAL_ERROR: "the server failed to answer; its log has the details",
     ErrorCode.UNKNOWN_ENDPOINT: "no such endpoint",
+    ErrorCode.RATE_LIMITED: "too many requests; retry after the time Retry-After gives",
 }
 
 

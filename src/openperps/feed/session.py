@@ -48,10 +48,10 @@ HISTORY_TOPICS: Final = frozenset(
 _HEX: Final = frozenset("0123456789abcdef")
 
 
-def check_limits(limits: Any, zero_allowed: Collection[str] = ()) -> None:
+def check_limits(limits: Any, zero_allowed: Collection[str] = (), what: str = "feed") -> None:
     """Refuse (``ValueError``) a limit of a limits dataclass that is not a positive number of
     its default's kind: an integer where the default is one, never a bool; 0 only for the
-    fields in ``zero_allowed``."""
+    fields in ``zero_allowed``. ``what`` names the limits in the message."""
     for spec in dataclasses.fields(limits):
         value = getattr(limits, spec.name)
         fractional = isinstance(spec.default, float)
@@ -65,7 +65,7 @@ def check_limits(limits: Any, zero_allowed: Collection[str] = ()) -> None:
             kind = "a positive number" if fractional else "a positive integer"
             if spec.name in zero_allowed:
                 kind += " or 0"
-            raise ValueError(f"feed limit {spec.name} must be {kind}, not {value!r}")
+            raise ValueError(f"{what} limit {spec.name} must be {kind}, not {value!r}")
 
 
 @dataclass(frozen=True)
