@@ -42,6 +42,7 @@ from litestar.openapi import OpenAPIConfig
 
 from openperps import __version__
 from openperps.api.limits import Buckets, RestLimits, retry_after
+from openperps.api.schema import document
 from openperps.core import commands as c
 from openperps.core import events as e
 from openperps.core.errors import MESSAGES, ErrorCode, InvalidInput, OpenPerpsError
@@ -1236,7 +1237,7 @@ def _litestar(
         "actions": Buckets(limits.actions_per_second, limits.action_burst),
         "requests": Buckets(limits.requests_per_second, limits.request_burst),
     }
-    return Litestar(
+    app = Litestar(
         route_handlers=handlers,
         state=State({**state, **buckets, "started_at": time.time_ns() // 1_000_000}),
         before_request=_count_request,
@@ -1245,6 +1246,8 @@ def _litestar(
         debug=False,
         logging_config=None,  # the process configures logging (openperps serve), not the app
     )
+    document(app)  # bodies, signature headers and answers, which handlers do not declare
+    return app
 
 
 # -- a read-only REST app, for processes that follow the exchange (feed gateways) ------------
