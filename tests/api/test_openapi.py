@@ -147,7 +147,8 @@ async def test_accepted_requests_and_the_answers_fit_the_document(api: httpx.Asy
     await carol.post("/placeMarketOrder", {**short, "size": "1"})
     await dave.post("/placeLimitOrder", {**short, "size": "1", "price": "7"})
     await carol.post("/placeMarketOrder", {**short, "tradeSide": True, "size": "1"})
-    await carol.post("/collapsePosition", {"marketId": APT})
+    collapsed = await carol.post("/collapsePosition", {"marketId": APT})
+    assert collapsed["positions"] == []  # both closed: an answer lists what is still open
     delegate = PrivateKey.generate()
     await alice.post(
         "/enableDelegation",

@@ -166,6 +166,8 @@ async def test_a_trading_session_through_the_api(api: httpx.AsyncClient) -> None
     (taker_order,) = outcome["orders"]
     assert fill["orderId"] == taker_order["order_id"] and taker_order["address"] == alice.profile
     assert fill["fee"] == "0.014" and outcome["transactionVersion"] > 0
+    (opened,) = outcome["positions"]  # hers only: Bob's short is not in her answer
+    assert opened["size"] == "4" and opened["address"] == alice.profile and opened["tp"] == "8"
     (position,) = await alice.get("/getPositions")
     assert position["size"] == "4" and position["tp"] == "8" and position["liq_price"] == "6.462"
     # a read says which version it reflects: here, at least the order's own
@@ -530,6 +532,9 @@ async def test_position_actions_batches_delegation_and_admin(tmp_path: Path) -> 
         assert margin.status_code == 200
         (position,) = await alice.get("/getPositions")
         assert position["sl"] == "6.8" and position["margin"] == "3.1"
+        # an action answers with the positions it changed, as the reads show them
+        assert margin.json()["data"]["positions"] == [position]
+        assert sl.json()["data"]["positions"][0]["sl"] == "6.8"
         # a misspelt or missing price key is refused, and the stop-loss stays
         for typo in ({"stopLossPrice": "6.7"}, {}):
             missing = await alice.post(

@@ -610,12 +610,14 @@ def _outcome(
     exchange: Exchange, events: list[e.Event], profile: str, batch: _Batch | None = None
 ) -> dict[str, Any]:
     """What an action did to ``profile``: its orders, its side of each fill (never the
-    counterparty's fee or PnL), rejections of batch items, and the version that made them.
+    counterparty's fee or PnL), rejections of batch items, the positions it left open after
+    changing them, and the version that made them.
     A batch's refusals name their item: its list, its index there, and a cancel's order id."""
     render = Renderer(exchange.models.markets)
     orders = []
     fills = []
     refused: list[dict[str, Any]] = []
+    positions: dict[tuple[int, bool], Any] = {}  # each position the action changed, as it is now
     items = batch.items if batch is not None else []
     at = 0  # the batch item the engine is on: each one starts with its acceptance or refusal
     for event in events:
@@ -644,6 +646,10 @@ def _outcome(
                         "pnl": format_scaled(leg.pnl, QUOTE_DECIMALS),
                     }
                 )
+        elif isinstance(event, e.PositionChanged) and event.profile == profile:
+            key = (event.market_id, event.trade_side)
+            held = exchange.models.positions.get((profile, *key))
+            positions[key] = render.position(held) if held is not None else None
         elif isinstance(event, e.Rejected):
             refusal: dict[str, Any] = {"code": event.code, "message": event.detail}
             if at < len(items):
@@ -665,6 +671,8 @@ def _outcome(
         "orders": _to_builtins(list(seen.values())),
         "fills": fills,
         "refused": refused,
+        # a closed position is left out: it is gone from the reads too
+        "positions": _to_builtins([p for p in positions.values() if p is not None]),
     }
 
 
