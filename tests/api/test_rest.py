@@ -275,6 +275,12 @@ async def test_bad_input_and_rule_refusals(api: httpx.AsyncClient) -> None:
     for size in ("1e999999", "1e-999999", "1_0", "\u0661", "\uff11"):
         refused(await alice.post("/placeLimitOrder", {**order, "size": size}), 400, 2001)
     refused(await alice.post("/deposit", {"amount": "1e1000000000"}), 400, 2001)
+    # a market order with a price or a restriction would not be what its sender thinks
+    market_order = {k: v for k, v in order.items() if k != "price"}
+    for extra in ({"price": "7"}, {"restriction": 3}):
+        limited = await alice.post("/placeMarketOrder", {**market_order, **extra})
+        refused(limited, 400, 2030)
+        assert "a market order takes no" in limited.json()["message"]
     refused(await alice.post("/placeLimitOrder", [1]), 400, 2030)
     refused(await alice.post("/placeLimitOrder", {**order, "direction": True}), 409, 1011)
     refused(await alice.post("/withdraw", {"amount": "1000"}), 409, 1010)

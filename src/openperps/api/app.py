@@ -705,6 +705,15 @@ def _order_command(
         else None,
     }
     if market:
+        # a bot that sends them believes its order is limited or post-only: it is not
+        for ignored in ("price", "restriction"):
+            if body.get(ignored) is not None:
+                raise ApiError(
+                    400,
+                    BAD_REQUEST,
+                    f"a market order takes no {ignored}: placeLimitOrder with restriction 2 "
+                    "(immediate-or-cancel) takes what crosses up to a price",
+                )
         return c.PlaceMarketOrder(**common)
     restriction = body.get("restriction", 0)
     if type(restriction) is not int:
