@@ -131,6 +131,28 @@ async def test_acks_errors_and_the_connection_stays_open(exchange: Exchange) -> 
         assert listed["subscriptions"][0]["topic"] == "positions"
 
 
+async def test_subscribing_again_sends_the_snapshot_again(exchange: Exchange) -> None:
+    """A client that suspects it missed something starts over by subscribing again: it gets
+    the current state, and later changes once each (not once per request)."""
+    await exchange.sequencer.execute(c.Mint(timestamp=0, profile=BOB, amount=10**9))
+    await exchange.sequencer.execute(c.Deposit(timestamp=0, profile=BOB, amount=10**9))
+    async with websockets.connect(url(exchange)) as ws:
+        request = {"topic": "orderbook", "market_id": "1338", "limit": 5}
+        await ws.send(json.dumps(request))
+        assert (await recv(ws))["data"] == []
+        await offer(exchange, 7100)
+        assert (await until(ws, "orderbook"))["data"][0]["price"] == 7.1
+        await ws.send(json.dumps({**request, "id": 9}))
+        assert (await recv(ws))["message"] == "subscribed"
+        again = await recv(ws)
+        assert again["message"] == "orderbook" and again["data"][0]["price"] == 7.1
+        await offer(exchange, 7050)
+        pushed = await until(ws, "orderbook")
+        assert [level["price"] for level in pushed["data"]] == [7.05, 7.1]
+        await ws.send(json.dumps({"method": "ping", "id": 1}))
+        assert await recv(ws) == {"message": "pong", "id": 1}  # no second copy in between
+
+
 async def test_live_topics_push_every_change_in_order(exchange: Exchange) -> None:
     async with websockets.connect(url(exchange)) as ws:
         await ws.send(json.dumps({"topic": "live_order_history", "address": BOB, "id": 1}))
