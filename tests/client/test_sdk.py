@@ -4,6 +4,7 @@ agree, and a feed that loses and repeats nothing across forced disconnects."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -46,22 +47,30 @@ class Server:
         self.ws = f"ws://127.0.0.1:{exchange.feed.port}/ws/"
 
 
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    exchange = Exchange(Settings(db=str(tmp_path / "events.sqlite3"), ws_port=0))
+@contextlib.asynccontextmanager
+async def serving(exchange: Exchange) -> AsyncIterator[Server]:
+    """The REST app over ``exchange`` (started and stopped here) on a free port."""
     await exchange.start()
     config = uvicorn.Config(
         create_app(exchange), host="127.0.0.1", port=0, log_level="warning", lifespan="off"
     )
     api = uvicorn.Server(config)
     task = asyncio.create_task(api.serve())
-    while not api.started:
-        await asyncio.sleep(0.01)
-    port = api.servers[0].sockets[0].getsockname()[1]
-    yield Server(exchange, api, port)
-    api.should_exit = True
-    await task
-    await exchange.stop()
+    try:
+        while not api.started:
+            await asyncio.sleep(0.01)
+        port = api.servers[0].sockets[0].getsockname()[1]
+        yield Server(exchange, api, port)
+    finally:
+        api.should_exit = True
+        await task
+        await exchange.stop()
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    async with serving(Exchange(Settings(db=str(tmp_path / "events.sqlite3"), ws_port=0))) as up:
+        yield up
 
 
 async def test_a_full_trading_session_rest_and_feed_agree(server: Server) -> None:
@@ -89,7 +98,9 @@ async def test_a_full_trading_session_rest_and_feed_agree(server: Server) -> Non
         (position,) = await trader.positions()
         assert trader.read_version >= taken["transactionVersion"]  # the read includes it
         assert position.size == "10" and position.tp == "9" and position.sl == "6"
-        await trader.update_take_profit(APT, long=True, price="8.5")
+        assert taken.positions == [position]  # the action's answer has it already
+        updated = await trader.update_take_profit(APT, long=True, price="8.5")
+        assert [p.tp for p in updated.positions] == ["8.5"]
         await maker.place_limit_order(APT, long=True, size="20", price="7.200", leverage=5)
         await trader.place_market_order(APT, long=True, reduce=True, size="4", leverage=10)
         await trader.place_market_order(APT, long=True, reduce=True, size="6", leverage=10)
