@@ -2,7 +2,12 @@
 
 The first push is a snapshot at version V; each delta says the version it brings the book to
 and the previous one. A delta whose ``prev_version`` is newer than the book is a gap: the
-book says so (``apply`` returns False) and the feed takes a fresh snapshot.
+book says so (``apply`` returns False, once) and the feed takes a fresh snapshot.
+
+A book that no longer follows the server (after a gap, or while the feed reconnects) is
+stale: it holds no levels and its ``version`` is None until the next snapshot, so that
+``best_bid()`` never answers from levels that may be gone. Deltas that arrive meanwhile are
+ignored; the snapshot replaces them.
 """
 
 from __future__ import annotations
@@ -12,15 +17,17 @@ from typing import Any
 
 
 class LocalBook:
-    def __init__(self, market_id: str) -> None:
+    def __init__(self, market_id: str, depth: int | None = None) -> None:
         self.market_id = market_id
+        self.depth = depth  # levels a side the feed keeps (None: not said)
         self.bids: dict[Decimal, Decimal] = {}
         self.asks: dict[Decimal, Decimal] = {}
         self.version: int | None = None
         self.gaps = 0
 
     def apply(self, push: dict[str, Any]) -> bool:
-        """Fold in one orderbook push; False when a gap means a new snapshot is needed."""
+        """Fold in one orderbook push; False when a gap means a new snapshot is needed (once
+        per gap: the deltas that follow are ignored until the snapshot)."""
         version = push.get("transaction_version")
         if not isinstance(version, int):
             return True
@@ -30,16 +37,24 @@ class LocalBook:
             self._levels(push.get("data", []))
             self.version = version
             return True
+        if self.version is None:
+            return True  # stale: waiting for a snapshot, which replaces this delta
         previous = push.get("prev_version")
-        if self.version is None or not isinstance(previous, int) or previous > self.version:
+        if not isinstance(previous, int) or previous > self.version:
             self.gaps += 1
-            self.version = None
+            self.mark_stale()
             return False
         if version <= self.version:
             return True  # already part of the snapshot
         self._levels(push.get("data", []))
         self.version = version
         return True
+
+    def mark_stale(self) -> None:
+        """Forget the levels: the book does not follow the server until the next snapshot."""
+        self.bids.clear()
+        self.asks.clear()
+        self.version = None
 
     def _levels(self, levels: list[dict[str, Any]]) -> None:
         for level in levels:
