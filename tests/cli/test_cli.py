@@ -229,6 +229,12 @@ def test_an_exchange_that_cannot_be_reached_is_a_one_line_error(tmp_path: Path) 
                 result = run([*args, "--url", url, "--key", str(key)], tmp_path)
                 assert "cannot reach the exchange" in one_line_error(result), (url, args)
                 assert result.returncode == 1
+        # the feed commands too: no feed there (tried for the SDK's connect timeout, 10 s),
+        # or a URL that cannot be a feed's
+        for ws_url in (f"ws://127.0.0.1:{port}/ws/", f"http://127.0.0.1:{port}/ws/"):
+            feed = ["subscribe", "recent_trades", "--market", "1338", "--ws-url", ws_url]
+            result = run(feed, tmp_path, timeout=30)
+            assert "cannot reach the exchange" in one_line_error(result), ws_url
 
 
 def test_version_flag_and_key_file_hints(tmp_path: Path) -> None:

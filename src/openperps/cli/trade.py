@@ -30,14 +30,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import httpx
 import typer
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Column, Table
 
-from openperps.client import ApiError, Client, Feed
+from openperps.client import ApiError, Client, Feed, FeedError
 from openperps.core.errors import ErrorCode
 from openperps.indexer.topics import GLOBAL_TOPICS, MARKET_TOPICS, USER_TOPICS
 from openperps.signing import PrivateKey, SigningError, SigningErrorCode, load_key, save_key
@@ -70,10 +69,14 @@ def _run(work: Callable[[], Awaitable[T]]) -> T:
     except SigningError as exc:
         err.print(f"[red]error {int(exc.code)}[/red]: {escape(exc.detail)}")
         raise typer.Exit(1) from None
-    except (OSError, httpx.TransportError, httpx.InvalidURL) as exc:
+    except OSError as exc:
         # the server is down, the URL is wrong, TLS failed, or it did not answer in time
+        # (the SDK's NetworkError and FeedConnectError are OSErrors)
         why = str(exc) or type(exc).__name__
         err.print(f"[red]error[/red]: cannot reach the exchange: {escape(why)}")
+        raise typer.Exit(1) from None
+    except FeedError as exc:  # the feed closed or failed under the command
+        err.print(f"[red]error[/red]: the feed failed: {escape(str(exc.__cause__ or exc))}")
         raise typer.Exit(1) from None
 
 
