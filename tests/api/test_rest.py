@@ -296,6 +296,9 @@ async def test_bad_input_and_rule_refusals(api: httpx.AsyncClient) -> None:
     assert missing_wallet.status_code == 400 and missing_wallet.json()["success"] is False
     stranger = Trader(api)
     assert await stranger.get("/getWalletAccountBalance") == "0"  # never credited
+    for path in ("/getPositions", "/getOpenOrders", "/getOrderHistory", "/getFills"):
+        empty = await api.get(path, params={"userAddress": alice.wallet, "marketId": ""})
+        refused(empty, 400, 2030)  # a filter given empty is not "every market"
     bad_address = await api.get("/getPositions", params={"userAddress": "0xnothex"})
     refused(bad_address, 400, 2017)
     missing = await api.get("/getPositions")

@@ -430,7 +430,8 @@ async def get_wallet_balance(state: State, userAddress: str) -> Response[bytes]:
 
 
 def _market_filter(exchange: ReadSource, market_id: str | None) -> int | None:
-    return _market(exchange, market_id).market_id if market_id else None
+    """An optional market filter; given empty (``marketId=``) it is malformed, not absent."""
+    return _market(exchange, market_id).market_id if market_id is not None else None
 
 
 @get("/getOpenOrders")
