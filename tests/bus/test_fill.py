@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from openperps.api.limits import RestLimits
 from openperps.bus.nats import NatsConsumer
 from openperps.feed.server import FeedServer
 from openperps.indexer import ReadModels
@@ -127,14 +129,16 @@ async def test_gateway_health_is_503_while_a_hole_holds_it_back(
 
     try:
         # not connected to NATS: not following
+        idle = {"log_version": 0, "behind_s": 0.0}
         assert await health() == (
             503,
-            {"following": False, "waiting_for_log": False, "version": 0},
+            {"following": False, "waiting_for_log": False, "version": 0, **idle},
         )
         monkeypatch.setattr(NatsConsumer, "following", property(lambda self: True))
         assert (await health())[0] == 200
         consumer.waiting_for_log = True
-        assert await health() == (503, {"following": True, "waiting_for_log": True, "version": 0})
+        waiting = {"following": True, "waiting_for_log": True, "version": 0, **idle}
+        assert await health() == (503, waiting)
         assert "openperps_gateway_waiting_for_log 1\n" in gateway.metrics_text()
         async with httpx.AsyncClient(base_url=base) as http:
             metrics = await http.get("/metrics")
@@ -170,3 +174,88 @@ async def test_without_a_log_a_hole_is_counted_and_delivery_goes_on() -> None:
     expected = [e.version for b in (items[0], items[3], items[4]) for e in b.envelopes]
     assert versions == expected
     assert (consumer.holes_filled, consumer.holes_unfilled) == (0, 1)
+
+
+async def test_a_silent_stream_is_made_up_for_from_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream brings nothing (no publisher, another stream's name, NATS down, a writer
+    that died before publishing its tail) while the log grows: the consumer reads the log
+    after seeing it ahead twice, loses and repeats nothing, and says how long it was behind."""
+    monkeypatch.setattr("openperps.bus.nats.LOG_CHECK_S", 0.02)
+    items = batches(30)
+    async with filled(tmp_path / "events.sqlite3", items) as log:
+        lagging = LaggingLog(log, visible=items[-1].last_version)
+        lagging.last_version = log.last_version  # type: ignore[attr-defined]
+        consumer = NatsConsumer(log=lagging)  # type: ignore[arg-type]
+        versions = received_by(consumer)
+        for batch in items[:5]:  # what the stream brought before it went silent
+            await consumer.deliver(batch.envelopes)
+        consumer._watching = asyncio.create_task(consumer._watch_log())
+        try:
+            async with asyncio.timeout(5):
+                while consumer.version < items[-1].last_version:
+                    await asyncio.sleep(0.01)
+            assert versions == list(range(1, items[-1].last_version + 1))
+            assert consumer.log_reads == 1 and consumer.log_version == items[-1].last_version
+            assert consumer.watching_log
+            async with asyncio.timeout(5):
+                while consumer.behind_s:  # the next look finds it level with the log
+                    await asyncio.sleep(0.01)
+            # a log that holds more than it lets be read: behind, and it says so
+            lagging.visible = items[-1].last_version
+            more = batches(40)[30:]
+            for batch in more:
+                await log.append(batch.envelopes)
+            async with asyncio.timeout(5):
+                while not consumer.waiting_for_log:
+                    await asyncio.sleep(0.01)
+            assert consumer.behind_s > 0
+            lagging.visible = more[-1].last_version
+            async with asyncio.timeout(5):
+                while consumer.version < more[-1].last_version:
+                    await asyncio.sleep(0.01)
+            assert versions == list(range(1, more[-1].last_version + 1))
+        finally:
+            await consumer.stop()
+        assert not consumer.watching_log
+
+
+async def test_gateway_health_follows_the_log_not_only_the_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Healthy while it keeps up: following the stream or watching the log, and not behind
+    the log for STALE_S or more."""
+    gateway = Gateway(GatewaySettings(db="unused"))
+    consumer = gateway.consumer = NatsConsumer()
+    assert gateway.health()[0] is False  # neither following nor watching
+    monkeypatch.setattr(NatsConsumer, "watching_log", property(lambda self: True))
+    assert gateway.health()[0] is True  # NATS down, but it reads the log
+    consumer.log_version = 50
+    consumer._behind_since = time.monotonic() - 6  # stuck behind the log for 6 s
+    healthy, body = gateway.health()
+    assert healthy is False and body["log_version"] == 50 and body["behind_s"] >= 6
+    assert "openperps_gateway_behind_seconds 6." in gateway.metrics_text()
+    consumer._behind_since = None
+    assert gateway.health()[0] is True
+
+
+async def test_a_gateways_reads_keep_its_own_request_limit() -> None:
+    """Behind a load balancer every client has the balancer's address: the gateway's REST
+    limit per address is its own setting (``--rest-requests-per-second``)."""
+    strict = RestLimits(requests_per_second=0.05, request_burst=2)
+    gateway = Gateway(GatewaySettings(db="unused", rest_limits=strict))
+    gateway.consumer = NatsConsumer()
+    gateway.models = ReadModels()
+    gateway.feed = FeedServer(gateway.models)
+    await gateway._serve_http("127.0.0.1", 0)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.http_port}") as http:
+            codes = [(await http.get("/getPerpetualAssetsInfo/allMarkets")).status_code]
+            codes += [(await http.get("/getPerpetualAssetsInfo/allMarkets")).status_code]
+            codes += [(await http.get("/getPerpetualAssetsInfo/allMarkets")).status_code]
+            assert codes == [200, 200, 429]
+            assert (await http.get("/health")).status_code == 503  # not counted, not limited
+    finally:
+        gateway.feed = None
+        await gateway.stop()

@@ -82,6 +82,9 @@ def test_bad_configuration_gives_a_one_line_error(tmp_path: Path) -> None:
     assert "NATS URL" in one_line_error(run(["serve", "--bus", "http://x"], tmp_path))
     negative = run(["serve", "--rest-actions-per-second", "-1"], tmp_path)
     assert "rest limit actions_per_second" in one_line_error(negative)
+    behind_a_balancer = ["gateway", "--db", "postgresql://nowhere/x"]
+    negative = run([*behind_a_balancer, "--rest-requests-per-second", "-5"], tmp_path)
+    assert "rest limit requests_per_second" in one_line_error(negative)
     rates = tmp_path / "rates.toml"
     rates.write_text('rest_requests_per_second = "fast"\n')
     in_file = one_line_error(run(["serve", "--config", str(rates)], tmp_path))

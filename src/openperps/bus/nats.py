@@ -31,7 +31,10 @@ again until it does, and nothing after the hole is delivered meanwhile. So a gat
 restarts at the version its read models hold loses and repeats nothing. When its
 connection comes back after an outage, the consumer is made again from the version after the
 last one delivered (a restarted server has forgotten it), rather than waiting for the client
-to notice missed heartbeats.
+to notice missed heartbeats. A consumer with a log also looks at the log's newest version
+every second: found behind it twice in a row, it reads the rest from the log, so a silent
+stream (NATS down, no publisher, a stream of another name, a writer that died before
+publishing its tail) delays a gateway by a second or two instead of stopping it.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -70,6 +74,9 @@ STREAM_MAX_AGE_S = 24 * 3600.0
 # below NATS' default max_payload (1 MiB); a single batch larger than this still goes alone
 MAX_MESSAGE_BYTES = 512 * 1024
 CONNECT_TIMEOUT_S = 5.0
+# how often a consumer with a log looks at the log's newest version; behind it for two looks
+# in a row with nothing from the stream, it reads the rest from the log
+LOG_CHECK_S = 1.0
 ENVELOPE_OVERHEAD = 48  # msgpack framing and the type tag, roughly, per envelope
 
 _encoder = msgspec.msgpack.Encoder()
@@ -371,6 +378,10 @@ class NatsConsumer:
         self.holes_filled = 0
         self.holes_unfilled = 0
         self.waiting_for_log = False  # a hole the log could not fill yet holds delivery back
+        self.log_version = after  # the log's newest version, as last seen (LOG_CHECK_S)
+        self.log_reads = 0  # times the stream was silent while the log was ahead
+        self._behind_since: float | None = None  # monotonic time the log was first seen ahead
+        self._watching: asyncio.Task[None] | None = None
         self._stopping = False
         self._bus = InProcessBus()
         self._bus.last_version = after
@@ -399,6 +410,46 @@ class NatsConsumer:
         self._js = self._nc.jetstream()
         await ensure_stream(self._js, self.stream, self.subject)
         await self._subscribe()
+        if self.log is not None:
+            self._watching = asyncio.create_task(self._watch_log())
+
+    @property
+    def watching_log(self) -> bool:
+        """It looks at the log every LOG_CHECK_S and reads what the stream has not brought."""
+        return self._watching is not None and not self._watching.done()
+
+    @property
+    def behind_s(self) -> float:
+        """How long the log has held versions this consumer has not delivered (0: none)."""
+        since = self._behind_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    async def _watch_log(self) -> None:
+        """Every LOG_CHECK_S, look at the log's newest version. Behind it with a silent
+        stream (no publisher, another stream's name, NATS down, an exchange that died before
+        publishing its tail), read the rest from the log: what the stream would have
+        brought, a little later. ``behind_s`` tells how long it has been behind."""
+        assert self.log is not None
+        while True:
+            await asyncio.sleep(LOG_CHECK_S)
+            try:
+                newest = await self.log.last_version()
+            except Exception as exc:  # the database went away: the hole check will wait
+                logger.debug("NATS consumer: the log's version could not be read (%s)", exc)
+                continue
+            self.log_version = max(self.log_version, newest)
+            if newest <= self.version:
+                self._behind_since = None
+                continue
+            if self._behind_since is None:
+                self._behind_since = time.monotonic()
+                continue  # the stream may bring it in a moment: look again next time
+            async with self._delivering:
+                if newest > self.version:
+                    self.log_reads += 1
+                    await self._fill(self.version + 1, newest)
+            if self.version >= newest:
+                self._behind_since = None
 
     async def _subscribe(self) -> None:
         """Consume from the message that holds the version after ``version``."""
@@ -440,6 +491,11 @@ class NatsConsumer:
 
     async def stop(self) -> None:
         self._stopping = True
+        if self._watching is not None:
+            self._watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watching
+            self._watching = None
         if self._resubscribing is not None:
             self._resubscribing.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -9,14 +9,17 @@ from typing import Annotated
 import typer
 import uvloop
 
+from openperps.api.limits import RestLimits
 from openperps.bus import DEFAULT_NATS_URL, DEFAULT_STREAM, DEFAULT_SUBJECT
 from openperps.cli.serve import (
     NatsStream,
     NatsSubject,
+    RestRequestsOption,
     _fail,
     configure_logging,
     err,
     read_config,
+    rest_limits_of,
     until_signalled,
 )
 from openperps.runtime.gateway import Gateway, GatewaySettings
@@ -47,6 +50,7 @@ def gateway(
             help="serve the REST reads, /health and /metrics on this port",
         ),
     ] = None,
+    rest_requests_per_second: RestRequestsOption = RestLimits.requests_per_second,
     log_level: Annotated[str, typer.Option(envvar="OPENPERPS_LOG_LEVEL")] = "INFO",
     config: Annotated[
         Path | None,
@@ -70,6 +74,7 @@ def gateway(
         host=host,
         ws_port=ws_port,
         http_port=http_port,
+        rest_limits=rest_limits_of(0.0, rest_requests_per_second),  # it takes no actions
     )
     if config is not None and "feed" in (options := read_config(config)):
         # the same limits and resume window as the engine's own feed

@@ -51,6 +51,29 @@ MarketsOption = Annotated[
     Path | None, typer.Option(envvar="OPENPERPS_MARKETS", help="TOML file of markets")
 ]
 
+RestRequestsOption = Annotated[
+    float,
+    typer.Option(
+        envvar="OPENPERPS_REST_REQUESTS_PER_SECOND",
+        help="REST requests per second per client address (burst twice that; 0: no limit); "
+        "behind a load balancer every client has its address",
+    ),
+]
+
+
+def rest_limits_of(actions_per_second: float, requests_per_second: float) -> RestLimits:
+    """The REST limits from the command line's two rates, bursts of twice each; a bad rate is
+    a one-line error."""
+    try:
+        return RestLimits(
+            actions_per_second=float(actions_per_second),
+            action_burst=max(1, round(2 * actions_per_second)),
+            requests_per_second=float(requests_per_second),
+            request_burst=max(1, round(2 * requests_per_second)),
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+
 
 def _fail(message: str) -> NoReturn:
     err.print(f"[red]error[/red]: {escape(message)}")  # a message may hold [brackets]
@@ -129,13 +152,7 @@ def serve(
             help="signed REST actions per second per account (burst twice that; 0: no limit)",
         ),
     ] = RestLimits.actions_per_second,
-    rest_requests_per_second: Annotated[
-        float,
-        typer.Option(
-            envvar="OPENPERPS_REST_REQUESTS_PER_SECOND",
-            help="REST requests per second per client address (burst twice that; 0: no limit)",
-        ),
-    ] = RestLimits.requests_per_second,
+    rest_requests_per_second: RestRequestsOption = RestLimits.requests_per_second,
     config: Annotated[
         Path | None,
         typer.Option(envvar="OPENPERPS_CONFIG", help="TOML file setting any of these options"),
@@ -173,15 +190,7 @@ def serve(
             feed_limits, server_limits, live_retention = chosen["feed"]
         rest_actions_per_second = chosen.get("rest_actions_per_second", rest_actions_per_second)
         rest_requests_per_second = chosen.get("rest_requests_per_second", rest_requests_per_second)
-    try:
-        rest_limits = RestLimits(
-            actions_per_second=float(rest_actions_per_second),
-            action_burst=max(1, round(2 * rest_actions_per_second)),
-            requests_per_second=float(rest_requests_per_second),
-            request_burst=max(1, round(2 * rest_requests_per_second)),
-        )
-    except ValueError as exc:
-        _fail(str(exc))
+    rest_limits = rest_limits_of(rest_actions_per_second, rest_requests_per_second)
     configure_logging(log_level)
     if network not in ("testnet", "mainnet"):
         _fail("--network is testnet or mainnet")

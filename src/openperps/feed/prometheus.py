@@ -88,4 +88,7 @@ def consumer_lines(consumer: NatsConsumer) -> list[str]:
         ("openperps_gateway_holes_filled_total", "counter", consumer.holes_filled),
         ("openperps_gateway_holes_unfilled_total", "counter", consumer.holes_unfilled),
         ("openperps_gateway_waiting_for_log", "gauge", int(consumer.waiting_for_log)),
+        ("openperps_gateway_log_version", "gauge", consumer.log_version),
+        ("openperps_gateway_behind_seconds", "gauge", round(consumer.behind_s, 3)),
+        ("openperps_gateway_log_reads_total", "counter", consumer.log_reads),
     )

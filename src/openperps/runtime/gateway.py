@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from openperps.api.limits import RestLimits
 from openperps.bus import DEFAULT_NATS_URL, DEFAULT_STREAM, DEFAULT_SUBJECT, Published
 from openperps.bus.nats import NatsConsumer
 from openperps.feed.prometheus import consumer_lines, exposition, feed_lines
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
     from openperps.api.serving import Serving
 
 logger = logging.getLogger("openperps.gateway")
+
+# behind the log this long, a gateway says it is unhealthy (its data is stale)
+STALE_S = 5.0
 
 
 @dataclass
@@ -44,6 +48,7 @@ class GatewaySettings:
     live_retention: int | None = None  # as in Settings: live changes kept for resuming
     feed_limits: FeedLimits = field(default_factory=FeedLimits)
     server_limits: ServerLimits = field(default_factory=ServerLimits)
+    rest_limits: RestLimits = field(default_factory=RestLimits)  # its REST reads
 
 
 class Gateway:
@@ -93,7 +98,8 @@ class Gateway:
         from openperps.api.app import create_read_app
         from openperps.api.serving import bind, start
 
-        self.http = await start(create_read_app(self), bind(host, port), "openperps-gateway-http")
+        app = create_read_app(self, self.settings.rest_limits)
+        self.http = await start(app, bind(host, port), "openperps-gateway-http")
 
     @property
     def http_port(self) -> int | None:
@@ -115,14 +121,24 @@ class Gateway:
         return self.feed is not None
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Healthy while following the stream and not held back by a hole its log cannot
-        fill yet; the body says which, and the version applied."""
+        """Healthy while it keeps up with the log: it follows the stream or watches the log,
+        it applies what the log holds within STALE_S (from the stream or, when the stream is
+        silent, from the log itself), and no hole the log cannot fill yet holds it back. The
+        body says how: following the stream, waiting for the log, the version applied, the
+        log's newest version and how long the gateway has been behind it."""
         consumer = self.consumer
-        following = consumer is not None and consumer.following
-        waiting = consumer is not None and consumer.waiting_for_log
-        version = consumer.version if consumer is not None else 0
-        body = {"following": following, "waiting_for_log": waiting, "version": version}
-        return following and not waiting, body
+        if consumer is None:
+            return False, {"following": False, "waiting_for_log": False, "version": 0}
+        behind = consumer.behind_s
+        body = {
+            "following": consumer.following,
+            "waiting_for_log": consumer.waiting_for_log,
+            "version": consumer.version,
+            "log_version": consumer.log_version,
+            "behind_s": round(behind, 3),
+        }
+        keeping_up = consumer.following or consumer.watching_log
+        return keeping_up and not consumer.waiting_for_log and behind < STALE_S, body
 
     async def stop(self) -> None:
         if self.http is not None:
