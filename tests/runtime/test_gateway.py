@@ -362,3 +362,34 @@ async def test_gateways_push_what_the_engine_pushes_and_a_restart_loses_nothing(
         assert int(published.split("\n", 1)[0]) >= newest
         for client in [*clients.values(), *resumed.values()]:
             await client.close()
+
+
+async def test_a_second_engine_on_the_same_log_is_refused_in_one_line(
+    deployment: Deployment,
+) -> None:
+    """Scaling out by running `serve` again, where `gateway` was meant: the second writer
+    is refused at start, and the first goes on."""
+    await deployment.start_engine()
+    second = subprocess.run(
+        [
+            *OPENPERPS,
+            "serve",
+            "--db",
+            deployment.db,
+            "--ws-port",
+            str(free_port()),
+            "--api-port",
+            str(free_port()),
+        ],
+        cwd=deployment.tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    lines = [line for line in second.stderr.splitlines() if line.strip()]
+    assert second.returncode == 1 and len(lines) == 1, second.stderr
+    assert "2310" in lines[0] and "one log has one writer" in lines[0]
+    async with httpx.AsyncClient() as http:
+        health = await http.get(f"http://127.0.0.1:{deployment.api_port}/health")
+        assert health.status_code == 200

@@ -52,6 +52,11 @@ class Backend(abc.ABC):
     def make(self) -> EventLog:
         """A new, unopened log on this storage (a second process would see the same)."""
 
+    def reader(self) -> EventLog:
+        """A second process's view of the log that reads it while the first writes (SQLite:
+        another connection; PostgreSQL: a read-only log, as a gateway opens it)."""
+        return self.make()
+
     @abc.abstractmethod
     async def execute(self, sql: str, *args: Any) -> None:
         """Run raw SQL; tables are written ``{events}``, ``{snapshots}``, ``{meta}``."""
@@ -107,6 +112,9 @@ class PostgresBackend(Backend):
 
     def make(self) -> EventLog:
         return PostgresEventLog(self.dsn, schema=self.schema)
+
+    def reader(self) -> EventLog:
+        return PostgresEventLog(self.dsn, schema=self.schema, read_only=True)
 
     async def execute(self, sql: str, *args: Any) -> None:
         q = self.schema

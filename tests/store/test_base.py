@@ -131,7 +131,7 @@ async def test_open_is_idempotent(backend: Backend) -> None:
     await log.open()
     await log.open()
     await log.append(envelopes(1, 3))
-    async with backend.make() as again, backend.make() as third:
+    async with backend.reader() as again, backend.reader() as third:
         await assert_log(again, envelopes(1, 3))
         await assert_log(third, envelopes(1, 3))
     await log.close()

@@ -17,6 +17,7 @@ def test_each_error_keeps_its_published_code() -> None:
         "LogClosed": 2307,
         "SnapshotAhead": 2308,
         "UnsupportedURL": 2309,
+        "LogInUse": 2310,
     }
 
 

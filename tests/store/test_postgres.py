@@ -12,6 +12,7 @@ import pytest
 from openperps.store import (
     SCHEMA_VERSION,
     GroupCommitWriter,
+    LogInUse,
     SchemaTooNew,
     StorageLocked,
     StorageUnavailable,
@@ -118,10 +119,29 @@ async def test_logs_in_different_schemas_are_independent(pg_dsn: str) -> None:
         await second.cleanup()
 
 
+async def test_a_second_writer_is_refused_while_the_first_holds_the_log(
+    pg: PostgresBackend,
+) -> None:
+    async with pg.make() as first:
+        await first.append(envelopes(1, 3))
+        second = pg.make()
+        with pytest.raises(LogInUse) as refused:
+            await second.open()
+        assert refused.value.code == StoreErrorCode.LOG_IN_USE and pg.schema in str(refused.value)
+        reader = PostgresEventLog(pg.dsn, schema=pg.schema, read_only=True)
+        async with reader:  # readers (gateways) are not writers
+            await assert_log(reader, envelopes(1, 3))
+    async with pg.make() as after:  # released on close (and with the process)
+        await assert_log(after, envelopes(1, 3))
+
+
 async def test_two_writers_racing_for_the_same_versions_cannot_both_win(
     pg: PostgresBackend,
 ) -> None:
-    async with pg.make() as a, pg.make() as b:
+    """Below the writer lock, the log itself lets one of two racing appends win."""
+    a = PostgresEventLog(pg.dsn, schema=pg.schema, exclusive=False)
+    b = PostgresEventLog(pg.dsn, schema=pg.schema, exclusive=False)
+    async with a, b:
         results = await asyncio.gather(
             a.append(envelopes(1, 500)), b.append(envelopes(1, 500)), return_exceptions=True
         )

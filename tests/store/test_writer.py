@@ -92,7 +92,7 @@ async def test_submit_returns_once_the_batch_is_durable(
 ) -> None:
     await writer.submit(envelopes(1, 5))
     assert writer.durable_version == 5
-    async with backend.make() as another_reader:
+    async with backend.reader() as another_reader:
         await assert_log(another_reader, envelopes(1, 5))
 
 

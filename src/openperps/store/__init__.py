@@ -21,6 +21,7 @@ from openperps.store.envelope import Envelope, Snapshot
 from openperps.store.errors import (
     CorruptLog,
     LogClosed,
+    LogInUse,
     SchemaTooNew,
     SnapshotAhead,
     StorageFull,
@@ -43,6 +44,7 @@ __all__ = [
     "EventLog",
     "GroupCommitWriter",
     "LogClosed",
+    "LogInUse",
     "SchemaTooNew",
     "Snapshot",
     "SnapshotAhead",

@@ -14,7 +14,8 @@ is never renumbered or reused.
      ├── StorageUnavailable     2306  I/O error, connection lost, server down
      ├── LogClosed              2307  used before ``open()`` or after ``close()``
      ├── SnapshotAhead          2308  a snapshot claims a version the log does not have
-     └── UnsupportedURL         2309  ``open_log`` cannot tell which backend a URL names
+     ├── UnsupportedURL         2309  ``open_log`` cannot tell which backend a URL names
+     └── LogInUse               2310  another writer has this log open (PostgreSQL)
 
 A failed ``append`` never leaves part of its batch behind: every backend writes a batch in one
 transaction, so the caller may retry the same batch once the fault clears. A
@@ -38,6 +39,7 @@ class StoreErrorCode(IntEnum):
     LOG_CLOSED = 2307
     SNAPSHOT_AHEAD = 2308
     UNSUPPORTED_URL = 2309
+    LOG_IN_USE = 2310
 
 
 class StoreError(Exception):
@@ -119,3 +121,9 @@ class SnapshotAhead(StoreError):
 
 class UnsupportedURL(StoreError):
     code = StoreErrorCode.UNSUPPORTED_URL
+
+
+class LogInUse(StoreError):
+    """Another process writes this log: one log has one writer (gateways only read it)."""
+
+    code = StoreErrorCode.LOG_IN_USE

@@ -14,7 +14,9 @@ locked by someone else for longer than ``lock_timeout_ms`` fails the batch with
 the batch with ``StorageUnavailable`` instead of stalling the writer for ever.
 
 Migrations and tail repair hold a transaction-scoped advisory lock, so two processes opening the
-same schema at once do not race.
+same schema at once do not race. A writer also holds the schema's writer lock (a session
+advisory lock) for as long as it is open: a second writer is refused at once with ``LogInUse``
+(2310), and the lock goes with the process that held it.
 
 ``read_only=True`` is how a process that only reads (a feed gateway) opens the log another
 process writes: no migration, no tail repair, every transaction read-only on the server, and
@@ -36,6 +38,7 @@ from openperps.store.base import DEFAULT_READ_BATCH, EventLog, check_read_range,
 from openperps.store.envelope import Envelope, Snapshot
 from openperps.store.errors import (
     LogClosed,
+    LogInUse,
     SnapshotAhead,
     StorageFull,
     StorageLocked,
@@ -115,6 +118,7 @@ class PostgresEventLog(EventLog):
         command_timeout_s: float | None = 60.0,
         lock_timeout_ms: int = 5_000,
         read_only: bool = False,
+        exclusive: bool = True,
     ) -> None:
         if not _IDENTIFIER.fullmatch(schema):
             raise ValueError(f"not a plain PostgreSQL identifier: {schema!r}")
@@ -125,7 +129,11 @@ class PostgresEventLog(EventLog):
         self.command_timeout_s = command_timeout_s
         self.lock_timeout_ms = lock_timeout_ms
         self.read_only = read_only
+        # a writer holds the schema's writer lock while open (tests of the log's own
+        # guarantees open two writers on purpose)
+        self.exclusive = exclusive and not read_only
         self._pool: Any = None  # asyncpg.Pool
+        self._writer_lock: Any = None  # the connection whose session holds the writer lock
         self._q = f'"{schema}"'  # the quoted schema, for building statements
 
     def __repr__(self) -> str:
@@ -152,6 +160,8 @@ class PostgresEventLog(EventLog):
             )
         self._pool = pool
         try:
+            if self.exclusive:
+                await self._lock_writer()
             with _translated():
                 async with pool.acquire() as conn:
                     if self.read_only:
@@ -163,7 +173,38 @@ class PostgresEventLog(EventLog):
             await self.close()
             raise
 
+    async def _lock_writer(self) -> None:
+        """Hold the schema's writer lock for as long as the log is open: a second writer (a
+        second ``serve`` where a ``gateway`` was meant, say) is refused at once with
+        ``LogInUse`` instead of racing the first for every version. The lock is a session
+        advisory lock on a connection of its own, so the server lets it go the moment this
+        process dies."""
+        with _translated():
+            conn = await asyncpg.connect(
+                self.dsn,
+                timeout=self.connect_timeout_s,
+                server_settings={"application_name": f"{APPLICATION_NAME} writer lock"},
+            )
+            try:
+                held = await conn.fetchval(
+                    "SELECT pg_try_advisory_lock(hashtext($1))", f"openperps.writer:{self.schema}"
+                )
+            except BaseException:
+                await conn.close()
+                raise
+        if not held:
+            await conn.close()
+            raise LogInUse(
+                f"another process writes the event log in schema {self.schema!r}: one log has "
+                "one writer (`openperps gateway` serves another feed from it)"
+            )
+        self._writer_lock = conn
+
     async def close(self) -> None:
+        lock, self._writer_lock = self._writer_lock, None
+        if lock is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(lock.close(), timeout=5)
         pool, self._pool = self._pool, None
         if pool is not None:
             try:
