@@ -51,16 +51,19 @@ async def unique_stream(url: str) -> AsyncIterator[tuple[str, str]]:
             await nc.close()
 
 
-def batches(count: int) -> list[Published]:
+def batches(count: int, exchange: int = 0) -> list[Published]:
     """``count`` durable batches as the sequencer publishes them: one command's events each
-    (a market listed, then faucet mints), versions 1, 2, 3, ... with no gap."""
+    (a market listed, then faucet mints), versions 1, 2, 3, ... with no gap. Another
+    ``exchange`` number gives the same versions with other events (another exchange's log)."""
     engine = Engine([])
     out: list[Published] = []
     for i in range(count):
         command: c.Command = (
             c.ListMarket(timestamp=i, market=default_markets()[0])
             if i == 0
-            else c.Mint(timestamp=i, profile="0x" + f"{i % 250:02x}" * 32, amount=1_000 + i)
+            else c.Mint(
+                timestamp=i, profile="0x" + f"{i % 250:02x}" * 32, amount=1_000 + i + exchange
+            )
         )
         events = engine.handle(command)
         out.append(Published(to_envelopes(events), events))

@@ -21,6 +21,7 @@ from openperps.bus.nats import (
     MAX_MESSAGE_BYTES,
     NatsConsumer,
     NatsPublisher,
+    StreamMismatch,
     encode_batches,
 )
 from openperps.store import Envelope, SqliteEventLog
@@ -300,6 +301,33 @@ async def test_a_hole_in_the_stream_is_read_from_the_event_log(
         )
     assert received.versions == list(range(1, items[-1].last_version + 1))
     assert [e for b in received.batches for e in b.events] == [e for b in items for e in b.events]
+
+
+async def test_a_stream_of_another_log_is_refused_not_mixed_in(
+    names: tuple[str, str, str], tmp_path: Path
+) -> None:
+    """A gateway whose log is not the stream's (another exchange on a shared stream name, a
+    log wiped and started again) would apply one exchange's events on another's state: it is
+    refused at start, naming the fix; its own log's stream is taken."""
+    url, stream, subject = names
+    items = batches(30)
+    await publish_all(url, stream, subject, items)
+    async with filled(tmp_path / "shorter.sqlite3", items[:10]) as shorter:  # stream past it
+        consumer = NatsConsumer(url, stream=stream, subject=subject, log=shorter)
+        with pytest.raises(StreamMismatch, match="is past this log's newest"):
+            await consumer.start()
+        await consumer.stop()
+    other = batches(30, exchange=1)  # the same versions, other events: another exchange's
+    async with filled(tmp_path / "other.sqlite3", other) as foreign:
+        consumer = NatsConsumer(url, stream=stream, subject=subject, log=foreign)
+        with pytest.raises(StreamMismatch, match="--nats-stream"):
+            await consumer.start()
+        await consumer.stop()
+    async with filled(tmp_path / "own.sqlite3", items) as own:
+        received = await consume(
+            url, stream, subject, after=0, until=items[-1].last_version, log=own
+        )
+    assert received.versions == list(range(1, items[-1].last_version + 1))
 
 
 async def test_a_batch_too_large_for_nats_is_dropped_not_retried_for_ever(

@@ -409,9 +409,42 @@ class NatsConsumer:
             raise ConnectionError(f"NATS at {self.url} does not answer") from None
         self._js = self._nc.jetstream()
         await ensure_stream(self._js, self.stream, self.subject)
+        if self.log is not None:
+            await self._check_stream(self.log)
         await self._subscribe()
         if self.log is not None:
             self._watching = asyncio.create_task(self._watch_log())
+
+    async def _check_stream(self, log: EventLog) -> None:
+        """The stream must carry this log's batches: its newest envelope is in the log, byte
+        for byte. A stream is never ahead of its log (only durable batches
+        are published), so one that is, or that differs, belongs to another log (another
+        exchange on a shared stream name, or a log wiped and started again): following it
+        would mix two exchanges' records. ``StreamMismatch`` says so."""
+        state = (await self._js.stream_info(self.stream)).state
+        if not state.messages:
+            return
+        try:
+            message = await self._js.get_msg(self.stream, int(state.last_seq))
+        except NotFoundError:
+            return  # trimmed under us: the next start checks again
+        try:
+            last = decode_batches(message.data)[-1][-1]  # the stream's newest envelope
+        except Exception:
+            return  # not ours to judge (a broken message is reported when it is delivered)
+        newest = await log.last_version()
+        logged = [e async for e in log.read(last.version, last.version)]
+        if last.version <= newest and logged and logged[0].payload == last.payload:
+            return
+        why = (
+            f"its version {last.version} is past this log's newest, {newest}"
+            if last.version > newest
+            else f"its version {last.version} differs from this log's"
+        )
+        raise StreamMismatch(
+            f"stream {self.stream} carries another event log's batches ({why}): give each "
+            "log its own --nats-stream and --nats-subject"
+        )
 
     @property
     def watching_log(self) -> bool:
@@ -602,6 +635,10 @@ class NatsConsumer:
     def _emit(self, envelopes: Sequence[Envelope], durable_at: float = 0.0) -> None:
         self.version = envelopes[-1].version
         self._bus.publish(to_published(envelopes, durable_at))
+
+
+class StreamMismatch(Exception):
+    """The NATS stream holds another event log's batches than the one a consumer reads."""
 
 
 def _durable_at(headers: dict[str, str] | None) -> float:
