@@ -24,6 +24,7 @@ from openperps.bus.nats import (
     StreamMismatch,
     encode_batches,
 )
+from openperps.feed.prometheus import publisher_lines
 from openperps.store import Envelope, SqliteEventLog
 from tests.runtime.test_demo import free_port
 from tests.services import unavailable
@@ -79,6 +80,7 @@ async def publish_all(
     for batch in items:
         publisher.publish(batch)
     assert await publisher.flush(30)
+    assert publisher.connected and "openperps_bus_connected 1" in publisher_lines(publisher)
     await publisher.close()
 
 
@@ -365,6 +367,12 @@ async def test_publishing_never_waits_for_nats(tmp_path: Path) -> None:
     assert publisher.last_version == items[-1].last_version
     assert publisher.published_version == 0
     assert not await publisher.flush(0.01)
+    # an operator sees it: not connected, and the failed attempt counted
+    async with asyncio.timeout(10):
+        while not publisher.failures:
+            await asyncio.sleep(0.01)
+    lines = publisher_lines(publisher)
+    assert "openperps_bus_connected 0" in lines and not publisher.connected
     await publisher.close(timeout=0.01)
 
 

@@ -189,7 +189,7 @@ class NatsPublisher:
         self.messages = 0  # messages acknowledged
         self.duplicates = 0  # of which the server had already stored
         self.dropped = 0  # batches dropped from a full queue (readers fill them from the log)
-        self.failures = 0  # failed attempts to send a message
+        self.failures = 0  # failed attempts to connect or to send a message
         self._queue: deque[_Queued] = deque()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -200,6 +200,11 @@ class NatsPublisher:
     @property
     def queued(self) -> int:
         return len(self._queue)
+
+    @property
+    def connected(self) -> bool:
+        """Connected to NATS now (what an operator alerts on beside the published version)."""
+        return self._nc is not None and bool(self._nc.is_connected)
 
     def start(self) -> None:
         """Start sending in the background; connecting (and reconnecting) happens there, so
@@ -283,12 +288,14 @@ class NatsPublisher:
                     with contextlib.suppress(Exception):
                         await self._nc.close()
                     self._nc = None
+                self.failures += 1  # a connection that fails is a failure to publish too
                 if not backoff.pauses:  # once; the attempts go on quietly
+                    detail = f" ({exc})" if str(exc) else ""
                     logger.warning(
-                        "NATS at %s: %s; publishing when it answers (%s)",
+                        "NATS at %s: %s%s; publishing when it answers",
                         self.url,
                         type(exc).__name__,
-                        exc,
+                        detail,
                     )
                 await backoff.pause()
         while True:

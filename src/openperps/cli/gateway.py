@@ -66,6 +66,8 @@ def gateway(
     exchange's event log, then follows the live batches on NATS. It never writes: actions go to
     the exchange. With --http-port it also serves the REST reads, /health and /metrics."""
     configure_logging(log_level)
+    if not nats.startswith(("nats://", "tls://")):
+        _fail("--nats is a NATS URL: nats://host:port")
     settings = GatewaySettings(
         db=db,
         nats=nats,

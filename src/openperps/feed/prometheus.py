@@ -77,6 +77,7 @@ def publisher_lines(publisher: NatsPublisher) -> list[str]:
         ("openperps_bus_messages_total", "counter", publisher.messages),
         ("openperps_bus_dropped_total", "counter", publisher.dropped),
         ("openperps_bus_failures_total", "counter", publisher.failures),
+        ("openperps_bus_connected", "gauge", int(publisher.connected)),
     )
 
 
