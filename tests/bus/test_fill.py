@@ -259,3 +259,26 @@ async def test_a_gateways_reads_keep_its_own_request_limit() -> None:
     finally:
         gateway.feed = None
         await gateway.stop()
+
+
+async def test_a_stream_a_little_behind_the_log_is_not_read_around(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under load the stream always trails the log by a little: as long as what the log held
+    at one look has come by the next, the consumer reads nothing from the log."""
+    monkeypatch.setattr("openperps.bus.nats.LOG_CHECK_S", 0.05)
+    items = batches(60)
+    async with filled(tmp_path / "events.sqlite3", items[:1]) as log:
+        consumer = NatsConsumer(log=log)
+        versions = received_by(consumer)
+        await consumer.deliver(items[0].envelopes)
+        consumer._watching = asyncio.create_task(consumer._watch_log())
+        try:
+            for batch in items[1:]:  # durable first, on the stream 10 ms later
+                await log.append(batch.envelopes)
+                await asyncio.sleep(0.01)
+                await consumer.deliver(batch.envelopes)
+            assert consumer.log_reads == 0 and consumer.behind_s == 0
+            assert versions == list(range(1, items[-1].last_version + 1))
+        finally:
+            await consumer.stop()

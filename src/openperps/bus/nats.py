@@ -32,9 +32,10 @@ restarts at the version its read models hold loses and repeats nothing. When its
 connection comes back after an outage, the consumer is made again from the version after the
 last one delivered (a restarted server has forgotten it), rather than waiting for the client
 to notice missed heartbeats. A consumer with a log also looks at the log's newest version
-every second: found behind it twice in a row, it reads the rest from the log, so a silent
-stream (NATS down, no publisher, a stream of another name, a writer that died before
-publishing its tail) delays a gateway by a second or two instead of stopping it.
+every second: when what the log held at one look has not come by the next, it reads the
+rest from the log, so a silent stream (NATS down, no publisher, a stream of another name, a
+writer that died before publishing its tail) delays a gateway by a second or two instead of
+stopping it.
 """
 
 from __future__ import annotations
@@ -74,8 +75,8 @@ STREAM_MAX_AGE_S = 24 * 3600.0
 # below NATS' default max_payload (1 MiB); a single batch larger than this still goes alone
 MAX_MESSAGE_BYTES = 512 * 1024
 CONNECT_TIMEOUT_S = 5.0
-# how often a consumer with a log looks at the log's newest version; behind it for two looks
-# in a row with nothing from the stream, it reads the rest from the log
+# how often a consumer with a log looks at the log's newest version; what the log held at one
+# look and the stream has not brought by the next is read from the log
 LOG_CHECK_S = 1.0
 ENVELOPE_OVERHEAD = 48  # msgpack framing and the type tag, roughly, per envelope
 
@@ -465,11 +466,14 @@ class NatsConsumer:
         return 0.0 if since is None else time.monotonic() - since
 
     async def _watch_log(self) -> None:
-        """Every LOG_CHECK_S, look at the log's newest version. Behind it with a silent
-        stream (no publisher, another stream's name, NATS down, an exchange that died before
-        publishing its tail), read the rest from the log: what the stream would have
-        brought, a little later. ``behind_s`` tells how long it has been behind."""
+        """Every LOG_CHECK_S, look at the log's newest version. If what the log held at the
+        previous look has still not come from the stream (no publisher, another stream's
+        name, NATS down, an exchange that died before publishing its tail), read the rest
+        from the log: what the stream would have brought, a little later. Under load the
+        stream is always a little behind the log; only a look's worth of lag counts.
+        ``behind_s`` tells how long versions the log held have waited."""
         assert self.log is not None
+        previous: tuple[int, float] | None = None  # the log's newest version at the last look
         while True:
             await asyncio.sleep(LOG_CHECK_S)
             try:
@@ -478,18 +482,16 @@ class NatsConsumer:
                 logger.debug("NATS consumer: the log's version could not be read (%s)", exc)
                 continue
             self.log_version = max(self.log_version, newest)
-            if newest <= self.version:
+            if previous is not None and self.version < previous[0]:
+                if self._behind_since is None:
+                    self._behind_since = previous[1]
+                async with self._delivering:
+                    if newest > self.version:
+                        self.log_reads += 1
+                        await self._fill(self.version + 1, newest)
+            if previous is None or self.version >= previous[0]:
                 self._behind_since = None
-                continue
-            if self._behind_since is None:
-                self._behind_since = time.monotonic()
-                continue  # the stream may bring it in a moment: look again next time
-            async with self._delivering:
-                if newest > self.version:
-                    self.log_reads += 1
-                    await self._fill(self.version + 1, newest)
-            if self.version >= newest:
-                self._behind_since = None
+            previous = (newest, time.monotonic())
 
     async def _subscribe(self) -> None:
         """Consume from the message that holds the version after ``version``."""
