@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from openperps.store import (
     CorruptLog,
     Envelope,
     GroupCommitWriter,
+    LogInUse,
     SqliteEventLog,
     StorageFull,
     StorageLocked,
@@ -199,3 +202,36 @@ async def test_a_checkpoint_that_copies_nothing_is_not_counted(tmp_path: Path) -
         assert await append(10) >= 2
         assert log.checkpoints >= 2, "with the reader gone, they copy and are counted"
         await assert_log(log, written)
+
+
+async def test_a_second_process_cannot_write_the_same_file(tmp_path: Path) -> None:
+    """One log, one writer: a second `serve` (or `reindex`) on the file a running exchange
+    writes is refused at once; the lock goes with the process that held it."""
+    path = tmp_path / "events.sqlite3"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import asyncio, sys\n"
+            "from openperps.store import SqliteEventLog\n"
+            "async def main():\n"
+            f"    log = SqliteEventLog({str(path)!r})\n"
+            "    await log.open()\n"
+            "    print('open', flush=True)\n"
+            "    await asyncio.sleep(60)\n"
+            "asyncio.run(main())\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        second = SqliteEventLog(path)
+        with pytest.raises(LogInUse) as refused:
+            await second.open()
+        assert refused.value.code == StoreErrorCode.LOG_IN_USE and str(path) in str(refused.value)
+    finally:
+        holder.kill()
+        holder.wait()
+    async with SqliteEventLog(path) as after:  # the holder died: its lock went with it
+        assert await after.last_version() == 0

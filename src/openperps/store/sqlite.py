@@ -19,6 +19,10 @@ Threads. sqlite3 blocks, so each log owns three threads with one connection each
 ``load_latest_snapshot``) and a checkpointer. WAL lets the reader and the checkpointer run
 while the writer commits; the event loop only awaits futures.
 
+One writer. While open, a log holds a POSIX lock on ``<file>.lock`` beside its file: a second
+process opening the same file is refused with ``LogInUse`` (2310), and the lock goes with the
+process that held it.
+
 Errors. SQLite's result codes map to the store's family: ``SQLITE_FULL`` to ``StorageFull``,
 ``SQLITE_BUSY``/``SQLITE_LOCKED`` (after ``busy_timeout``) to ``StorageLocked``, I/O errors to
 ``StorageUnavailable``, ``SQLITE_CORRUPT``/``SQLITE_NOTADB`` to ``CorruptLog``.
@@ -27,19 +31,22 @@ Errors. SQLite's result codes map to the store's family: ``SQLITE_FULL`` to ``St
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import logging
 import os
 import sqlite3
 from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal, ParamSpec, TypeVar
+from typing import IO, Literal, ParamSpec, TypeVar
 
 from openperps.store.base import DEFAULT_READ_BATCH, EventLog, check_read_range, prefetched
 from openperps.store.envelope import Envelope, Snapshot
 from openperps.store.errors import (
     CorruptLog,
     LogClosed,
+    LogInUse,
     SnapshotAhead,
     StorageFull,
     StorageLocked,
@@ -122,6 +129,7 @@ class SqliteEventLog(EventLog):
         self._checkpoint_pool: ThreadPoolExecutor | None = None
         # Each connection is only touched from its own pool's single thread.
         self._writer: sqlite3.Connection | None = None
+        self._lock_file: IO[str] | None = None  # holds the writer lock while open
         self._reader: sqlite3.Connection | None = None
         self._checkpointer: sqlite3.Connection | None = None
         self._appended_pages = 0  # WAL pages written since the last checkpoint started (roughly)
@@ -280,6 +288,7 @@ class SqliteEventLog(EventLog):
 
     def _open_writer(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_writer()
         conn = self._connect()
         try:
             (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
@@ -316,6 +325,29 @@ class SqliteEventLog(EventLog):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self._lock_file is not None:
+            self._lock_file.close()  # and with it the lock
+            self._lock_file = None
+
+    def _lock_writer(self) -> None:
+        """Hold the log's writer lock (a POSIX lock on ``<file>.lock`` beside it) for as long
+        as the log is open: a second process writing the same file (a second ``serve`` in
+        the same directory on other ports, ``reindex`` while the exchange runs) is refused
+        with ``LogInUse`` instead of racing the first for every version. The system lets the
+        lock go when the process dies. (POSIX locks belong to the process: a second handle on
+        the same file within one process is not refused.)"""
+        lock = self.path.with_name(self.path.name + ".lock").open("a")  # held while open
+        try:
+            fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            lock.close()
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise LogInUse(
+                    f"another process writes the event log {self.path}: one log has one "
+                    "writer (stop it first, or give this one another --db)"
+                ) from None
+            raise
+        self._lock_file = lock
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
