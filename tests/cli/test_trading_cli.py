@@ -92,6 +92,9 @@ def test_a_user_session_from_the_command_line(exchange: dict[str, str], tmp_path
     assert "walletBalance: 600" in account.stdout and "freeBalance: 0" in account.stdout
     too_much = cli(exchange, "deposit", "600.5", key=user_key)
     assert too_much.returncode == 1 and "error 2027" in too_much.stderr
+    negative = cli(exchange, "deposit", "-1", key=user_key)  # an amount, not an option
+    assert negative.returncode == 1 and "error 2018" in negative.stderr, negative.stderr
+    assert "more than 0" in negative.stderr
     assert cli(exchange, "deposit", "1000", key=maker_key).returncode == 0
     deposited = cli(exchange, "deposit", "500", key=user_key)
     assert deposited.returncode == 0 and "walletBalance: 100" in deposited.stdout
