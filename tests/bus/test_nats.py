@@ -332,6 +332,20 @@ async def test_a_stream_of_another_log_is_refused_not_mixed_in(
     assert received.versions == list(range(1, items[-1].last_version + 1))
 
 
+async def test_a_subject_another_stream_carries_is_named_not_reported_missing(
+    names: tuple[str, str, str],
+) -> None:
+    """Creating a stream for a subject another stream already carries fails; the error says
+    which subject and what to do, instead of "stream not found"."""
+    url, stream, subject = names
+    await publish_all(url, stream, subject, batches(2))  # the stream exists, with the subject
+    async with unique_stream(url) as (other, _unused):
+        consumer = NatsConsumer(url, stream=other, subject=subject)
+        with pytest.raises(StreamMismatch, match=f"does another stream carry {subject}"):
+            await consumer.start()
+        await consumer.stop()
+
+
 async def test_a_batch_too_large_for_nats_is_dropped_not_retried_for_ever(
     names: tuple[str, str, str],
 ) -> None:

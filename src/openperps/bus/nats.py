@@ -154,8 +154,16 @@ async def ensure_stream(js: Any, stream: str, subject: str) -> None:
             duplicate_window=DUPLICATE_WINDOW_S,
             max_age=STREAM_MAX_AGE_S,
         )
-    except BadRequestError:
-        await js.stream_info(stream)  # created meanwhile by another process
+    except BadRequestError as refused:
+        try:
+            await js.stream_info(stream)  # created meanwhile by another process
+        except NotFoundError:
+            # not created at all: most likely another stream already carries the subject
+            raise StreamMismatch(
+                f"cannot create stream {stream} for subject {subject}: "
+                f"{refused.description or refused} (does another stream carry {subject}? "
+                "give each log its own --nats-stream and --nats-subject)"
+            ) from None
 
 
 class _Queued(NamedTuple):
