@@ -625,6 +625,13 @@ async def test_position_actions_batches_delegation_and_admin(tmp_path: Path) -> 
             now = time.time_ns() // 1_000_000
             headers = sign_request(delegate, "POST", path, body, now, wallet=alice.wallet)
             refused(await api.post(path, content=body, headers=headers), 403, 2106)
+        # a deposit moves the owner's wallet into the owner's account: a delegate may
+        await alice.post("/mintTestTokens", {"amount": "10"})
+        body = b'{"amount": "10"}'
+        now = time.time_ns() // 1_000_000
+        headers = sign_request(delegate, "POST", "/deposit", body, now, wallet=alice.wallet)
+        deposited = await api.post("/deposit", content=body, headers=headers)
+        assert deposited.status_code == 200, deposited.text
         assert await alice.get("/getWalletAccountBalance") == "0"
         del as_delegate
         # operator endpoints need the bearer token
