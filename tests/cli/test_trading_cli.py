@@ -127,6 +127,8 @@ def test_a_user_session_from_the_command_line(exchange: dict[str, str], tmp_path
     # a market by its symbol, in any case
     set_tp = cli(exchange, "tp", "apt-usd", "long", "6", key=user_key)
     assert set_tp.returncode == 0 and "long take-profit: 6" in set_tp.stdout
+    typo = cli(exchange, "sl", "1338", "long", "abc", key=user_key)
+    assert typo.returncode == 1 and "PRICE is not a decimal number" in typo.stderr, typo.stderr
     assert "│ 6 " in cli(exchange, "positions", key=user_key).stdout
     profile = account.stdout.split("profile:")[1].split()[0]
     pushed = cli(exchange, "subscribe", "positions", "--address", profile, "--json", "--count", "1")

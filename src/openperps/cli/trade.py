@@ -64,7 +64,7 @@ def _run(work: Callable[[], Awaitable[T]]) -> T:
         return asyncio.run(work())  # type: ignore[arg-type]
     except ApiError as exc:
         code = f" {exc.code}" if exc.code is not None else ""
-        err.print(f"[red]error{code}[/red]: {escape(exc.message)}")
+        err.print(f"[red]error{code}[/red]: {escape(_cli_words(exc.message))}")
         raise typer.Exit(1) from None
     except SigningError as exc:
         err.print(f"[red]error {int(exc.code)}[/red]: {escape(exc.detail)}")
@@ -78,6 +78,22 @@ def _run(work: Callable[[], Awaitable[T]]) -> T:
     except FeedError as exc:  # the feed closed or failed under the command
         err.print(f"[red]error[/red]: the feed failed: {escape(str(exc.__cause__ or exc))}")
         raise typer.Exit(1) from None
+
+
+# the REST API's field names, as the command line spells them
+REST_FIELDS = {
+    "newTakeProfitPrice": "PRICE",
+    "newStopLossPrice": "PRICE",
+    "takeProfit": "--tp",
+    "stopLoss": "--sl",
+}
+
+
+def _cli_words(message: str) -> str:
+    """An exchange's message in the command line's words."""
+    for field, word in REST_FIELDS.items():
+        message = message.replace(field, word)
+    return message
 
 
 def _client(key_path: Path, url: str) -> Client:
