@@ -17,6 +17,7 @@ from openperps.api.app import create_app
 from openperps.api.schema import BODIES, READ_RECORDS
 from openperps.runtime.app import Exchange, Settings
 from openperps.signing import PrivateKey, sign_request
+from tests.api.test_rest import NEW_MARKET
 
 APT = "1338"
 ADMIN = {"authorization": "Bearer s3cret"}
@@ -166,24 +167,7 @@ async def test_accepted_requests_and_the_answers_fit_the_document(api: httpx.Asy
     )
     await operator.post(
         "/admin/listMarket",
-        {
-            "symbol": "DOGE-USD",
-            "market_id": 4242,
-            "price_decimals": 5,
-            "size_decimals": 0,
-            "tick": "0.00001",
-            "lot": "1",
-            "min_size": "10",
-            "max_size": "1000000",
-            "max_position_value": "1000000",
-            "max_leverage": 10,
-            "maintenance_margin_bps": 250,
-            "maker_fee_bps": 2,
-            "taker_fee_bps": 5,
-            "funding_interval_s": 3600,
-            "funding_cap_bps": 50,
-            "interest_bps_per_8h": 1,
-        },
+        NEW_MARKET,
         **ADMIN,
     )
     sent: dict[str, list[dict[str, Any]]] = {}

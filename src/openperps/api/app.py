@@ -758,10 +758,7 @@ async def cancel_orders(request: Request[Any, Any, Any], state: State) -> Respon
             order_ids=order_ids,
         ),
     )
-    cancels = [_Item("cancelOrderIds", i, oid) for i, oid in enumerate(order_ids)]
-    return envelope(
-        _outcome(exchange, events, profile, _Batch([], cancels, [])), "orders cancelled"
-    )
+    return envelope(_outcome(exchange, events, profile, _cancels(order_ids)), "orders cancelled")
 
 
 @post("/deposit", status_code=200)
@@ -950,7 +947,7 @@ def _batch(
     as an item the engine refuses would be. ``market_id``: every order must be in it."""
     if not isinstance(items, list) or not items:
         raise ApiError(400, BAD_REQUEST, "orders is a non-empty list")
-    batch = _Batch([], [_Item("cancelOrderIds", i, oid) for i, oid in enumerate(cancels)], [])
+    batch = _cancels(cancels)
     for index, item in enumerate(items):
         try:
             if not isinstance(item, dict):
@@ -969,12 +966,17 @@ def _batch(
             continue
         batch.commands.append(command)
         batch.items.append(_Item("orders", index))
-    if not batch.commands and not cancels:
+    if not batch.commands and not cancels:  # every order refused: the first is orders[0]
         first = batch.refused[0]
         raise ApiError(
             400, first["code"], f"no order could be placed; orders[0]: {first['message']}"
         )
     return batch
+
+
+def _cancels(order_ids: Sequence[int]) -> _Batch:
+    """A batch of cancels only, each known by its place in ``cancelOrderIds``."""
+    return _Batch([], [_Item("cancelOrderIds", i, oid) for i, oid in enumerate(order_ids)], [])
 
 
 @post("/placeMultipleOrders", status_code=200)
@@ -1000,8 +1002,7 @@ async def cancel_and_place(request: Request[Any, Any, Any], state: State) -> Res
     if listed is None or listed == []:
         if not order_ids:
             raise ApiError(400, BAD_REQUEST, "nothing to do: cancelOrderIds and orders are empty")
-        cancels = [_Item("cancelOrderIds", i, oid) for i, oid in enumerate(order_ids)]
-        batch = _Batch([], cancels, [])
+        batch = _cancels(order_ids)
     else:
         batch = _batch(
             exchange, profile, delegate, listed, cancels=order_ids, market_id=config.market_id

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from openperps.feed.session import check_limits
+from openperps.ratelimit import TokenBucket
 
 
 @dataclass(frozen=True)
@@ -45,28 +46,24 @@ class Buckets:
         self, per_second: float, burst: int, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.per_second = per_second
-        self.burst = float(burst)
+        self.burst = burst
         self.clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, when)
+        self._buckets: dict[str, TokenBucket] = {}
 
     def take(self, key: str) -> float:
         if not self.per_second:
             return 0.0
         now = self.clock()
-        tokens, when = self._buckets.get(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - when) * self.per_second)
-        if tokens < 1.0:
-            self._buckets[key] = (tokens, now)
-            return (1.0 - tokens) / self.per_second
-        if len(self._buckets) >= self.PRUNE_AT and key not in self._buckets:
-            self._prune(now)
-        self._buckets[key] = (tokens - 1.0, now)
-        return 0.0
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self.PRUNE_AT:
+                self._prune(now)
+            bucket = self._buckets[key] = TokenBucket(self.per_second, self.burst, now)
+        return bucket.take(now)
 
     def _prune(self, now: float) -> None:
         """Forget every bucket that has refilled: it would start full anyway."""
-        full = self.burst / self.per_second
-        self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < full}
+        self._buckets = {k: b for k, b in self._buckets.items() if b.full_at() > now}
 
     def __len__(self) -> int:
         return len(self._buckets)

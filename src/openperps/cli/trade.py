@@ -80,19 +80,21 @@ def _run(work: Callable[[], Awaitable[T]]) -> T:
         raise typer.Exit(1) from None
 
 
-# the REST API's field names, as the command line spells them
-REST_FIELDS = {
+# the exchange's field names (REST and feed), as the command line spells them
+CLI_WORDS = {
     "newTakeProfitPrice": "PRICE",
     "newStopLossPrice": "PRICE",
     "takeProfit": "--tp",
     "stopLoss": "--sl",
+    "needs a market_id": "needs --market",
+    "needs an address": "needs --address",
 }
 
 
 def _cli_words(message: str) -> str:
-    """An exchange's message in the command line's words."""
-    for field, word in REST_FIELDS.items():
-        message = message.replace(field, word)
+    """An exchange's message (a REST answer, a feed error) in the command line's words."""
+    for said, meant in CLI_WORDS.items():
+        message = message.replace(said, meant)
     return message
 
 
@@ -457,7 +459,7 @@ def subscribe(
             async for push in feed:
                 if push.topic == "error":
                     error = push.raw.get("error", {})
-                    detail = _flag_names(str(error.get("detail")))
+                    detail = _cli_words(str(error.get("detail")))
                     err.print(f"[red]error {error.get('code')}[/red]: {escape(detail)}")
                     raise typer.Exit(1)
                 if as_json:
@@ -475,17 +477,6 @@ def subscribe(
 
     with contextlib.suppress(KeyboardInterrupt):
         _run(work)
-
-
-# the feed's request fields, as this command line spells them
-FEED_FIELDS = {"needs a market_id": "needs --market", "needs an address": "needs --address"}
-
-
-def _flag_names(detail: str) -> str:
-    """A feed error in the command line's words."""
-    for said, meant in FEED_FIELDS.items():
-        detail = detail.replace(said, meant)
-    return detail
 
 
 def book(
@@ -526,7 +517,7 @@ def book(
                             break
                 last = live.renderable
             if refusal is not None:
-                detail = _flag_names(str(refusal.get("detail")))
+                detail = _cli_words(str(refusal.get("detail")))
                 err.print(f"[red]error {refusal.get('code')}[/red]: {escape(detail)}")
                 raise typer.Exit(1)
             console.print(last)  # the last ladder stays on screen

@@ -61,6 +61,7 @@ from websockets.asyncio.client import ClientConnection
 from openperps.client.book import LocalBook
 from openperps.client.rest import ClientError
 from openperps.core.errors import InvalidInput
+from openperps.ratelimit import TokenBucket
 from openperps.signing import normalise_address
 
 logger = logging.getLogger("openperps.client.feed")
@@ -137,28 +138,19 @@ class _Pacer:
     def __init__(self, per_second: float, burst: int) -> None:
         self.per_second = per_second
         self.burst = burst
-        self.tokens = float(burst)
-        self.stamp = 0.0
+        self.bucket = TokenBucket(per_second, burst, 0.0)
 
     def refill(self) -> None:
-        self.tokens = float(self.burst)
-        self.stamp = asyncio.get_running_loop().time()
+        self.bucket = TokenBucket(self.per_second, self.burst, asyncio.get_running_loop().time())
 
     def refused(self) -> None:
         """The server said ``rate_limited``: its bucket is empty, so is ours."""
-        self.tokens = 0.0
-        self.stamp = asyncio.get_running_loop().time()
+        self.bucket.empty(asyncio.get_running_loop().time())
 
     async def take(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            now = loop.time()
-            self.tokens = min(float(self.burst), self.tokens + (now - self.stamp) * self.per_second)
-            self.stamp = now
-            if self.tokens >= 1.0:
-                self.tokens -= 1.0
-                return
-            await asyncio.sleep((1.0 - self.tokens) / self.per_second)
+        while wait := self.bucket.take(loop.time()):
+            await asyncio.sleep(wait)
 
 
 class Feed:

@@ -29,6 +29,7 @@ import msgspec
 
 from openperps.core.numbers import parse_market_id
 from openperps.indexer.topics import ALL_TOPICS, MARKET_TOPICS, USER_TOPICS
+from openperps.ratelimit import TokenBucket
 
 # close codes, in one place
 CLOSE_NORMAL: Final = 1000
@@ -181,8 +182,7 @@ class FeedSession:
     markets: Collection[int]
     limits: FeedLimits = field(default_factory=FeedLimits)
     subscriptions: dict[Subscription, None] = field(default_factory=dict)
-    _tokens: float = -1.0
-    _refilled_at: int = 0
+    _bucket: TokenBucket | None = None  # the request rate; full at the first request
     _violations: deque[int] = field(default_factory=deque)
     _oversized: int = 0
     closed: bool = False
@@ -246,20 +246,11 @@ class FeedSession:
     # -- internals ----------------------------------------------------------------------------
 
     def _take_token(self, now_ms: int) -> bool:
-        limits = self.limits
-        if self._tokens < 0:
-            self._tokens = float(limits.request_burst)
-            self._refilled_at = now_ms
-        elapsed = max(now_ms - self._refilled_at, 0)
-        self._tokens = min(
-            float(limits.request_burst),
-            self._tokens + elapsed * limits.requests_per_second / 1000.0,
-        )
-        self._refilled_at = now_ms
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
+        now = now_ms / 1000.0
+        if self._bucket is None:
+            limits = self.limits
+            self._bucket = TokenBucket(limits.requests_per_second, limits.request_burst, now)
+        return self._bucket.take(now) == 0.0
 
     def _violation(self, now_ms: int, code: int, reason: str) -> list[Action]:
         window = self.limits.violation_window_ms
