@@ -5,8 +5,9 @@ another process (``--role client``), so neither side's event loop slows the othe
 
 1. throughput: 1 000 connections subscribed to a market's ``orderbook`` and ``recent_trades``
    while traders keep 64 commands in flight (the exchange matches as fast as it can); the
-   baseline is the same client against a bare picows server broadcasting the same bytes (a
-   small book push and a 32 KB push of 100 trades) to every connection, framed once and
+   baseline is the same client against a bare picows server broadcasting the same bytes (the
+   exchange's own book push and its 32 KB push of the latest 100 trades, sampled from a
+   second of the same trading before the runs) to every connection, framed once and
    written in one write per connection per round as the feed writes them, into sockets with
    the send buffer the feed gives its own; the exchange is measured again under a lighter
    load, 4 commands in flight, to show how much of the gap is the matching it shares its
@@ -88,6 +89,7 @@ FLAT_OUT_IN_FLIGHT = 64
 LIGHT_IN_FLIGHT = 4  # the lighter load of the throughput part: the exchange mostly idle
 EVENTS_PER_COMMAND = 5  # measured: a resting order and a taker that fills it make 10 events
 ORDERBOOK_PUSH = b'{"message":"orderbook"'
+PUSHES = ("orderbook", "recent_trades")  # the topics each subscriber holds
 MAX_IN_FLIGHT = 20_000
 SAMPLE = 50  # connections of the latency runs that record when each push arrived
 OFFER = "permessage-deflate; client_max_window_bits"  # what browsers and Node's ws offer
@@ -280,46 +282,28 @@ async def serve_exchange(
         await asyncio.to_thread(sys.stdin.readline)
 
 
-def book_push() -> bytes:
-    """A small order-book push, as the feed sends it."""
-    level = {
-        "market_id": "1338",
-        "price": 7.001,
-        "size": "1",
-        "is_ask": True,
-        "last_updated": 1,
-        "transaction_version": 1,
-    }
-    # json.dumps' own spacing, as in the baseline before the trades push was added
-    return json.dumps({"message": "orderbook", "data": [level], "transaction_version": 1}).encode()
+async def sample_pushes(port: int) -> tuple[bytes, bytes]:
+    """The exchange's own ``orderbook`` and ``recent_trades`` pushes after a second of the
+    throughput run's trading (the latest 100 fills): the bytes the bare broadcasts send."""
+    from openperps.core import commands as c
+    from openperps.feed.session import Subscription
+
+    async with running_exchange(port, deflate=True) as exchange:
+        seq = exchange.sequencer
+        for profile in (ALICE, BOB):
+            await seq.execute(c.Mint(timestamp=0, profile=profile, amount=10**15))
+            await seq.execute(c.Deposit(timestamp=0, profile=profile, amount=10**15))
+        await drive(exchange, 0, 1.0)
+        hub = exchange.feed.hub
+        book, trades = (hub.render(Subscription(topic, MARKET)) for topic in PUSHES)
+    if trades.count(b'"trade_id"') < 100:
+        raise RuntimeError("the sample has fewer than 100 trades")
+    return book, trades
 
 
-def trades_push() -> bytes:
-    """A ``recent_trades`` push as the feed sends it in this bench: the latest 100 fills,
-    by the same two traders at prices over 20 levels (so that it compresses as the
-    exchange's own pushes do, not as 100 copies of one record would)."""
-    trades = []
-    for i in range(100):
-        price = 7_000 + i * 7 % 20
-        trades.append(
-            {
-                "address": ALICE if i % 2 else BOB,
-                "market_id": "1338",
-                "trade_id": str(36893488147419104570 + 18446744073709551616 * i),
-                "order_type": 3 if i % 2 else 1,
-                "price": f"{price / 1000:.3f}",
-                "size": "100",
-                "order_value": f"{price / 10:.1f}",
-                "leverage": 10,
-                "fee": f"{price / 20000:.5f}",
-                "pnl": f"-{price / 20000:.5f}",
-                "timestamp": 1796116650 + i // 40,
-                "last_updated": 1796116650 + i // 40,
-                "transaction_version": 12345 + 5 * i,
-            }
-        )
-    push = {"message": "recent_trades", "data": trades, "transaction_version": 1}
-    return json.dumps(push, separators=(",", ":")).encode()
+def load_pushes(path: Path) -> list[bytes]:
+    """The sampled pushes, as ``main`` wrote them for the bare broadcasts."""
+    return [text.encode() for text in json.loads(path.read_text())]
 
 
 def on_wire(payloads: list[bytes], deflate: bool) -> bytes:
@@ -367,13 +351,13 @@ async def bare_server(port: int, deflate: bool) -> tuple[asyncio.Server, set[WST
     return server, transports
 
 
-async def serve_bare(port: int, seconds: float, deflate: bool) -> None:
+async def serve_bare(port: int, seconds: float, deflate: bool, pushes: list[bytes]) -> None:
     """Baseline: picows broadcasting the feed's own mix (a small book push and a 32 KB trades
     push) to every connection, nothing else: the frames built once, then one write per
     connection per round. It skips a connection while its socket has a backlog, as any
     broadcast of that size must (otherwise the backlog grows by gigabytes in a few seconds)."""
     server, transports = await bare_server(port, deflate)
-    wire = on_wire([book_push(), trades_push()], deflate)
+    wire = on_wire(pushes, deflate)
     print("ready", flush=True)
     await asyncio.to_thread(sys.stdin.readline)
     stop_at = time.monotonic() + seconds
@@ -389,13 +373,17 @@ async def serve_bare(port: int, seconds: float, deflate: bool) -> None:
 
 
 def stamped(push: bytes, stamp: int) -> bytes:
-    """``push`` (compact JSON) with its top-level ``transaction_version`` set to ``stamp``."""
+    """``push`` (compact JSON) with its top-level ``transaction_version`` set to ``stamp`` and
+    moved to the end."""
     body = json.loads(push)
+    del body["transaction_version"]
     body["transaction_version"] = stamp
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-async def serve_bare_timed(port: int, seconds: float, rounds_per_s: float, deflate: bool) -> None:
+async def serve_bare_timed(
+    port: int, seconds: float, rounds_per_s: float, deflate: bool, pushes: list[bytes]
+) -> None:
     """Latency floor: picows broadcasting a book push and the trades push to every connection
     at a fixed number of rounds per second, each stamped with the wall clock at the start of
     its round (in ``transaction_version``), both in one write per connection, skipping a socket
@@ -407,7 +395,7 @@ async def serve_bare_timed(port: int, seconds: float, rounds_per_s: float, defla
     await asyncio.to_thread(sys.stdin.readline)
     # each push up to its stamp (the last key), so a round only appends digits: JSON work
     # would otherwise count as transport time
-    heads = [stamped(push, 0).removesuffix(b"0}") for push in (book_push(), trades_push())]
+    heads = [stamped(push, 0).removesuffix(b"0}") for push in pushes]
     stop_at = time.monotonic() + seconds
     next_round = time.monotonic()
     rounds = 0
@@ -713,6 +701,7 @@ def main() -> None:
     parser.add_argument("--durable-log", type=Path)
     parser.add_argument("--repeat", type=int, default=2, help="throughput runs of each kind")
     parser.add_argument("--result", type=Path, help="where the client writes what it saw")
+    parser.add_argument("--pushes", type=Path, help="the sampled pushes (bare servers)")
     parser.add_argument(
         "--plain", action="store_true", help="clients that do not offer permessage-deflate"
     )
@@ -736,9 +725,13 @@ def main() -> None:
                 )
             )
         elif args.mode == "bare-same":
-            uvloop.run(serve_bare(args.port, args.seconds, deflate))
+            uvloop.run(serve_bare(args.port, args.seconds, deflate, load_pushes(args.pushes)))
         elif args.mode == "bare-timed":
-            uvloop.run(serve_bare_timed(args.port, args.seconds, args.rate, deflate))
+            uvloop.run(
+                serve_bare_timed(
+                    args.port, args.seconds, args.rate, deflate, load_pushes(args.pushes)
+                )
+            )
         else:
             uvloop.run(serve_idle(args.port, deflate))
         return
@@ -762,18 +755,28 @@ def main() -> None:
 
     figures: dict[str, Any] = {"bench": "feed"}
     parts = set(args.parts.split(","))
-    if "throughput" in parts:
-        figures |= throughput(args, deflate)
-    if "latency" in parts:
-        figures |= latency(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        if parts & {"throughput", "latency"}:
+            # the bare broadcasts send the exchange's own pushes, sampled once here
+            pushes = asyncio.run(sample_pushes(args.port + 5))
+            path = Path(tmp) / "pushes.json"
+            path.write_text(json.dumps([push.decode() for push in pushes]))
+            PASS_ON.extend(["--pushes", str(path)])
+        if "throughput" in parts:
+            figures |= throughput(args, deflate, pushes)
+        if "latency" in parts:
+            figures |= latency(args)
     if "memory" in parts:
         figures |= memory(args)
     figures["deflate"] = deflate
     print(json.dumps(figures))
 
 
-def throughput(args: argparse.Namespace, deflate: bool) -> dict[str, Any]:
+def throughput(
+    args: argparse.Namespace, deflate: bool, pushes: tuple[bytes, bytes]
+) -> dict[str, Any]:
     n = args.connections
+    book, trades = pushes
     # the machine is shared: each throughput run is repeated, interleaved, and the best of
     # each kind counts (the same for the exchange and the baseline)
     kinds = {
@@ -813,9 +816,9 @@ def throughput(args: argparse.Namespace, deflate: bool) -> dict[str, Any]:
         "with less matching to share the loop with, the rounds come closer to the baseline's"
     )
     print(
-        f"baseline: {baseline:,.0f} deliveries/s (bare picows broadcast of the same bytes: "
-        f"a {len(book_push())} B book push and a {len(trades_push()):,} B trades push, "
-        f"{len(on_wire([trades_push()], deflate)):,} B on the wire, frame included, into "
+        f"baseline: {baseline:,.0f} deliveries/s (bare picows broadcast of the exchange's own "
+        f"pushes: a {len(book)} B book push and a {len(trades):,} B trades push, "
+        f"{len(on_wire([trades], deflate)):,} B on the wire, frame included, into "
         f"sockets with the feed's {send_buffer_kib()} KiB send buffer); {base_tried}"
     )
     return {
