@@ -9,6 +9,7 @@ server (``ScriptedFeed``). Timeouts are safety nets only."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -343,8 +344,7 @@ async def test_a_gap_takes_one_snapshot_however_many_deltas_follow_it() -> None:
             await send(ws, **delta(version - 1, version))
         await pushes(feed, 6)
         assert local.gaps == 1 and local.version is None and local.best_bid() is None
-        assert await server.request() == {**BOOK, "method": "unsubscribe"}
-        assert await server.request() == BOOK
+        assert await server.request() == BOOK  # subscribing again brings a snapshot
         await send(ws, **snapshot(110, ("6.8", "2")))
         await send(ws, **delta(110, 111))
         await pushes(feed, 2)
@@ -418,3 +418,90 @@ async def test_a_reader_that_falls_behind_holds_at_most_max_queue_and_loses_noth
         assert covered and len(expected) == 20
         assert [p.version for p in received] == [r.version for r in expected]
         assert feed.queued == 0 and feed.reconnects >= 2
+
+
+async def test_a_book_asked_for_after_the_same_subscription_by_hand_gets_its_snapshot() -> None:
+    async with ScriptedFeed().running() as server, Feed(server.url) as feed:
+        await feed.subscribe("orderbook", **{k: v for k, v in BOOK.items() if k != "topic"})
+        ws = await server.connection()
+        assert await server.request() == BOOK
+        await send(ws, **snapshot(100, ("6.9", "1")))
+        await pushes(feed, 1)
+        local = await feed.book(APT, depth=10)  # the snapshot above came before it
+        assert await server.request() == BOOK, "asked again: the server sends a snapshot"
+        await send(ws, **snapshot(105, ("6.8", "2")))
+        await send(ws, **delta(105, 106))
+        await pushes(feed, 2)
+        assert local.version == 106 and local.best_bid() == (Decimal("6.8"), Decimal("2"))
+
+
+async def test_unsubscribe_stops_a_subscription_and_it_is_not_made_again() -> None:
+    async with ScriptedFeed().running() as server, Feed(server.url, max_backoff=0.1) as feed:
+        await feed.subscribe("recent_trades", market_id=APT)
+        local = await feed.book(APT, depth=10)
+        first = await server.connection()
+        assert await server.request() == {"topic": "recent_trades", "market_id": APT}
+        assert await server.request() == BOOK
+        await feed.unsubscribe("orderbook", **{k: v for k, v in BOOK.items() if k != "topic"})
+        assert await server.request() == {**BOOK, "method": "unsubscribe"}
+        assert feed.books == {} and local.version is None
+        await feed.unsubscribe("orderbook", market_id="9999")  # never subscribed: nothing sent
+        await first.close(1012)
+        await server.connection()
+        assert await server.request() == {"topic": "recent_trades", "market_id": APT}
+        assert server.requests.empty()
+        await feed.subscribe("positions", address=address(1))  # the next request read
+        assert await server.request() == {"topic": "positions", "address": address(1)}
+
+
+async def test_a_start_cancelled_while_connecting_leaves_nothing_running() -> None:
+    with socket.socket() as bound:  # bound, never listening: every attempt is refused
+        bound.bind(("127.0.0.1", 0))
+        feed = Feed(f"ws://127.0.0.1:{bound.getsockname()[1]}/ws/", connect_timeout=30)
+        before = asyncio.all_tasks()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3), feed:
+                pass
+        await asyncio.sleep(0.3)
+        assert asyncio.all_tasks() - before == set(), "no task left reconnecting"
+        assert feed.reconnects <= 5
+        reconnects = feed.reconnects
+        await asyncio.sleep(0.3)
+        assert feed.reconnects == reconnects
+
+
+async def test_nothing_is_read_after_close_even_from_a_busy_stream() -> None:
+    async with ScriptedFeed().running() as server:
+        feed = Feed(server.url)
+        await feed.start()
+        await feed.subscribe("recent_trades", market_id=APT)
+        ws = await server.connection()
+
+        async def stream() -> None:
+            version = 0
+            with contextlib.suppress(websockets.ConnectionClosed):
+                while True:
+                    version += 1
+                    await send(ws, message="recent_trades", data=[], transaction_version=version)
+                    await asyncio.sleep(0)
+
+        streaming = asyncio.create_task(stream())
+        await pushes(feed, 10)
+        await feed.close()
+        assert feed.queued == 0
+        for _ in range(3):
+            with pytest.raises(FeedClosedError):
+                await feed.next(timeout=1)
+        streaming.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await streaming
+
+
+async def test_close_does_not_wait_long_for_a_peer_that_never_answers() -> None:
+    async with ScriptedFeed().running() as server:
+        feed = Feed(server.url)
+        await feed.start()
+        ws = await server.connection()
+        ws.transport.pause_reading()  # the server reads nothing more: no close answer
+        async with asyncio.timeout(8):  # websockets' own default would wait 10 s
+            await feed.close()

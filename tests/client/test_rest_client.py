@@ -303,14 +303,21 @@ async def test_the_sync_client_is_typed_a_context_manager_and_closes_cleanly(
     closed.close()  # twice is fine
 
 
-async def test_closing_a_sync_client_ends_a_call_in_flight() -> None:
+@pytest.mark.parametrize("signed", [False, True])
+async def test_closing_a_sync_client_ends_a_call_in_flight_saying_it_may_have_run(
+    signed: bool,
+) -> None:
+    """As the async client's would: the request was sent, so an order may have been placed."""
     async with http_server(None) as (url, seen):
-        sync = SyncClient(url)
+        sync = SyncClient(url, PrivateKey.generate())
         outcome: list[BaseException] = []
 
         def call() -> None:
             try:
-                sync.markets()
+                if signed:
+                    sync.deposit("1")
+                else:
+                    sync.markets()
             except BaseException as exc:
                 outcome.append(exc)
 
@@ -320,7 +327,26 @@ async def test_closing_a_sync_client_ends_a_call_in_flight() -> None:
             await asyncio.sleep(0.01)
         await asyncio.to_thread(sync.close)
         await asyncio.to_thread(caller.join)
-    assert [type(exc) for exc in outcome] == [ClientClosed]
+    assert [type(exc) for exc in outcome] == [NetworkError]
+    assert isinstance(outcome[0], NetworkError) and outcome[0].may_have_run
+    with pytest.raises(ClientClosed):
+        sync.markets()
+
+
+async def test_identical_actions_sent_at_once_are_each_signed_afresh(server: Server) -> None:
+    """Four identical orders in one gather: four orders, none refused as a replay (the
+    same request signed twice in one millisecond would be)."""
+    async with Client(server.http, PrivateKey.generate()) as trader:
+        await trader.mint_test_tokens("1000")
+        await trader.deposit("1000")
+        placed = await asyncio.gather(
+            *(
+                trader.place_limit_order(APT, long=True, size="1", price="5", leverage=2)
+                for _ in range(4)
+            )
+        )
+        assert len({result.orders[0].order_id for result in placed}) == 4
+        assert len(await trader.open_orders()) == 4
 
 
 def test_the_sync_client_has_every_client_method_and_attribute() -> None:

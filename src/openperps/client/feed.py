@@ -26,8 +26,8 @@ reader has emptied half of the queue, then reconnects and resumes (live topics f
 version queued, list topics and books from a fresh snapshot), so nothing is lost or repeated.
 
 Against a Kana endpoint pass ``extensions=False``: requests are then the plain Part-A
-subscriptions, with no ``id``, ``since_version`` or ``mode`` (and no ``book()``, which needs
-delta mode).
+subscriptions, with no ``since_version``, ``limit`` or ``mode`` (and no ``book()``, which
+needs delta mode).
 
 Errors, all from this module (``FeedError`` is a ``ClientError``, the SDK's one base):
 
@@ -83,6 +83,7 @@ ACKS: Final = frozenset({"subscribed", "unsubscribed", "pong", "subscriptions"})
 NOT_REFUSALS: Final = frozenset({"version_too_old", "version_ahead"})
 POLICY_CLOSES: Final = frozenset({4008, 4009})  # too many refused requests, frames, connections
 
+CLOSE_TIMEOUT_S: Final = 2.0  # for the server to answer our close frame
 MIN_BACKOFF: Final = 0.1  # seconds before reconnecting after a connection that lasted
 POLICY_BACKOFF: Final = 1.0  # at least this long after a policy close
 STABLE_AFTER: Final = 2.0  # a connection that lasted this long resets the backoff
@@ -234,6 +235,13 @@ class Feed:
                 timeout=self.connect_timeout,
                 return_when=asyncio.FIRST_COMPLETED,
             )
+        except BaseException:
+            # cancelled while connecting (a caller's own timeout, say): nothing is left
+            # running in the background, and start() may be called again
+            if not self._connected.is_set() and self._task is not None:
+                self._task.cancel()
+                self._task = None
+            raise
         finally:
             waiter.cancel()
         if self._connected.is_set():
@@ -283,10 +291,29 @@ class Feed:
             link.outbox.put_nowait((request, "subscribe", written))
             await written
 
-    async def book(self, market_id: str, depth: int = 100) -> LocalBook:
+    async def unsubscribe(self, topic: str, **params: Any) -> None:
+        """Stop following a subscription made with ``subscribe()`` (the same ``params``) or
+        ``book()`` (whose book is then dropped from ``books``); it is not made again after a
+        reconnect. Pushes already queued stay. Unknown subscriptions are ignored."""
+        self._check_usable()
+        request = {"topic": topic, **{k: v for k, v in params.items() if v is not None}}
+        if request not in self.requests:
+            return
+        self.requests.remove(request)
+        for market, local in list(self.books.items()):
+            if request == {"topic": "orderbook", **_book_params(market, local.depth or 100)}:
+                del self.books[market]
+        link = self._link
+        if link is not None:
+            written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            link.outbox.put_nowait((request, "unsubscribe", written))
+            await written
+
+    async def book(self, market_id: str | int, depth: int = 100) -> LocalBook:
         """Keep a local copy of a market's book from delta pushes: exactly the best ``depth``
         levels a side, as the server holds them (re-snapshots on a gap). One depth per
-        market: asking again with the same depth returns the same book."""
+        market: asking again with the same depth returns the same book. The book is kept
+        as pushes arrive, in the background: it may be ahead of the pushes you have read."""
         self._check_usable()
         if not self.extensions:
             raise ValueError(
@@ -303,7 +330,11 @@ class Feed:
                 )
             return local
         local = self.books[market] = LocalBook(market, depth=depth)
-        await self.subscribe("orderbook", **_book_params(market, depth))
+        params = _book_params(market, depth)
+        if {"topic": "orderbook", **params} in self.requests:
+            self._resnapshot(local)  # subscribed by hand: its snapshot came and went
+        else:
+            await self.subscribe("orderbook", **params)
         return local
 
     def __aiter__(self) -> AsyncIterator[Push]:
@@ -381,6 +412,7 @@ class Feed:
                     ping_timeout=self.ping_timeout,
                     max_size=None,
                     open_timeout=self.connect_timeout or 10.0,
+                    close_timeout=CLOSE_TIMEOUT_S,
                 )
             except (OSError, websockets.WebSocketException) as exc:
                 if not self._connected.is_set():
@@ -458,6 +490,7 @@ class Feed:
                 await self._pacer.take()
                 wire = self._request(request)
                 if method != "subscribe":
+                    wire.pop("since_version", None)
                     wire["method"] = method
                 await link.ws.send(json.dumps(wire))
             except websockets.ConnectionClosed:
@@ -476,13 +509,12 @@ class Feed:
         await asyncio.sleep(delay * (0.5 + random.random()))
 
     def _resnapshot(self, local: LocalBook) -> None:
-        """Take a fresh snapshot of a book after a gap: unsubscribe and subscribe again (the
-        server sends no snapshot for a subscription it already holds)."""
+        """Take a fresh snapshot of a book (after a gap): subscribe again, which the server
+        answers with the subscription's snapshot; its deltas go on from there."""
         link = self._link
         request = _book_params(local.market_id, local.depth or 100)
         request = {"topic": "orderbook", **request}
         if link is not None and request in self.requests:
-            link.outbox.put_nowait((request, "unsubscribe", None))
             link.outbox.put_nowait((request, "subscribe", None))
 
     def _key(self, topic: str, data: Any) -> tuple[str, str | None]:
@@ -570,6 +602,8 @@ class Feed:
         return local
 
     def _deliver(self, frame: str | bytes) -> None:
+        if self._ended:  # closed or failed: nothing is queued after the end
+            return
         try:
             message = json.loads(frame)
         except json.JSONDecodeError:

@@ -290,6 +290,27 @@ def _optional_id(value: MarketId | None, what: str) -> str | None:
 
 # -- the client ----------------------------------------------------------------------------------
 
+KEEPALIVE_EXPIRY_S = 3.0  # under the server's 5 s
+
+
+class _Stamps:
+    """Signing timestamps for this process: the clock's milliseconds, but always later than
+    the last one given. Two identical requests signed in the same millisecond would have the
+    same signature, and the exchange refuses the second as a replay (2105); with their own
+    timestamps they are two requests, as the caller meant."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last = 0
+
+    def next(self) -> int:
+        with self._lock:
+            self._last = max(time.time_ns() // 1_000_000, self._last + 1)
+            return self._last
+
+
+_STAMPS = _Stamps()
+
 
 class Client:
     """Signed REST calls with ``key``, for ``wallet`` (by default the key's own).
@@ -316,7 +337,13 @@ class Client:
         except InvalidInput as exc:
             raise ValueError(f"wallet: {exc.detail}") from None
         self.timeout = timeout
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+        # connections idle for 3 s are not reused: the server closes them at 5 s, and a
+        # request sent as it does fails after sending, with no way to know it did not run
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=timeout,
+            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_S),
+        )
         self._closed = False
         # the ledger version the last read reflected (its X-Transaction-Version), if any: a
         # read from a gateway includes an action once this reaches the action's version
@@ -341,7 +368,13 @@ class Client:
         """True when the key signs for another wallet (as its delegate)."""
         return self.key is not None and self.wallet != self.key.address
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     async def close(self) -> None:
+        """Close the connections; a call still waiting for its answer raises
+        ``NetworkError`` (``may_have_run`` if it was sent), later calls ``ClientClosed``."""
         self._closed = True
         await self._http.aclose()
 
@@ -409,9 +442,7 @@ class Client:
         if self.key is None:
             raise ValueError("signed calls need a key")
         data = json.dumps(body).encode()
-        headers = sign_request(
-            self.key, "POST", path, data, time.time_ns() // 1_000_000, wallet=self._wallet
-        )
+        headers = sign_request(self.key, "POST", path, data, _STAMPS.next(), wallet=self._wallet)
         headers["content-type"] = "application/json"
         return self._unwrap(await self._send("POST", path, content=data, headers=headers))
 
@@ -547,11 +578,11 @@ class Client:
         ``ApiError`` 403, code 2106)."""
         return TransferResult(await self.post("/withdraw", {"amount": _number(amount, "amount")}))
 
-    async def settle_pnl(self, market_id: MarketId | None = None) -> dict[str, Any]:
+    async def settle_pnl(self, market_id: MarketId | None = None) -> ActionResult:
         """Kana's settle call: PnL is already settled with every fill, so this moves nothing
         and answers your balances and the ``transactionVersion`` they include."""
         body = {} if market_id is None else {"marketId": _id(market_id, "market_id")}
-        return dict(await self.post("/settlePnl", body))
+        return ActionResult(await self.post("/settlePnl", body))
 
     async def place_limit_order(
         self,
@@ -737,6 +768,9 @@ class _Blocking(Generic[P, R]):
         return call
 
 
+SHUTDOWN_GRACE_S = 1.0  # for calls to end on their own when a SyncClient closes
+
+
 class SyncClient:
     """``Client`` for code without an event loop: the same methods, called plainly, on a
     private event loop in a background thread. Safe to call from several threads.
@@ -782,8 +816,10 @@ class SyncClient:
         return self._closed
 
     def close(self) -> None:
-        """End calls still running (they raise ``ClientClosed``), close the connections and
-        stop the background thread. Closing twice is harmless."""
+        """Close the connections, end calls still running and stop the background thread.
+        A call waiting for its answer raises ``NetworkError`` (``may_have_run`` when the
+        request was sent, as with ``Client``); one that had not reached the network raises
+        ``ClientClosed``. Closing twice is harmless."""
         with self._lock:
             if self._closed:
                 return
@@ -795,11 +831,15 @@ class SyncClient:
         self._loop.close()
 
     async def _shutdown(self) -> None:
+        # the connections first: a call waiting for its answer then fails as the async
+        # client's would, with NetworkError (may_have_run when it was sent), not ClientClosed
+        await self._client.close()
         running = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if running:
+            await asyncio.wait(running, timeout=SHUTDOWN_GRACE_S)
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
-        await self._client.close()
 
     def __enter__(self) -> Self:
         return self
