@@ -125,6 +125,14 @@ async def test_batches_return_what_they_refused_item_by_item(server: Server) -> 
             await maker.replace_orders(APT)
         with pytest.raises(TypeError):
             NewOrder(APT, long=True, size=1.5, price="7", leverage=5)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="leverage"):
+            NewOrder(APT, long=True, size="1", price="7", leverage=5.0)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="long"):
+            NewOrder(APT, long="yes", size="1", price="7", leverage=5)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="restriction"):
+            NewOrder(APT, long=True, size="1", price="7", leverage=5, restriction=True)
+        with pytest.raises(TypeError, match="long"):
+            await maker.add_margin(APT, long=1, amount="1")  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="limit orders"):
             NewOrder(APT, long=True, size="1", leverage=5, restriction=3)
 

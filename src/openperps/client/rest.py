@@ -255,14 +255,14 @@ class NewOrder:
         """The order as the REST API takes it."""
         body: dict[str, Any] = {
             "marketId": _id(self.market_id, "market_id"),
-            "tradeSide": self.long,
-            "direction": self.reduce,
+            "tradeSide": _flag(self.long, "long"),
+            "direction": _flag(self.reduce, "reduce"),
             "size": _number(self.size, "size"),
-            "leverage": self.leverage,
+            "leverage": _whole(self.leverage, "leverage"),
         }
         if self.price is not None:
             body["price"] = _number(self.price, "price")
-            body["restriction"] = self.restriction
+            body["restriction"] = _whole(self.restriction, "restriction")
         elif self.restriction:
             raise ValueError("a restriction applies to limit orders: give a price")
         if self.take_profit is not None:
@@ -276,6 +276,18 @@ def _number(value: Number, what: str) -> str:
     if isinstance(value, (float, bool)) or not isinstance(value, (str, int, Decimal)):
         raise TypeError(f"{what}: pass a str, int or Decimal, not {type(value).__name__}")
     return str(value)
+
+
+def _whole(value: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what}: pass an int, not {type(value).__name__}")
+    return value
+
+
+def _flag(value: bool, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{what}: pass True or False, not {type(value).__name__}")
+    return value
 
 
 def _id(value: MarketId, what: str) -> str:
@@ -679,7 +691,7 @@ class Client:
             "/updateTakeProfit",
             {
                 "marketId": _id(market_id, "market_id"),
-                "tradeSide": long,
+                "tradeSide": _flag(long, "long"),
                 "newTakeProfitPrice": None if price is None else _number(price, "price"),
             },
         )
@@ -692,7 +704,7 @@ class Client:
             "/updateStopLoss",
             {
                 "marketId": _id(market_id, "market_id"),
-                "tradeSide": long,
+                "tradeSide": _flag(long, "long"),
                 "newStopLossPrice": None if price is None else _number(price, "price"),
             },
         )
@@ -702,7 +714,7 @@ class Client:
             "/addMargin",
             {
                 "marketId": _id(market_id, "market_id"),
-                "tradeSide": long,
+                "tradeSide": _flag(long, "long"),
                 "amount": _number(amount, "amount"),
             },
         )
