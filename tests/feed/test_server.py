@@ -11,6 +11,7 @@ import pytest
 import websockets
 
 from openperps.core import commands as c
+from openperps.feed import server as server_module
 from openperps.runtime.app import Exchange, Settings
 from tests.feed.test_flush import RawSocket, connect, subscribe
 
@@ -208,6 +209,25 @@ async def test_a_resume_a_little_ahead_of_the_feed_waits_for_it_and_stays_exact(
         assert frame["data"]["price"] == "7.3" and frame["transaction_version"] > ahead
         with pytest.raises(TimeoutError):
             await recv(ws, timeout=0.3)
+
+
+async def test_subscribing_again_past_the_feeds_version_is_told_as_a_first_request_is(
+    exchange: Exchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A held live subscription asked for again with a since_version the feed never reaches:
+    after the wait, version_ahead and the current state, as on a fresh connection."""
+    monkeypatch.setattr(server_module, "AHEAD_WAIT_S", 0.2)
+    await trade(exchange)
+    async with websockets.connect(url(exchange)) as ws:
+        request = {"topic": "live_order_history", "address": BOB}
+        await ws.send(json.dumps(request))
+        latest = await until(ws, "live_order_history")
+        far = exchange.models.version + 1_000_000
+        await ws.send(json.dumps({**request, "since_version": far, "id": "again"}))
+        assert (await recv(ws))["message"] == "subscribed"
+        error = await recv(ws)
+        assert error["message"] == "error" and error["error"]["code"] == "version_ahead"
+        assert (await recv(ws))["data"] == latest["data"]
 
 
 async def test_a_resume_older_than_retention_is_told_then_given_the_current_state(

@@ -253,3 +253,18 @@ def test_rendered_records_kept_between_reads_are_never_stale(
             fresh = TopicData(models).snapshot(topic, MARKET, depth)
             assert ENCODER.encode(kept.snapshot(topic, MARKET, depth)) == ENCODER.encode(fresh)
     assert kept.snapshot("orderbook", MARKET), "the session left a book to compare"
+
+
+def test_a_live_topics_first_record_is_the_latest_change_not_the_latest_order() -> None:
+    """Order A placed, order B placed, A cancelled: the latest change is A's cancel."""
+    x = Exchange()
+    x.deposit(CAROL, "1000")
+    first = x.order_ids(x.limit(CAROL, "open long", "1", "6.500"))[0]
+    second = x.limit(CAROL, "open long", "1", "6.400")
+    cancel = x.do(c.CancelOrder(timestamp=x.tick(), profile=CAROL, market_id=APT, order_id=first))
+    models = ReadModels(m.config for m in x.engine.markets.values())
+    models.apply_all(x.log)
+    (latest,) = TopicData(models).snapshot("live_order_history", CAROL)
+    record = msgspec.to_builtins(latest)
+    assert (record["order_id"], record["status"]) == (str(first), "Cancelled")
+    assert second[-1].version < record["transaction_version"] <= cancel[-1].version

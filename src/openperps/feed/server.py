@@ -232,16 +232,19 @@ class Connection(WSListener):
             self.push(None, action.ack)
         self._join(action, asyncio.get_running_loop().time() + AHEAD_WAIT_S)
 
-    def _join(self, action: Subscribe, give_up_at: float, waited: bool = False) -> None:
+    def _join(
+        self, action: Subscribe, give_up_at: float, waited: bool = False, held: bool = False
+    ) -> None:
         """Send the snapshot (or the changes after ``since_version``) and hold the
         subscription from the version they end at. Subscribing again to a subscription held
         sends its snapshot again (a client's way to start over); ``waited``: this is a resume
-        that waited for the feed to catch up, and another request may have joined since."""
+        that waited for the feed to catch up, and another request may have joined since
+        (``held``: the connection held the subscription before this request)."""
         hub = self.server.hub
         subscription = action.subscription
         if self.closing or subscription not in self.session.subscriptions:
             return  # closed, or unsubscribed while it waited
-        if waited and self in hub.holders.get(subscription, ()):
+        if waited and not held and self in hub.holders.get(subscription, ()):
             return  # subscribed again while it waited: that request has joined
         since_version = action.since_version
         if since_version is not None and since_version > hub.version:
@@ -249,7 +252,9 @@ class Connection(WSListener):
             if loop.time() < give_up_at:
                 # a feed gateway trailing the one the client came from catches up in moments:
                 # wait for it, and the resume stays exact
-                loop.call_later(AHEAD_POLL_S, self._join, action, give_up_at, True)
+                if not waited:
+                    held = self in hub.holders.get(subscription, ())
+                loop.call_later(AHEAD_POLL_S, self._join, action, give_up_at, True, held)
                 return
             # still past it: another (or a reset) log, whose versions cannot be matched
             self.push(

@@ -9,11 +9,11 @@ pushes that follow join it exactly.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, TypeVar
 
 import msgspec
 
-from openperps.indexer.models import FillRow, ReadModels
+from openperps.indexer.models import FillRow, OrderRow, ReadModels
 from openperps.indexer.render import Renderer
 
 USER_TOPICS: Final = (
@@ -30,6 +30,8 @@ GLOBAL_TOPICS: Final = ("live_funding_rate",)
 LIVE_TOPICS: Final = ("live_order_history", "live_trade_history")
 ALL_TOPICS: Final = USER_TOPICS + MARKET_TOPICS + GLOBAL_TOPICS
 
+
+Row = TypeVar("Row", OrderRow, FillRow)
 
 RECORD_CACHE: Final = 10_000  # rendered trades (and book levels) kept; asked for again and again
 
@@ -67,12 +69,24 @@ class TopicData:
         if topic == "live_funding_rate":
             return [r.funding_rate(m.markets[i]) for i in sorted(m.markets)]
         if topic == "live_order_history":
-            latest = m.order_history_of(str(key), 1)
-            return [r.order(row) for row in latest]
+            change = self._latest_change(str(key), OrderRow)
+            if change is not None:
+                return [r.order(change)]
+            return [r.order(row) for row in m.order_history_of(str(key), 1)]
         if topic == "live_trade_history":
-            fills = m.fills_of(str(key), 1)
-            return [r.live_fill(row) for row in fills]
+            fill = self._latest_change(str(key), FillRow)
+            if fill is not None:
+                return [r.live_fill(fill)]
+            return [r.live_fill(row) for row in m.fills_of(str(key), 1)]
         raise KeyError(topic)
+
+    def _latest_change(self, address: str, kind: type[Row]) -> Row | None:
+        """The address's latest live change of ``kind`` still kept (an order as it was then:
+        a cancel of an older order is newer than the newest order placed)."""
+        for row in reversed(self.models.live_log.get(address, ())):
+            if isinstance(row, kind):
+                return row
+        return None
 
     def _recent_trade(self, row: FillRow) -> msgspec.Struct:
         record = self._trades.get(row)
