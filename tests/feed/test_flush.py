@@ -461,3 +461,50 @@ async def test_each_connection_gets_exactly_its_own_pushes_in_one_write_per_pass
     assert before == shared_pushes[: len(before)]
     assert after and all(push["message"] == "orderbook" for push in after)
     assert after == books[-len(after) :]
+
+
+async def test_a_list_snapshot_waiting_in_the_outbox_is_replaced_by_a_newer_state() -> None:
+    """A client whose socket is full subscribes to a list: its snapshot waits, and each newer
+    state of that list replaces it there instead of queueing behind it."""
+    models = ReadModels()
+    server = FeedServer(models)
+    models.apply_all(BATCHES[0])
+    sock = PassSocket()
+    conn, ws = connect(server, sock=sock)
+    conn.pause_writing()  # the kernel's buffer is full: frames wait in the outbox
+    request = {"topic": "recent_trades", "market_id": APT, "id": 1}
+    conn.on_ws_frame(ws, Frame(json.dumps(request).encode()))  # type: ignore[arg-type]
+    changes = 0
+    for batch in BATCHES[1:]:
+        server.on_applied(models.apply_all(batch))
+        if server._changed:
+            changes += 1
+            await a_round()
+        if changes == 3:
+            break
+    assert changes == 3
+    assert len(conn.queue) == 2, "the ack, and one state of the list"
+    conn.resume_writing()
+    await a_round()
+    pushed = decoded(sock)
+    assert [push["message"] for push in pushed] == ["subscribed", "recent_trades"]
+    assert pushed[1]["transaction_version"] == models.version
+
+
+async def test_subscribing_again_while_a_state_waits_keeps_the_ack_before_the_snapshot() -> None:
+    models = ReadModels()
+    server = FeedServer(models)
+    models.apply_all(BATCHES[0])
+    sock = PassSocket()
+    conn, ws = connect(server, sock=sock)
+    conn.pause_writing()
+    request = {"topic": "recent_trades", "market_id": APT}
+    conn.on_ws_frame(ws, Frame(json.dumps(request).encode()))  # type: ignore[arg-type]
+    conn.on_ws_frame(ws, Frame(json.dumps({**request, "id": 2}).encode()))  # type: ignore[arg-type]
+    conn.resume_writing()
+    await a_round()
+    assert [push["message"] for push in decoded(sock)] == [
+        "recent_trades",
+        "subscribed",
+        "recent_trades",
+    ]

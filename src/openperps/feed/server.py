@@ -70,7 +70,7 @@ from openperps.feed.session import (
     error_frame,
 )
 from openperps.indexer.models import Applied, ReadModels
-from openperps.indexer.topics import TopicData
+from openperps.indexer.topics import LIVE_TOPICS, TopicData
 
 logger = logging.getLogger("openperps.feed")
 
@@ -92,8 +92,9 @@ class ServerLimits:
     ping_timeout_s: float = 20.0
     # the kernel's send buffer per connection (0: the system's, which grows to megabytes);
     # kept small so a client that reads slowly gets the newest list state rather than a
-    # backlog of stale ones queued in the kernel
-    socket_send_buffer: int = 32 * 1024
+    # backlog of stale ones queued in the kernel, but room for two of loopback's 64 KiB
+    # segments: with one, every large frame waited on the reader's 40 ms delayed ACK
+    socket_send_buffer: int = 128 * 1024
     # pushes of at least this many bytes go compressed to clients that offered
     # permessage-deflate (0: compression is never negotiated)
     deflate_min_bytes: int = 1024
@@ -281,8 +282,12 @@ class Connection(WSListener):
                     action.has_id,
                 ),
             )
+        # a list's snapshot is a state like its pushes: a newer one waiting behind it in the
+        # outbox replaces it (a reader that cannot keep up gets the newest, not both)
+        listed = subscription.topic not in LIVE_TOPICS and not subscription.delta
+        self.coalesced.pop(subscription, None)  # an older state still waiting goes before
         for frame in frames:
-            self.push(None, frame)
+            self.push(subscription if listed else None, frame)
         hub.add(self, subscription)
         self.joined[subscription] = hub.version
         self.server.schedule_flush(self)
