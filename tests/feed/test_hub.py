@@ -206,3 +206,24 @@ def test_book_deltas_keep_each_client_at_exactly_the_top_levels_it_asked_for() -
             assert held == (truth.bids, truth.asks), f"depth {depth} at {models.version}"
     assert sent[1000] > 30
     assert sent[1] < sent[1000], "changes deeper than a window send it nothing"
+
+
+def test_a_level_a_delta_removes_carries_the_time_it_went() -> None:
+    """A removed level (size 0) is dated by the book change that removed it, not 0 (which
+    reads as 1970)."""
+    models = ReadModels()
+    hub = Hub(TopicData(models))
+    models.apply_all(BATCHES[0])
+    subscription = Subscription("orderbook", APT, 1, delta=True)
+    hub.add("client", subscription)
+    hub.snapshot(subscription)
+    gone = []
+    for batch in BATCHES[1:]:
+        pushes, _changed = hub.collect(models.apply_all(batch))
+        for push in pushes:
+            for level in decode_frame(push.frame)["data"]:
+                if level["size"] == "0":
+                    book_updated = models.markets[APT].book_updated
+                    gone.append((level["last_updated"], book_updated))
+    assert len(gone) > 5, "levels left the window"
+    assert all(0 < at == updated // 1000 for at, updated in gone)

@@ -250,11 +250,14 @@ class Hub:
         if not levels:
             return None
         render = self.data.render
-        versions = self.data.models.level_versions.get(market_id, {})
+        models = self.data.models
+        versions = models.level_versions.get(market_id, {})
+        market = models.markets.get(market_id)
+        gone_at = market.book_updated if market is not None else 0  # the book's last change
         data = []
         for (is_ask, price), size in sorted(levels.items()):
             # a level still there has its last change; a gone one is gone as of now
-            level_version, ts = versions[(is_ask, price)] if size else (version, 0)
+            level_version, ts = versions[(is_ask, price)] if size else (version, gone_at)
             data.append(render.level(market_id, is_ask, price, size, level_version, ts))
         previous, held.version = held.version, version
         return book_frame(data, version, market_id, depth, "delta", prev_version=previous)

@@ -184,7 +184,6 @@ class FeedSession:
     subscriptions: dict[Subscription, None] = field(default_factory=dict)
     _bucket: TokenBucket | None = None  # the request rate; full at the first request
     _violations: deque[int] = field(default_factory=deque)
-    _oversized: int = 0
     closed: bool = False
 
     # -- entry points -------------------------------------------------------------------------
@@ -194,7 +193,6 @@ class FeedSession:
             return []
         size = len(data.encode() if isinstance(data, str) else data)
         if size > self.limits.max_frame_bytes:
-            self._oversized += 1
             actions: list[Action] = [
                 Send(
                     error_frame(
