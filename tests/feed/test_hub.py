@@ -227,3 +227,30 @@ def test_a_level_a_delta_removes_carries_the_time_it_went() -> None:
                     gone.append((level["last_updated"], book_updated))
     assert len(gone) > 5, "levels left the window"
     assert all(0 < at == updated // 1000 for at, updated in gone)
+
+
+def test_a_plain_book_is_pushed_only_when_its_own_depth_changed() -> None:
+    """A change deeper than a plain book's ``limit`` changes nothing its clients hold: no
+    push for it; and no change within the depth goes without one."""
+    models = ReadModels()
+    hub = Hub(TopicData(models))
+    models.apply_all(BATCHES[0])
+    depths = (1, 2, 1000)
+    subscriptions = {depth: Subscription("orderbook", APT, depth) for depth in depths}
+    for depth, subscription in subscriptions.items():
+        hub.add(depth, subscription)
+
+    def levels(subscription: Subscription) -> Any:
+        return decode_frame(fresh(hub.data, subscription))["data"]
+
+    skipped = dict.fromkeys(depths, 0)
+    for batch in BATCHES[1:]:
+        before = {depth: levels(subscription) for depth, subscription in subscriptions.items()}
+        applied = models.apply_all(batch)
+        _pushes, changed = hub.collect(applied)
+        for depth, subscription in subscriptions.items():
+            if levels(subscription) != before[depth]:
+                assert subscription in changed, f"depth {depth}: a visible change not pushed"
+            elif APT in applied.book_levels and subscription not in changed:
+                skipped[depth] += 1
+    assert skipped[1] > 5 and skipped[2] > 0, "changes deeper than the depth were not pushed"

@@ -27,7 +27,7 @@ repeated.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -194,8 +194,24 @@ class Hub:
                             Push(delta, version, subscription, self.holders[subscription])
                         )
                     continue
+                if topic == "orderbook":
+                    levels = applied.book_levels.get(int(key or 0))
+                    if levels and not self._touches(int(key or 0), subscription.limit, levels):
+                        continue  # deeper than this book's depth: nothing in it changed
                 changed.append(subscription)
         return pushes, changed
+
+    def _touches(self, market_id: int, depth: int, levels: Iterable[tuple[bool, int]]) -> bool:
+        """Whether changed levels are among a side's best ``depth`` (a removed one: where it
+        was, which is no worse than the window's worst now)."""
+        bids, asks = self.data.models.level_prices.get(market_id, ([], []))
+        for is_ask, price in levels:
+            side = asks if is_ask else bids
+            if len(side) < depth:
+                return True
+            if price <= side[depth - 1] if is_ask else price >= side[-depth]:
+                return True
+        return False
 
     def render(self, subscription: Subscription) -> bytes:
         """The push of a list subscription's current state (an order book in delta mode: the
