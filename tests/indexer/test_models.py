@@ -265,3 +265,26 @@ def test_a_state_saved_before_wallets_still_loads() -> None:
     del saved["wallets"]
     loaded = load_state(msgspec.convert(saved, ModelsState))
     assert loaded.wallets == {} and loaded.accounts == models.accounts
+
+
+def test_a_settlement_leaves_the_settled_rate_showing_until_the_next_index_price() -> None:
+    """live_funding_rate does not drop to 0 at each settlement: the rate just settled shows
+    until the next index price brings the new interval's prediction."""
+    from tests.core.harness import ALICE, APT, BOB, CAROL, KEEPER, Exchange
+
+    x = Exchange()
+    for who in (ALICE, BOB, CAROL, KEEPER):
+        x.deposit(who, "100000")
+    x.limit(CAROL, "open long", "1", "6.800")
+    x.limit(KEEPER, "open short", "1", "6.900")  # a mid under the index: a premium
+    x.oracle("7.000")
+    x.tick(3_600_000)
+    settled = x.do(c.SettleFunding(timestamp=x.now, market_id=APT))
+    models = ReadModels(m.config for m in x.engine.markets.values())
+    models.apply_all(x.log)
+    rate = next(ev.rate for ev in settled if isinstance(ev, e.FundingSettled))
+    assert rate != 0 and models.markets[APT].funding_rate == rate
+    assert models.markets[APT].funding_timestamp == x.now
+    x.oracle("7.000")
+    models.apply_all(x.log)
+    assert models.markets[APT].funding_rate == x.engine.markets[APT].predicted_rate(x.now)

@@ -458,7 +458,9 @@ class ReadModels:
             market.funding_timestamp = ev.timestamp
             market.funding_updated = ev.timestamp
             market.funding_version = ev.version
-            market.funding_rate = 0
+            # the new interval's rate is known at its next index price; until then the rate
+            # just settled, which the predicted rate had been converging to (not 0)
+            market.funding_rate = ev.rate
         for payment in ev.payments:
             if payment.profile in SYSTEM_ACCOUNTS:
                 continue
