@@ -120,3 +120,38 @@ def test_retention_set_at_start_applies_to_what_was_kept() -> None:
     assert models.live_log[address].maxlen == 50 and list(models.live_log[address]) == kept[-5:]
     with pytest.raises(ValueError):
         models.set_live_retention(0)
+
+
+def test_each_live_topic_is_told_too_old_only_when_its_own_records_were_dropped() -> None:
+    """Retention is shared by an address's order changes and fills, but a resume of one
+    topic is exact when only records of the other kind fell out: an address placing
+    orders and trading nothing is never told its fills are lost. Kept through a saved
+    state; a state saved before the kinds were told apart is read conservatively."""
+    from openperps.indexer.models import load_state, save_state
+
+    models = ReadModels(live_retention=5)
+    for batch in BATCHES:
+        models.apply_all(batch)
+    hub = Hub(TopicData(models))
+    checked = 0
+    for address, rows in models.live_log.items():
+        dropped_orders = models.live_dropped.get(address, 0)
+        dropped_fills = models.live_dropped_fills.get(address, 0)
+        oldest = rows[0].version
+        for topic, dropped in (
+            ("live_order_history", dropped_orders),
+            ("live_trade_history", dropped_fills),
+        ):
+            since = oldest - 1
+            _frames, covered = hub.snapshot(Subscription(topic, address), since)
+            assert covered == (since >= dropped), (address, topic)
+            checked += since < max(dropped_orders, dropped_fills) and covered
+        assert max(dropped_orders, dropped_fills) <= oldest
+    assert checked > 0, "a topic was exact where the shared window had dropped the other kind"
+    restored = load_state(
+        msgspec.json.decode(msgspec.json.encode(save_state(models)), type=type(save_state(models)))
+    )
+    assert restored.live_dropped_fills == models.live_dropped_fills
+    old = msgspec.structs.replace(save_state(models), live_dropped_fills=None)
+    legacy = load_state(old)
+    assert legacy.live_dropped_fills == models.live_dropped

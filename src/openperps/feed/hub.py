@@ -129,7 +129,8 @@ class Hub:
         topic, key = subscription.topic, subscription.key
         if topic in LIVE_TOPICS:
             if since_version is not None:
-                rows, covered = self.data.models.live_changes_since(str(key), since_version)
+                fills = topic == "live_trade_history"
+                rows, covered = self.data.models.live_changes_since(str(key), since_version, fills)
                 frames = [frame for _version, frame in self._live_frames(topic, rows)]
                 if covered:
                     return frames, True

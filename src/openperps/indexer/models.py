@@ -160,7 +160,10 @@ class ReadModels:
         self.live_retention = live_retention
         # address -> every live change (order row copies and fills) in version order
         self.live_log: dict[str, deque[OrderRow | FillRow]] = {}
-        self.live_dropped: dict[str, int] = {}  # address -> newest version out of retention
+        # address -> the newest order change, and the newest fill, out of retention: a
+        # resume of one topic is exact if nothing of its own kind newer was dropped
+        self.live_dropped: dict[str, int] = {}
+        self.live_dropped_fills: dict[str, int] = {}
         self.version = 0
         self.markets: dict[int, MarketRow] = {}
         self.orders: dict[int, OrderRow] = {}
@@ -334,9 +337,8 @@ class ReadModels:
             return
         self.live_retention = retention
         for address, rows in self.live_log.items():
-            if len(rows) > retention:
-                newest_dropped = rows[len(rows) - retention - 1].version
-                self.live_dropped[address] = max(self.live_dropped.get(address, 0), newest_dropped)
+            for row in list(rows)[: max(len(rows) - retention, 0)]:
+                self._drop_live(address, row)
             self.live_log[address] = deque(rows, maxlen=retention)
 
     def _record_live(self, address: str, row: OrderRow | FillRow) -> None:
@@ -344,8 +346,12 @@ class ReadModels:
         if rows is None:
             rows = self.live_log[address] = deque(maxlen=self.live_retention)
         elif len(rows) == rows.maxlen:
-            self.live_dropped[address] = rows[0].version  # falls out of retention
+            self._drop_live(address, rows[0])  # falls out of retention
         rows.append(row)
+
+    def _drop_live(self, address: str, row: OrderRow | FillRow) -> None:
+        dropped = self.live_dropped_fills if isinstance(row, FillRow) else self.live_dropped
+        dropped[address] = max(dropped.get(address, 0), row.version)
 
     def _history_ids(self, address: str) -> deque[int]:
         ids = self.order_history.get(address)
@@ -488,11 +494,17 @@ class ReadModels:
     # -- queries ------------------------------------------------------------------------------
 
     def live_changes_since(
-        self, address: str, version: int
+        self, address: str, version: int, fills: bool | None = None
     ) -> tuple[list[OrderRow | FillRow], bool]:
         """Live changes of an address after ``version``, and whether retention covers them
-        (False when older changes than the ones kept might be missing)."""
-        covered = version >= self.live_dropped.get(address, 0)
+        (False when older changes than the ones kept might be missing): of fills only
+        (``fills`` True), of order changes only (False), or of both (None)."""
+        dropped = 0
+        if fills is not True:
+            dropped = self.live_dropped.get(address, 0)
+        if fills is not False:
+            dropped = max(dropped, self.live_dropped_fills.get(address, 0))
+        covered = version >= dropped
         rows = self.live_log.get(address, ())
         return [row for row in rows if row.version > version], covered
 
@@ -609,8 +621,10 @@ class ModelsState(msgspec.Struct):
     recent_trades: list[tuple[int, list[FillRow]]]
     live_orders: list[tuple[str, list[OrderRow]]]
     live_fills: list[tuple[str, list[FillRow]]]
-    live_dropped: list[tuple[str, int]]
+    live_dropped: list[tuple[str, int]]  # order changes (before fills had their own: any)
     wallets: list[tuple[str, int]] = []  # absent from states saved before wallets existed
+    # absent from states saved before: then fills count as dropped where anything was
+    live_dropped_fills: list[tuple[str, int]] | None = None
 
 
 def save_state(models: ReadModels) -> ModelsState:
@@ -643,6 +657,7 @@ def save_state(models: ReadModels) -> ModelsState:
         ],
         live_dropped=list(models.live_dropped.items()),
         wallets=sorted(models.wallets.items()),
+        live_dropped_fills=list(models.live_dropped_fills.items()),
     )
 
 
@@ -680,5 +695,7 @@ def load_state(state: ModelsState) -> ReadModels:
         merged.sort(key=lambda r: (r.version, isinstance(r, FillRow)))
         models.live_log[address] = deque(merged, maxlen=state.live_retention)
     models.live_dropped = dict(state.live_dropped)
+    fills = state.live_dropped if state.live_dropped_fills is None else state.live_dropped_fills
+    models.live_dropped_fills = dict(fills)
     models.wallets = dict(state.wallets)
     return models
