@@ -172,6 +172,15 @@ async def test_a_request_refused_for_good_is_not_sent_again_after_a_reconnect(
         assert feed.reconnects == 1
 
 
+async def test_a_request_with_an_id_of_its_own_is_matched_to_its_refusal(tmp_path: Path) -> None:
+    async with exchange_at(tmp_path) as exchange, Feed(ws_url(exchange)) as feed:
+        await feed.subscribe("no_such_topic", address=address(0), id="mine")
+        refused = await feed.next(timeout=5)
+        assert refused.raw["error"]["code"] == "unknown_topic"
+        assert refused.raw["id"] == "mine"
+        assert feed.requests == [], "refused for good: not sent again after a reconnect"
+
+
 class RecordingFeed(Feed):
     """A Feed that notes each wait before reconnecting instead of waiting it out."""
 

@@ -544,7 +544,9 @@ class Feed:
         method = echoed.get("method", "subscribe")
         sent = {k: v for k, v in echoed.items() if k not in ("method", "id", "since_version")}
         for request in self.requests:
-            mine = {k: v for k, v in self._request(request).items() if k != "since_version"}
+            mine = {
+                k: v for k, v in self._request(request).items() if k not in ("id", "since_version")
+            }
             if mine == sent:
                 return request, method
         return None
