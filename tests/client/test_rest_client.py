@@ -361,3 +361,36 @@ def test_the_sync_client_has_every_client_method_and_attribute() -> None:
     client = Client("http://127.0.0.1:1", PrivateKey.generate())
     public = {n for n in [*dir(client), *vars(client)] if not n.startswith("_")}
     assert public - set(dir(SyncClient)) == set()
+
+
+def test_every_sdk_error_pickles_with_its_attributes() -> None:
+    """A process pool hands a worker's exception back pickled: the SDK's must survive it."""
+    import pickle
+
+    from openperps.client.feed import FeedClosedError, FeedConnectError, FeedFailedError
+
+    request = httpx.Request("POST", "http://127.0.0.1:1/placeLimitOrder")
+    transport = httpx.ReadTimeout("timed out", request=request)
+    errors: list[Exception] = [
+        ApiError(429, 2036, "slow down", retry_after=2),
+        ApiError(502, None, "not the exchange"),
+        NetworkError("no answer", url="http://x/y", cause=transport, may_have_run=True),
+        ClientClosed("closed"),
+        FeedConnectError("cannot connect"),
+        FeedClosedError("closed"),
+        FeedFailedError("stopped"),
+    ]
+    for error in errors:
+        back = pickle.loads(pickle.dumps(error))
+        assert type(back) is type(error) and str(back) == str(error)
+        kept = {k: v for k, v in vars(error).items() if k != "cause"}
+        assert {k: v for k, v in vars(back).items() if k != "cause"} == kept
+    network = pickle.loads(pickle.dumps(errors[2]))
+    assert isinstance(network, NetworkError) and network.may_have_run
+    assert isinstance(network.cause, httpx.ReadTimeout) and str(network.cause) == "timed out"
+    # a cause that cannot be pickled travels as its description
+    odd = OSError("socket gone")
+    odd.hook = lambda: None  # type: ignore[attr-defined]
+    unpicklable = NetworkError("dropped", url="http://x/y", cause=odd, may_have_run=False)
+    back = pickle.loads(pickle.dumps(unpicklable))
+    assert isinstance(back, NetworkError) and str(back.cause) == "OSError: socket gone"

@@ -49,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import pickle
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -82,7 +83,25 @@ P = ParamSpec("P")
 
 
 class ClientError(Exception):
-    """Base of everything the SDK raises on purpose."""
+    """Base of everything the SDK raises on purpose. Every one pickles (a process pool hands
+    exceptions back to its caller pickled), its attributes included."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        state = dict(self.__dict__)
+        cause = state.get("cause")
+        if cause is not None:
+            try:
+                pickle.dumps(cause)
+            except Exception:  # a transport's exception holding its request, say
+                state["cause"] = RuntimeError(f"{type(cause).__name__}: {cause}")
+        return (_rebuilt, (type(self), self.args, state))
+
+
+def _rebuilt(kind: type[ClientError], args: tuple[Any, ...], state: dict[str, Any]) -> ClientError:
+    error = kind.__new__(kind, *args)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
 
 
 class ApiError(ClientError):
