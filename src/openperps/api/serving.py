@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import uvicorn
 from litestar import Litestar
@@ -21,6 +23,29 @@ def bind(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+class HeadAsGet:
+    """HEAD answered as the GET of the same path, without its body (RFC 9110): load
+    balancers and uptime checks often probe ``/health`` that way, and the framework's GET
+    routes would answer it 405 on their own. A path without a GET is still 405."""
+
+    def __init__(self, app: Litestar) -> None:
+        self.app: Any = app
+
+    async def __call__(
+        self, scope: Any, receive: Any, send: Callable[[Any], Awaitable[None]]
+    ) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def bodiless(message: Any) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, bodiless)
 
 
 class Serving:
@@ -41,7 +66,7 @@ class Serving:
 async def start(app: Litestar, sock: socket.socket, name: str) -> Serving:
     """``app`` served on ``sock`` by uvicorn in a task of the running loop, listening when
     this returns (``OSError`` if the server stopped before it could)."""
-    config = uvicorn.Config(app, log_config=None, log_level="warning", lifespan="off")
+    config = uvicorn.Config(HeadAsGet(app), log_config=None, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     port = int(sock.getsockname()[1])
     task = asyncio.create_task(server.serve(sockets=[sock]), name=name)
