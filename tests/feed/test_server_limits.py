@@ -182,3 +182,25 @@ def test_the_default_send_buffer_holds_two_loopback_segments() -> None:
     after its 40 ms delayed-ACK timer, and a large snapshot to a client on the same machine
     took 40 ms per 64 KiB (bench: a 180 KB snapshot in 44-88 ms, 1-2 ms with 128 KiB)."""
     assert ServerLimits().socket_send_buffer >= 2 * 64 * 1024
+
+
+async def test_a_frame_picows_refuses_to_read_is_closed_1009_and_counted(tmp_path: Path) -> None:
+    """A single frame over 1 MiB is not read at all: closed with 1009, and counted among the
+    closes an operator watches, as the feed's own closes are."""
+    ex = await start(tmp_path, ServerLimits())
+    try:
+        async with websockets.connect(url(ex), max_size=None, compression=None) as huge:
+            await huge.send("x" * (2 << 20))
+            with pytest.raises(websockets.ConnectionClosed):
+                await recv(huge)
+            assert huge.close_code == 1009
+        async with websockets.connect(url(ex)) as polite:  # a close the client asked for
+            await polite.send(json.dumps({"method": "ping"}))
+            await recv(polite)
+        for _ in range(50):
+            if not ex.feed.connections:
+                break
+            await asyncio.sleep(0.02)
+        assert ex.feed.metrics.closes == {"1009": 1}
+    finally:
+        await ex.stop()

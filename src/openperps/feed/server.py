@@ -153,6 +153,7 @@ class Connection(WSListener):
         self.queued_bytes = 0
         self.oldest_ms = 0
         self.closing = False
+        self.decided = False  # the feed closed it (and counted why)
         # subscriptions started since the last flush -> the version of their snapshot; pushes
         # built before it (at or below that version) are not written to this connection
         self.joined: dict[Subscription, int] = {}
@@ -177,6 +178,12 @@ class Connection(WSListener):
             self.close(CLOSE_POLICY, "too many connections from this address")
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
+        handshake = transport.close_handshake
+        sent = handshake.sent if handshake is not None else None
+        if not self.decided and sent is not None and not handshake.recv_then_sent:
+            # picows closed it itself: a frame over its size limit (1009), a protocol error
+            # in a frame header (the feed's own closes are counted when decided)
+            self.server.metrics.closes[f"{sent.code.value}"] += 1
         self.server.forget(self)
 
     def pause_writing(self) -> None:
@@ -344,6 +351,7 @@ class Connection(WSListener):
     def close(self, code: int, reason: str) -> None:
         if self.closing or self.transport is None:
             return
+        self.decided = True
         if code != CLOSE_SLOW_CONSUMER:
             self.flush()  # what is queued goes out first (an error frame before a close)
         self.closing = True
