@@ -256,3 +256,31 @@ def test_version_flag_and_key_file_hints(tmp_path: Path) -> None:
     assert "2110" in too_open and "keygen" not in too_open
     both = run(["subscribe", "positions", "--mine", "--address", "0x1"], tmp_path)
     assert both.returncode == 2 and "not both" in both.stderr
+
+
+def test_a_gateway_takes_its_options_from_the_gateway_table(tmp_path: Path) -> None:
+    """One file for the exchange and its gateways: ``[gateway]`` sets a gateway's options,
+    a flag still wins over it, and a mistake in it is a one-line error. ``serve`` reads
+    the same file without complaint."""
+    config = tmp_path / "venue.toml"
+    config.write_text(
+        '[serve]\nws_port = 9000\n\n[gateway]\ndb = "events.db"\nnats = "http://x"\n'
+        "ws_port = 9100\n\n[feed]\nmax_subscriptions = 50\n"
+    )
+    gateway = ["gateway", "--config", str(config)]
+    # the file's db is used (and refused: not PostgreSQL) ...
+    assert "PostgreSQL" in one_line_error(run([*gateway, "--nats", "nats://x:1"], tmp_path))
+    # ... its nats too, where no flag gives one
+    flagged = run([*gateway, "--db", "postgresql://nowhere/x"], tmp_path)
+    assert "--nats is a NATS URL" in one_line_error(flagged)
+    config.write_text("[gateway]\nwat = 1\n")
+    assert "unknown [gateway] option 'wat'" in one_line_error(run(gateway, tmp_path))
+    config.write_text('[gateway]\nhttp_port = "x"\n')
+    assert "http_port must be int" in one_line_error(run(gateway, tmp_path))
+    config.write_text("gateway = 3\n")
+    assert "gateway must be a table" in one_line_error(run(gateway, tmp_path))
+    config.write_text("[feed]\nmax_subscriptions = 50\n")
+    assert "--db is required" in one_line_error(run(gateway, tmp_path))
+    # serve reads a file with a [gateway] table (and stops at its own bad option)
+    config.write_text('bus = "http://x"\n[gateway]\ndb = "postgresql://h/x"\n')
+    assert "NATS URL" in one_line_error(run(["serve", "--config", str(config)], tmp_path))

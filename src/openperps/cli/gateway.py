@@ -18,6 +18,7 @@ from openperps.cli.serve import (
     _fail,
     configure_logging,
     err,
+    left_to_file,
     read_config,
     rest_limits_of,
     until_signalled,
@@ -28,12 +29,14 @@ from openperps.store import StoreError
 
 
 def gateway(
+    ctx: typer.Context,
     db: Annotated[
-        str,
+        str | None,
         typer.Option(
-            envvar="OPENPERPS_DB", help="the exchange's event log: postgresql://...?schema=..."
+            envvar="OPENPERPS_DB",
+            help="the exchange's event log: postgresql://...?schema=... (required)",
         ),
-    ],
+    ] = None,
     nats: Annotated[
         str, typer.Option(envvar="OPENPERPS_NATS", help="the NATS server the exchange publishes to")
     ] = DEFAULT_NATS_URL,
@@ -56,7 +59,8 @@ def gateway(
         Path | None,
         typer.Option(
             envvar="OPENPERPS_CONFIG",
-            help="the exchange's TOML file: its \\[feed] table sets this gateway's feed limits",
+            help="the exchange's TOML file: its \\[gateway] table sets these options, its "
+            "\\[feed] table this gateway's feed limits",
         ),
     ] = None,
 ) -> None:
@@ -65,7 +69,20 @@ def gateway(
     The exchange runs `serve --bus nats://...`. The gateway builds its read models from the
     exchange's event log, then follows the live batches on NATS. It never writes: actions go to
     the exchange. With --http-port it also serves the REST reads, /health and /metrics."""
+    options = read_config(config) if config is not None else {}
+    table = left_to_file(ctx, options.get("gateway", {}))  # a flag or variable wins
+    db = table.get("db", db)
+    nats = table.get("nats", nats)
+    nats_stream = table.get("nats_stream", nats_stream)
+    nats_subject = table.get("nats_subject", nats_subject)
+    host = table.get("host", host)
+    ws_port = table.get("ws_port", ws_port)
+    http_port = table.get("http_port", http_port)
+    rest_requests_per_second = table.get("rest_requests_per_second", rest_requests_per_second)
+    log_level = table.get("log_level", log_level)
     configure_logging(log_level)
+    if db is None:
+        _fail("--db is required: the exchange's PostgreSQL log (or db in [gateway] of --config)")
     if not nats.startswith(("nats://", "tls://")):
         _fail("--nats is a NATS URL: nats://host:port")
     settings = GatewaySettings(
@@ -78,7 +95,7 @@ def gateway(
         http_port=http_port,
         rest_limits=rest_limits_of(0.0, rest_requests_per_second),  # it takes no actions
     )
-    if config is not None and "feed" in (options := read_config(config)):
+    if "feed" in options:
         # the same limits and resume window as the engine's own feed
         settings.feed_limits, settings.server_limits, settings.live_retention = options["feed"]
     try:

@@ -304,6 +304,34 @@ CONFIG_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+# the [gateway] table of --config: the options of `openperps gateway`
+GATEWAY_TYPES: dict[str, tuple[type, ...]] = {
+    "db": (str,),
+    "nats": (str,),
+    "nats_stream": (str,),
+    "nats_subject": (str,),
+    "host": (str,),
+    "ws_port": (int,),
+    "http_port": (int,),
+    "rest_requests_per_second": (int, float),
+    "log_level": (str,),
+}
+
+
+def _check_types(
+    path: Path, values: dict[str, Any], types: dict[str, tuple[type, ...]], where: str
+) -> None:
+    for key, value in values.items():
+        kinds = types.get(key)
+        if kinds is None and key == "market":
+            _fail(f"{path} is a markets file ([[market]] tables): give it as --markets")
+        if kinds is None:
+            _fail(f"{path}: unknown {where}option {key!r} (known: {', '.join(types)})")
+        assert kinds is not None
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            _fail(f"{path}: {key} must be {' or '.join(k.__name__ for k in kinds)}")
+
+
 # the [feed] table of --config: the feed's limits, with their defaults
 FEED_LIMITS: dict[str, Any] = {
     **{f.name: f.default for f in dataclasses.fields(FeedLimits)},
@@ -340,16 +368,22 @@ _SERVER_FIELDS = frozenset(f.name for f in dataclasses.fields(ServerLimits))
 def config_defaults(ctx: typer.Context, path: Path) -> dict[str, Any]:
     """What the TOML file at ``path`` sets for the options this command line left at their
     defaults: a flag and its environment variable both win over the file."""
+    return left_to_file(ctx, read_config(path))
+
+
+def left_to_file(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
+    """Of a file's ``values``, those for options neither a flag nor its variable set."""
     return {
         k: v
-        for k, v in read_config(path).items()
+        for k, v in values.items()
         if getattr(ctx.get_parameter_source(k), "name", "DEFAULT") == "DEFAULT"
     }
 
 
 def read_config(path: Path) -> dict[str, Any]:
-    """The options a TOML file sets (same names as the flags, with underscores), and its
-    ``[feed]`` table as the value of ``feed``."""
+    """The options a TOML file sets (same names as the flags, with underscores), its
+    ``[feed]`` table as the value of ``feed`` and its ``[gateway]`` table (the options of
+    ``openperps gateway``) as the value of ``gateway``."""
     try:
         document = tomllib.loads(path.read_text("utf-8"))
     except OSError as exc:
@@ -357,19 +391,17 @@ def read_config(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         _fail(f"{path}: malformed TOML: {exc}")
     feed = document.pop("feed", None)
+    gateway = document.pop("gateway", None)
     values = document.get("serve", document)
-    for key, value in values.items():
-        kinds = CONFIG_TYPES.get(key)
-        if kinds is None and key == "market":
-            _fail(f"{path} is a markets file ([[market]] tables): give it as --markets")
-        if kinds is None:
-            _fail(f"{path}: unknown option {key!r} (known: {', '.join(CONFIG_TYPES)})")
-        assert kinds is not None
-        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-            _fail(f"{path}: {key} must be {' or '.join(k.__name__ for k in kinds)}")
+    _check_types(path, values, CONFIG_TYPES, "")
     chosen = dict(values)
     if feed is not None:
         chosen["feed"] = feed_settings(feed, str(path))
+    if gateway is not None:
+        if not isinstance(gateway, dict):
+            _fail(f"{path}: gateway must be a table ([gateway])")
+        _check_types(path, gateway, GATEWAY_TYPES, "[gateway] ")
+        chosen["gateway"] = gateway
     return chosen
 
 
