@@ -80,6 +80,8 @@ def test_bad_configuration_gives_a_one_line_error(tmp_path: Path) -> None:
     assert "cannot read" in one_line_error(missing)
     assert "testnet or mainnet" in one_line_error(run(["serve", "--network", "moon"], tmp_path))
     assert "NATS URL" in one_line_error(run(["serve", "--bus", "http://x"], tmp_path))
+    slow = one_line_error(run(["serve", "--replay-speed", "-3"], tmp_path))
+    assert "--replay-speed is 0" in slow
     wrong_scheme = ["gateway", "--db", "postgresql://nowhere/x", "--nats", "http://127.0.0.1"]
     assert "--nats is a NATS URL" in one_line_error(run(wrong_scheme, tmp_path))
     negative = run(["serve", "--rest-actions-per-second", "-1"], tmp_path)

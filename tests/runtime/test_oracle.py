@@ -35,6 +35,23 @@ def test_csv_prices_by_id_or_symbol(tmp_path: Path) -> None:
     ]
 
 
+def test_a_header_comments_and_a_byte_order_mark_are_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "prices.csv"
+    path.write_bytes(b"\xef\xbb\xbf# from the desk\nts,symbol,px\n1000,APT-USD,5.125\n")
+    assert [t.timestamp for t in read_csv_prices(path, default_markets())] == [1000]
+    path.write_bytes(b"\xef\xbb\xbf1000,APT-USD,5.125\n2000,APT-USD,5.2\n")  # as Excel saves
+    assert [t.timestamp for t in read_csv_prices(path, default_markets())] == [1000, 2000]
+
+
+@pytest.mark.parametrize("first", ["17000x,APT-USD,5.2", "-5,APT-USD,5.2", "1e3,APT-USD,5"])
+def test_a_bad_first_line_is_an_error_not_a_header(tmp_path: Path, first: str) -> None:
+    path = tmp_path / "prices.csv"
+    path.write_text(f"{first}\n2000,APT-USD,5\n")
+    with pytest.raises(InvalidInput) as caught:
+        list(read_csv_prices(path, default_markets()))
+    assert "prices.csv:1:" in caught.value.detail
+
+
 @pytest.mark.parametrize(
     ("rows", "code"),
     [

@@ -48,3 +48,22 @@ async def test_the_same_prices_give_the_same_event_log(tmp_path: Path) -> None:
     assert first == second
     kinds = {kind for _, kind, _ in first}
     assert {"OraclePriceSet", "FundingSettled", "MarketListed"} <= kinds
+
+
+async def test_a_replay_restarted_on_its_log_goes_on_where_it_stopped(tmp_path: Path) -> None:
+    """Stopped half way (Ctrl-C, a crash) and started again with the same file, a replay
+    goes on after the prices its log holds: the log is the one a single run writes, not the
+    first half followed by the whole file again at the wrong times."""
+    prices = tmp_path / "prices.csv"
+    write_prices(prices)
+    whole = await replay(tmp_path / "whole.sqlite3", prices)
+    markets = default_markets()
+    ticks = list(read_csv_prices(prices, markets))
+    halves = tmp_path / "halves.sqlite3"
+    clock = ReplayClock(ticks[0].timestamp or 0)
+    settings = Settings(db=str(halves), ws_port=0, markets=markets, funding_check_seconds=0)
+    first = Exchange(settings, clock=clock)
+    await first.start()
+    await first.run_replay(ticks[:300], clock, speed=0)  # both markets' ticks of 150 times
+    await first.stop()
+    assert await replay(halves, prices) == whole

@@ -196,6 +196,8 @@ def serve(
         _fail("--network is testnet or mainnet")
     if bus is not None and not bus.startswith(("nats://", "tls://")):
         _fail("--bus is a NATS URL: nats://host:port")
+    if replay_speed < 0:
+        _fail("--replay-speed is 0 (as fast as possible) or a positive pace (1: as recorded)")
     net: Literal["mainnet", "testnet"] = "mainnet" if network == "mainnet" else "testnet"
     try:
         configured = (

@@ -138,10 +138,28 @@ class Exchange:
 
     async def run_replay(self, ticks: Iterable[Tick], clock: ReplayClock, speed: float) -> None:
         """Replay recorded prices. The sequencer's clock is the recording's, so the same file
-        gives the same event log; ``speed`` 1 keeps the recorded pace, 0 goes flat out."""
+        gives the same event log; ``speed`` 1 keeps the recorded pace, 0 goes flat out. On a
+        log that already holds replayed prices (a restart), the replay goes on after the
+        newest of them: ticks at or before its time are in the log already."""
+        held = max(
+            (m.funding_updated for m in self.models.markets.values() if m.index_price),
+            default=0,
+        )
         previous: int | None = None
+        skipped = 0
         for tick in ticks:
             assert tick.timestamp is not None
+            if tick.timestamp <= held:
+                skipped += 1
+                continue
+            if skipped:
+                logger.warning(
+                    "the log holds prices up to %d: the replay goes on after them "
+                    "(%d ticks at or before it skipped)",
+                    held,
+                    skipped,
+                )
+                skipped = 0
             if speed > 0 and previous is not None:
                 await asyncio.sleep(max(tick.timestamp - previous, 0) / 1000 / speed)
             previous = tick.timestamp

@@ -17,6 +17,7 @@ import csv
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from openperps.core.errors import ErrorCode, InvalidInput
@@ -83,19 +84,40 @@ class RandomWalkOracle:
         return ticks
 
 
+def _is_header(row: list[str]) -> bool:
+    """A header names its columns: three cells, neither the first nor the last a number (a
+    mistyped timestamp on the first line is an error, not a header)."""
+    if len(row) != 3:
+        return False
+    first, _market, last = (cell.strip() for cell in row)
+    return parse_id(first) is None and not _numeric(first) and not _numeric(last)
+
+
+def _numeric(text: str) -> bool:
+    try:
+        Decimal(text)
+    except InvalidOperation:
+        return False
+    return True
+
+
 def read_csv_prices(path: Path, markets: list[MarketConfig]) -> Iterator[Tick]:
-    """Ticks from a CSV of ``timestamp_ms,market,price``; a header row is allowed."""
+    """Ticks from a CSV of ``timestamp_ms,market,price``; ``#`` comments and a header row
+    (before the first tick) are allowed, and a UTF-8 byte-order mark is ignored."""
     by_key: dict[str, MarketConfig] = {}
     for config in markets:
         by_key[str(config.market_id)] = config
         by_key[config.symbol.lower()] = config
     last = -1
-    with path.open(newline="", encoding="utf-8") as handle:
+    first = True
+    with path.open(newline="", encoding="utf-8-sig") as handle:
         for line_no, row in enumerate(csv.reader(handle), start=1):
-            if not row or row[0].startswith("#"):
+            if not row or row[0].lstrip().startswith("#"):
                 continue
-            if line_no == 1 and parse_id(row[0]) is None:
-                continue  # header
+            if first:
+                first = False
+                if _is_header(row):
+                    continue
             if len(row) != 3:
                 raise InvalidInput(
                     ErrorCode.INVALID_NUMBER, f"{path}:{line_no}: expected timestamp,market,price"
