@@ -95,7 +95,10 @@ def configure_logging(level: str) -> None:
 def serve(
     db: Annotated[
         str | None,
-        typer.Option(envvar="OPENPERPS_DB", help="event log: sqlite:///path or postgresql://"),
+        typer.Option(
+            envvar="OPENPERPS_DB",
+            help="event log: sqlite:///path or postgresql:// \\[default: ./data/events.sqlite3]",
+        ),
     ] = None,
     host: Annotated[str, typer.Option(envvar="OPENPERPS_HOST", help="address to bind")] = (
         "127.0.0.1"
@@ -130,7 +133,8 @@ def serve(
         int | None,
         typer.Option(
             envvar="OPENPERPS_FUNDING_INTERVAL",
-            help="seconds between funding settlements for newly listed markets",
+            help="seconds between funding settlements for newly listed markets "
+            "\\[default: the markets file's, 3600]",
         ),
     ] = None,
     replay_speed: Annotated[
