@@ -394,3 +394,16 @@ def test_every_sdk_error_pickles_with_its_attributes() -> None:
     unpicklable = NetworkError("dropped", url="http://x/y", cause=odd, may_have_run=False)
     back = pickle.loads(pickle.dumps(unpicklable))
     assert isinstance(back, NetworkError) and str(back.cause) == "OSError: socket gone"
+
+
+def test_one_keys_burst_of_signatures_does_not_move_anothers_stamps() -> None:
+    """Stamps move past the clock only for a key's own identical-millisecond burst."""
+    import time
+
+    from openperps.client.rest import _Stamps
+
+    stamps = _Stamps()
+    burst = [stamps.next("busy") for _ in range(2000)]
+    assert burst == sorted(set(burst)), "each later than the last"
+    quiet = stamps.next("quiet")
+    assert quiet <= time.time_ns() // 1_000_000 < burst[-1]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
+
+import pytest
 
 from openperps.core.markets import default_markets
 from openperps.runtime.app import Exchange, ReplayClock, Settings
@@ -67,3 +70,16 @@ async def test_a_replay_restarted_on_its_log_goes_on_where_it_stopped(tmp_path: 
     await first.run_replay(ticks[:300], clock, speed=0)  # both markets' ticks of 150 times
     await first.stop()
     assert await replay(halves, prices) == whole
+
+
+async def test_a_finished_replay_started_again_adds_nothing_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    prices = tmp_path / "prices.csv"
+    write_prices(prices)
+    db = tmp_path / "done.sqlite3"
+    whole = await replay(db, prices)
+    with caplog.at_level(logging.WARNING, logger="openperps"):
+        again = await replay(db, prices)
+    assert again == whole
+    assert any("all 800 remaining ticks" in record.getMessage() for record in caplog.records)

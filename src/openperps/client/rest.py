@@ -325,19 +325,22 @@ KEEPALIVE_EXPIRY_S = 3.0  # under the server's 5 s
 
 
 class _Stamps:
-    """Signing timestamps for this process: the clock's milliseconds, but always later than
-    the last one given. Two identical requests signed in the same millisecond would have the
-    same signature, and the exchange refuses the second as a replay (2105); with their own
-    timestamps they are two requests, as the caller meant."""
+    """Signing timestamps for this process, per key: the clock's milliseconds, but always
+    later than the last one the key signed with. Two identical requests signed in the same
+    millisecond would have the same signature, and the exchange refuses the second as a
+    replay (2105); with their own timestamps they are two requests, as the caller meant.
+    (Per key, so that only one key's own burst, which the exchange's rate limit keeps far
+    under a thousand a second, can move its stamps ahead of the clock.)"""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._last = 0
+        self._last: dict[str, int] = {}
 
-    def next(self) -> int:
+    def next(self, key: str) -> int:
         with self._lock:
-            self._last = max(time.time_ns() // 1_000_000, self._last + 1)
-            return self._last
+            stamp = max(time.time_ns() // 1_000_000, self._last.get(key, 0) + 1)
+            self._last[key] = stamp
+            return stamp
 
 
 _STAMPS = _Stamps()
@@ -473,7 +476,8 @@ class Client:
         if self.key is None:
             raise ValueError("signed calls need a key")
         data = json.dumps(body).encode()
-        headers = sign_request(self.key, "POST", path, data, _STAMPS.next(), wallet=self._wallet)
+        stamp = _STAMPS.next(self.key.public_key_hex)
+        headers = sign_request(self.key, "POST", path, data, stamp, wallet=self._wallet)
         headers["content-type"] = "application/json"
         return self._unwrap(await self._send("POST", path, content=data, headers=headers))
 

@@ -169,6 +169,12 @@ class Exchange:
                 await self.keepers.set_price(tick.market_id, tick.price)
             except NotDurable as exc:
                 logger.warning("replayed price not durable: %s", exc.detail)
+        if skipped:  # every tick left was in the log already (a finished replay, started again)
+            logger.warning(
+                "the log holds prices up to %d: all %d remaining ticks were at or before it",
+                held,
+                skipped,
+            )
         logger.info("price replay finished at %d", clock.now)
 
     @property
